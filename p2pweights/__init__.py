@@ -1,0 +1,83 @@
+"""p2pweights: signed, tensor-aligned model releases, shared peer to peer.
+
+The public API::
+
+    import p2pweights
+    state = p2pweights.load("path/to/release")          # dict[str, Tensor], memory-mapped
+    p2pweights.load_into(model, "path/to/release")
+    with p2pweights.open("path/to/release") as r:       # lazy, like safetensors.safe_open
+        r.get_tensor("lm_head.weight")
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ChunkError,
+    CorruptChunkError,
+    ExportError,
+    FormatError,
+    KeyFileError,
+    LoadError,
+    ManifestError,
+    MissingChunkError,
+    P2PWeightsError,
+    ReleaseExpiredError,
+    SafetensorsHeaderError,
+    SignatureError,
+    SourceError,
+    TrustError,
+    TrustStoreError,
+    UnsafePathError,
+    UnsafePickleError,
+    UntrustedKeyError,
+)
+from .export import ExportResult, export
+from .keys import PrivateKey, PublicKey, generate_key, load_private_key
+from .loader import ReleaseReader, load, load_into, open
+from .manifest import Manifest
+from .pack import PackResult, pack
+from .release import Release, open_release
+from .trust import TrustEntry, TrustStore
+from .verify import verify_release
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChunkError",
+    "CorruptChunkError",
+    "ExportError",
+    "ExportResult",
+    "FormatError",
+    "KeyFileError",
+    "LoadError",
+    "Manifest",
+    "ManifestError",
+    "MissingChunkError",
+    "P2PWeightsError",
+    "PackResult",
+    "PrivateKey",
+    "PublicKey",
+    "Release",
+    "ReleaseExpiredError",
+    "ReleaseReader",
+    "SafetensorsHeaderError",
+    "SignatureError",
+    "SourceError",
+    "TrustEntry",
+    "TrustError",
+    "TrustStore",
+    "TrustStoreError",
+    "UnsafePathError",
+    "UnsafePickleError",
+    "UntrustedKeyError",
+    "__version__",
+    "export",
+    "generate_key",
+    "load",
+    "load_into",
+    "load_private_key",
+    "open",
+    "open_release",
+    "pack",
+    "verify_release",
+]

@@ -1,0 +1,127 @@
+"""Canonical JSON: the exact bytes a publisher signs, and a strict parser for hostile input.
+
+Canonical form is UTF-8, keys sorted, no insignificant whitespace, no NaN or infinities,
+integers only (no floats: every number in a manifest is a size, an offset or a time).
+The parser refuses duplicate keys, deep nesting and oversized input before it builds
+anything big, so a hostile manifest costs bounded time and memory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import ManifestError
+
+__all__ = ["MAX_DEPTH", "dumps", "loads_strict"]
+
+MAX_DEPTH = 32
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as canonical JSON bytes.
+
+    Args:
+        value: JSON-compatible data with str keys and int numbers.
+
+    Returns:
+        The canonical UTF-8 encoding.
+
+    Raises:
+        ManifestError: if the value holds floats or anything JSON cannot express.
+    """
+    _reject_floats(value, 0)
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"value cannot be encoded as canonical JSON: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def _reject_floats(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ManifestError(f"JSON nesting deeper than {MAX_DEPTH}")
+    if isinstance(value, float):
+        raise ManifestError("floats are not allowed in canonical JSON")
+    if isinstance(value, dict):
+        for item in value.values():
+            _reject_floats(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _reject_floats(item, depth + 1)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in pairs:
+        if key in out:
+            raise ManifestError(f"duplicate JSON key {key[:80]!r}")
+        out[key] = val
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ManifestError(f"JSON constant {name} is not allowed")
+
+
+def _refuse_float(text: str) -> Any:
+    raise ManifestError(f"non-integer number {text[:40]!r} is not allowed")
+
+
+def _nesting_depth(text: str) -> int:
+    """Bracket depth outside strings, computed before json builds any object."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
+    """Parse hostile JSON bytes with hard limits.
+
+    Args:
+        data: the raw bytes.
+        max_bytes: refuse input longer than this.
+        what: a noun for error messages.
+
+    Returns:
+        The decoded value.
+
+    Raises:
+        ManifestError: too long, not UTF-8, too deep, duplicate keys, floats, NaN, or not JSON.
+    """
+    if len(data) > max_bytes:
+        raise ManifestError(f"{what} is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{what} is not valid UTF-8 (byte {exc.start})") from exc
+    if _nesting_depth(text) > MAX_DEPTH:
+        raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_refuse_constant,
+            parse_float=_refuse_float,
+        )
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{what} is not valid JSON: {exc.msg} at byte {exc.pos}") from exc
+    except RecursionError as exc:  # pragma: no cover - the depth check above comes first
+        raise ManifestError(f"{what} nests too deeply") from exc

@@ -1,0 +1,255 @@
+"""Reading and writing safetensors headers without trusting them.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header, then the
+tensor bytes. Every header read here may come from a hostile file, so each field is
+checked against the file's real size before anything is mapped or copied.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import torch
+
+from ._canonical import dumps, loads_strict
+from .errors import ManifestError, SafetensorsHeaderError, SourceError
+
+__all__ = [
+    "DTYPES",
+    "MAX_HEADER_BYTES",
+    "ChunkLayout",
+    "DType",
+    "MAX_RANK",
+    "HeaderTensor",
+    "ParsedHeader",
+    "build_header",
+    "dtype_name",
+    "expected_nbytes",
+    "read_header",
+]
+
+# safetensors' own limit on header size.
+MAX_HEADER_BYTES = 100_000_000
+MAX_RANK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DType:
+    """A safetensors dtype and its torch twin."""
+
+    name: str
+    torch_dtype: torch.dtype
+    itemsize: int
+
+
+# Whole-byte dtypes that both safetensors and torch know. Sub-byte formats (F4, F6_*) are
+# refused with a clear error: torch packs them in ways that differ from safetensors.
+_DTYPE_LIST = [
+    DType("BOOL", torch.bool, 1),
+    DType("U8", torch.uint8, 1),
+    DType("I8", torch.int8, 1),
+    DType("F8_E5M2", torch.float8_e5m2, 1),
+    DType("F8_E4M3", torch.float8_e4m3fn, 1),
+    DType("F8_E5M2FNUZ", torch.float8_e5m2fnuz, 1),
+    DType("F8_E4M3FNUZ", torch.float8_e4m3fnuz, 1),
+    DType("F8_E8M0", torch.float8_e8m0fnu, 1),
+    DType("I16", torch.int16, 2),
+    DType("U16", torch.uint16, 2),
+    DType("F16", torch.float16, 2),
+    DType("BF16", torch.bfloat16, 2),
+    DType("I32", torch.int32, 4),
+    DType("U32", torch.uint32, 4),
+    DType("F32", torch.float32, 4),
+    DType("C64", torch.complex64, 8),
+    DType("F64", torch.float64, 8),
+    DType("I64", torch.int64, 8),
+    DType("U64", torch.uint64, 8),
+]
+DTYPES: dict[str, DType] = {d.name: d for d in _DTYPE_LIST}
+_BY_TORCH: dict[torch.dtype, DType] = {d.torch_dtype: d for d in _DTYPE_LIST}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype.
+
+    Raises:
+        SourceError: if safetensors has no whole-byte equivalent.
+    """
+    try:
+        return _BY_TORCH[dtype].name
+    except KeyError:
+        raise SourceError(f"dtype {dtype} has no safetensors equivalent") from None
+
+
+def expected_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes a tensor of this dtype and shape occupies."""
+    return math.prod(shape) * DTYPES[dtype].itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTensor:
+    """One tensor entry of a safetensors header, offsets relative to the data region."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHeader:
+    """A checked safetensors header."""
+
+    header_bytes: bytes
+    """The JSON header exactly as stored, padding included."""
+    metadata: dict[str, str]
+    tensors: tuple[HeaderTensor, ...]
+    """In the order the JSON header lists them."""
+    file_size: int
+
+    @property
+    def data_start(self) -> int:
+        """Offset of the data region in the file."""
+        return 8 + len(self.header_bytes)
+
+    def tiles_data_region(self) -> bool:
+        """True when the tensors cover the data region exactly, with no gaps or slack."""
+        pos = 0
+        for t in sorted(self.tensors, key=lambda t: (t.begin, t.end)):
+            if t.begin != pos:
+                return False
+            pos = t.end
+        return pos == self.file_size - self.data_start
+
+
+def _fail(where: str, msg: str) -> SafetensorsHeaderError:
+    return SafetensorsHeaderError(f"{where}: {msg}")
+
+
+def _check_shape(where: str, name: str, raw: object) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_RANK:
+        raise _fail(where, f"tensor {name!r} has a bad shape")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in raw):
+        raise _fail(where, f"tensor {name!r} has a bad shape {raw!r:.80}")
+    return tuple(raw)
+
+
+def _parse_entries(where: str, header: dict[str, object], data_len: int) -> list[HeaderTensor]:
+    tensors: list[HeaderTensor] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _fail(where, f"tensor {name!r:.80} entry must have dtype, shape, data_offsets")
+        dtype = entry["dtype"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise _fail(where, f"tensor {name!r:.80} has unsupported dtype {dtype!r:.40}")
+        shape = _check_shape(where, name, entry["shape"])
+        offsets = entry["data_offsets"]
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise _fail(where, f"tensor {name!r:.80} has bad data_offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise _fail(where, f"tensor {name!r:.80} offsets [{begin}, {end}] leave the file")
+        if end - begin != expected_nbytes(dtype, shape):
+            raise _fail(
+                where,
+                f"tensor {name!r:.80} spans {end - begin} bytes, but {dtype}{list(shape)} "
+                f"needs {expected_nbytes(dtype, shape)}",
+            )
+        tensors.append(HeaderTensor(name, dtype, shape, begin, end))
+    ordered = sorted(tensors, key=lambda t: (t.begin, t.end))
+    for prev, cur in zip(ordered, ordered[1:], strict=False):
+        if cur.begin < prev.end:
+            raise _fail(where, f"tensors {prev.name!r:.80} and {cur.name!r:.80} overlap")
+    return tensors
+
+
+def read_header(fh: BinaryIO, file_size: int, *, where: str) -> ParsedHeader:
+    """Read and check the header of a safetensors file.
+
+    Args:
+        fh: the file, positioned anywhere; it is read from offset 0.
+        file_size: the file's size in bytes.
+        where: a name for error messages.
+
+    Returns:
+        The checked header.
+
+    Raises:
+        SafetensorsHeaderError: any lie or malformation in the header.
+    """
+    if file_size < 8:
+        raise _fail(where, f"only {file_size} bytes; a safetensors file has at least 8")
+    fh.seek(0)
+    (header_len,) = struct.unpack("<Q", fh.read(8))
+    if header_len > MAX_HEADER_BYTES:
+        raise _fail(where, f"header length {header_len} is over the limit of {MAX_HEADER_BYTES}")
+    if header_len > file_size - 8:
+        raise _fail(where, f"header length {header_len} is beyond the end of the file")
+    raw = fh.read(header_len)
+    if len(raw) != header_len:
+        raise _fail(where, "file ended inside the header")
+    try:
+        header = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, what="safetensors header")
+    except ManifestError as exc:
+        raise _fail(where, str(exc)) from exc
+    if not isinstance(header, dict):
+        raise _fail(where, "header is not a JSON object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise _fail(where, "__metadata__ must map strings to strings")
+    data_len = file_size - 8 - header_len
+    tensors = _parse_entries(where, header, data_len)
+    return ParsedHeader(raw, dict(metadata), tuple(tensors), file_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLayout:
+    """Where each tensor of a chunk sits, in absolute file offsets."""
+
+    header: bytes
+    """Length prefix plus JSON header plus padding: the first bytes of the chunk file."""
+    placements: tuple[HeaderTensor, ...]
+    """Tensors in file order, with absolute begin/end offsets."""
+    total_size: int
+
+
+def build_header(tensors: list[tuple[str, str, tuple[int, ...]]]) -> ChunkLayout:
+    """Lay out a chunk: a deterministic safetensors header for the given tensors.
+
+    Tensors are ordered by alignment (largest itemsize first), then by name, the order
+    safetensors itself uses, so every tensor starts at an offset that is a multiple of its
+    itemsize and can be mapped without a copy.
+
+    Args:
+        tensors: (name, dtype, shape) for each tensor.
+
+    Returns:
+        The header bytes and where each tensor goes.
+    """
+    ordered = sorted(tensors, key=lambda t: (-DTYPES[t[1]].itemsize, t[0]))
+    entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    rel: list[tuple[str, str, tuple[int, ...], int, int]] = []
+    pos = 0
+    for name, dtype, shape in ordered:
+        n = expected_nbytes(dtype, shape)
+        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
+        rel.append((name, dtype, shape, pos, pos + n))
+        pos += n
+    body = dumps(entries)
+    body += b" " * (-(8 + len(body)) % 8)
+    prefix = struct.pack("<Q", len(body)) + body
+    start = len(prefix)
+    placements = tuple(HeaderTensor(n, d, s, start + b, start + e) for n, d, s, b, e in rel)
+    return ChunkLayout(prefix, placements, start + pos)

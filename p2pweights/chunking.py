@@ -1,0 +1,69 @@
+"""How tensors are grouped into chunks: deterministic, stable, loader-friendly.
+
+A tensor's group is its layer when its name has a numeric component
+(``model.layers.12.mlp.up_proj.weight`` -> ``model.layers.12``), otherwise its module
+path (``model.embed_tokens.weight`` -> ``model.embed_tokens``). A group's chunk depends only
+on the group's own tensors, so changing, adding or removing a tensor disturbs its group
+alone, and identical groups in two releases become identical chunk files (dedup).
+
+A group larger than the cap is split in name order, greedily; a tensor at or above the cap
+gets a chunk of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "group_key", "natural_key", "plan_chunks"]
+
+DEFAULT_MAX_CHUNK_BYTES = 256 * 1024 * 1024
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def group_key(name: str) -> str:
+    """The group a tensor belongs to (see the module docstring)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) if len(parts) > 1 else name
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that puts ``layers.2`` before ``layers.10``."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _DIGITS.split(text) if p)
+
+
+def plan_chunks(tensors: Sequence[tuple[str, int]], max_chunk_bytes: int) -> list[list[str]]:
+    """Split tensors into chunk groups.
+
+    Args:
+        tensors: (name, nbytes) of every tensor; names are unique.
+        max_chunk_bytes: the cap on a chunk's tensor bytes (a bigger tensor gets its own).
+
+    Returns:
+        Lists of tensor names, one per chunk, in natural layer order.
+    """
+    if max_chunk_bytes <= 0:
+        raise ValueError("max_chunk_bytes must be positive")
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for name, nbytes in tensors:
+        groups.setdefault(group_key(name), []).append((name, nbytes))
+    plan: list[list[str]] = []
+    for key in sorted(groups, key=natural_key):
+        current: list[str] = []
+        size = 0
+        for name, nbytes in sorted(groups[key]):
+            if nbytes >= max_chunk_bytes:
+                plan.append([name])
+                continue
+            if current and size + nbytes > max_chunk_bytes:
+                plan.append(current)
+                current, size = [], 0
+            current.append(name)
+            size += nbytes
+        if current:
+            plan.append(current)
+    return plan

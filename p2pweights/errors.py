@@ -1,0 +1,140 @@
+"""The one exception tree of p2pweights.
+
+    P2PWeightsError                         every error this package raises on purpose
+    ├── FormatError (ValueError)            input that is not a well-formed release or checkpoint
+    │   ├── ManifestError                   the manifest breaks the schema, a limit or canonical form
+    │   ├── UnsafePathError                 a path is absolute, has `..`, or leaves its directory
+    │   ├── SafetensorsHeaderError          a safetensors header is malformed or lies about sizes
+    │   └── SourceError                     a pack source is missing, unsupported or inconsistent
+    │       └── UnsafePickleError           a pickle asked for more than plain tensors; not executed
+    ├── TrustError                          who signed, and whether we believe them
+    │   ├── SignatureError (ValueError)     the signature does not match the manifest bytes
+    │   ├── UntrustedKeyError               the publisher key is not in the trust store
+    │   └── ReleaseExpiredError             the manifest's expiry time has passed
+    ├── ChunkError                          a chunk on disk is not what the signed manifest says
+    │   ├── MissingChunkError (FileNotFoundError)
+    │   └── CorruptChunkError               wrong size or wrong sha256
+    ├── KeyFileError                        a key file is unreadable, of the wrong type, or locked
+    ├── TrustStoreError                     the trust store file is damaged or the entry is unknown
+    ├── ExportError                         an export cannot be written or does not match the manifest
+    └── LoadError (ValueError)              a load request names tensors, devices or dirs that do not fit
+
+Each class carries ``exit_code``: the CLI maps an error to it, and the README lists them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunkError",
+    "CorruptChunkError",
+    "ExportError",
+    "FormatError",
+    "KeyFileError",
+    "LoadError",
+    "ManifestError",
+    "MissingChunkError",
+    "P2PWeightsError",
+    "ReleaseExpiredError",
+    "SafetensorsHeaderError",
+    "SignatureError",
+    "SourceError",
+    "TrustError",
+    "TrustStoreError",
+    "UnsafePathError",
+    "UnsafePickleError",
+    "UntrustedKeyError",
+]
+
+
+class P2PWeightsError(Exception):
+    """Root of every error p2pweights raises on purpose."""
+
+    exit_code = 1
+
+
+class FormatError(P2PWeightsError, ValueError):
+    """Input that is not a well-formed release or checkpoint."""
+
+    exit_code = 5
+
+
+class ManifestError(FormatError):
+    """The manifest breaks the schema, a limit, or canonical form."""
+
+
+class UnsafePathError(FormatError):
+    """A path is absolute, contains `..`, or would leave its directory."""
+
+
+class SafetensorsHeaderError(FormatError):
+    """A safetensors header is malformed or disagrees with the file's sizes."""
+
+
+class SourceError(FormatError):
+    """A pack source is missing, unsupported, or inconsistent."""
+
+    exit_code = 8
+
+
+class UnsafePickleError(SourceError):
+    """A pickle asked for something other than plain tensors; it was not executed."""
+
+
+class TrustError(P2PWeightsError):
+    """Who signed a release, and whether we believe them."""
+
+    exit_code = 3
+
+
+class SignatureError(TrustError, ValueError):
+    """The signature does not match the manifest bytes and publisher key."""
+
+
+class UntrustedKeyError(TrustError):
+    """The publisher key is not in the trust store (nor given explicitly)."""
+
+    exit_code = 4
+
+
+class ReleaseExpiredError(TrustError):
+    """The manifest's expiry time has passed."""
+
+
+class ChunkError(P2PWeightsError):
+    """A chunk on disk is not what the signed manifest says it is."""
+
+    exit_code = 7
+
+
+class MissingChunkError(ChunkError, FileNotFoundError):
+    """A chunk named by the manifest is not on disk."""
+
+    exit_code = 6
+
+
+class CorruptChunkError(ChunkError):
+    """A chunk has the wrong size or the wrong sha256."""
+
+
+class KeyFileError(P2PWeightsError):
+    """A key file is unreadable, of the wrong type, or needs another passphrase."""
+
+    exit_code = 9
+
+
+class TrustStoreError(P2PWeightsError):
+    """The trust store file is damaged, or the entry asked for is not in it."""
+
+    exit_code = 10
+
+
+class ExportError(P2PWeightsError):
+    """An export cannot be written, or what it rebuilt does not match the manifest."""
+
+    exit_code = 11
+
+
+class LoadError(P2PWeightsError, ValueError):
+    """A load request that cannot be met: unknown tensors, bad device, wrong directory."""
+
+    exit_code = 12

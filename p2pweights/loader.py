@@ -1,0 +1,217 @@
+"""Loading verified tensors: ``load``, ``load_into`` and the lazy ``open``.
+
+CPU tensors are views into a private (copy-on-write) memory map of each chunk file, made
+with ``torch.UntypedStorage.from_file``: no tensor byte is copied, and writing to a tensor
+never touches the store. Other devices get the tensor copied from that map, one tensor at
+a time, so the model is never materialised twice in CPU memory.
+
+Nothing is returned before the manifest is authenticated and the chunk it comes from has
+passed verification in the mode asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from ._safetensors import DTYPES
+from .errors import LoadError
+from .manifest import TensorEntry
+from .paths import data_dir, trust_path
+from .release import Release, open_release, resolve_source
+from .trust import TrustStore
+from .verify import VerifyMode, verify_chunks
+
+__all__ = ["ReleaseReader", "load", "load_into", "open"]
+
+Source = str | Path
+
+
+def _trust(trust: TrustStore | None, home: Path | str | None) -> TrustStore:
+    return trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))
+
+
+def _select(names: Iterable[str], include: Iterable[str] | str | None) -> list[str]:
+    all_names = list(names)
+    if include is None:
+        return all_names
+    patterns = [include] if isinstance(include, str) else list(include)
+    chosen: dict[str, None] = {}
+    for pat in patterns:
+        hits = [n for n in all_names if fnmatchcase(n, pat)]
+        if not hits:
+            raise LoadError(f"include pattern {pat!r} matches no tensor of this release")
+        chosen.update(dict.fromkeys(hits))
+    return [n for n in all_names if n in chosen]
+
+
+def _tensor_from_storage(storage: torch.UntypedStorage, entry: TensorEntry) -> torch.Tensor:
+    base = torch.empty(0, dtype=torch.uint8)
+    base.set_(storage, entry.begin, (entry.end - entry.begin,))  # type: ignore[call-overload]
+    return base.view(DTYPES[entry.dtype].torch_dtype).reshape(entry.shape)
+
+
+class ReleaseReader:
+    """A lazily loaded, authenticated release, shaped like ``safetensors.safe_open``.
+
+    Chunks are verified and mapped the first time one of their tensors is asked for.
+    """
+
+    def __init__(self, release: Release, *, verify: VerifyMode = "fast", device: str = "cpu"):
+        if verify not in ("fast", "full"):
+            raise LoadError(f"verify must be 'fast' or 'full', not {verify!r}")
+        self.release = release
+        self._verify: VerifyMode = verify
+        self._device = torch.device(device)
+        self._storages: dict[str, torch.UntypedStorage] = {}
+
+    def keys(self) -> list[str]:
+        """Tensor names, sorted."""
+        return list(self.release.manifest.tensors)
+
+    def metadata(self) -> dict[str, str]:
+        """The release's identity as strings, like safetensors metadata."""
+        m = self.release.manifest
+        return {
+            "name": m.name,
+            "version": str(m.version),
+            "label": m.label,
+            "publisher": m.publisher.text,
+            "publisher_name": self.release.publisher_name,
+            "created": str(m.created),
+            "manifest_sha256": self.release.manifest_sha256,
+        }
+
+    def prepare(self, names: Iterable[str]) -> None:
+        """Verify and map, in one parallel pass, every chunk holding ``names``."""
+        tensors = self.release.manifest.tensors
+        paths = {tensors[n].chunk for n in names} - set(self._storages)
+        chunks = [c for c in self.release.manifest.chunks if c.path in paths]
+        verify_chunks(self.release.root, chunks, self._verify)
+        for c in chunks:
+            self._storages[c.path] = torch.UntypedStorage.from_file(
+                str(self.release.chunk_path(c.path)), False, c.size
+            )
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        """One tensor, verified, on the reader's device.
+
+        Raises:
+            LoadError: unknown name.
+            MissingChunkError, CorruptChunkError: its chunk failed verification.
+        """
+        entry = self.release.manifest.tensors.get(name)
+        if entry is None:
+            raise LoadError(f"no tensor named {name!r} in {self.release.manifest.name}")
+        if entry.chunk not in self._storages:
+            self.prepare([name])
+        tensor = _tensor_from_storage(self._storages[entry.chunk], entry)
+        if self._device.type != "cpu":
+            tensor = tensor.to(self._device)
+        return tensor
+
+    def close(self) -> None:
+        """Drop the maps held by this reader (tensors handed out keep theirs alive)."""
+        self._storages.clear()
+
+    def __enter__(self) -> ReleaseReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open(  # noqa: A001 - mirrors safetensors.safe_open / builtins.open on purpose
+    source: Source,
+    *,
+    verify: VerifyMode = "fast",
+    device: str = "cpu",
+    trust: TrustStore | None = None,
+    home: Path | str | None = None,
+) -> ReleaseReader:
+    """Open a release lazily; the manifest is authenticated now, chunks on first use.
+
+    Args:
+        source: a release dir or an exported dir.
+        verify: ``fast`` or ``full`` chunk verification.
+        device: where ``get_tensor`` puts tensors.
+        trust: the keys to believe; defaults to the data dir's trust store.
+        home: the data dir, when ``trust`` is not given.
+
+    Raises:
+        LoadError, ManifestError, UntrustedKeyError, SignatureError: see :func:`load`.
+    """
+    release = open_release(resolve_source(source), _trust(trust, home))
+    return ReleaseReader(release, verify=verify, device=device)
+
+
+def load(
+    source: Source,
+    *,
+    device: str = "cpu",
+    verify: VerifyMode = "fast",
+    include: Iterable[str] | str | None = None,
+    trust: TrustStore | None = None,
+    home: Path | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load a verified state dict.
+
+    Args:
+        source: a release dir or an exported dir.
+        device: a torch device; ``cpu`` gives zero-copy memory-mapped tensors.
+        verify: ``fast`` (signature + recorded chunk checks) or ``full`` (re-hash all).
+        include: glob patterns; only matching tensors are verified and loaded.
+        trust: the keys to believe; defaults to the data dir's trust store.
+        home: the data dir, when ``trust`` is not given.
+
+    Returns:
+        Tensor name to tensor, in name order.
+
+    Raises:
+        LoadError: bad source, pattern or mode.
+        ManifestError, UnsafePathError: malformed manifest.
+        UntrustedKeyError, SignatureError, ReleaseExpiredError: not authentic.
+        MissingChunkError, CorruptChunkError: chunks that fail verification.
+    """
+    with open(source, verify=verify, device=device, trust=trust, home=home) as reader:
+        names = _select(reader.keys(), include)
+        reader.prepare(names)
+        return {n: reader.get_tensor(n) for n in names}
+
+
+def load_into(
+    module: torch.nn.Module,
+    source: Source,
+    *,
+    strict: bool = True,
+    verify: VerifyMode = "fast",
+    include: Iterable[str] | str | None = None,
+    trust: TrustStore | None = None,
+    home: Path | str | None = None,
+) -> Any:
+    """Load a verified state dict into ``module`` (``module.load_state_dict``).
+
+    Returns:
+        torch's ``(missing_keys, unexpected_keys)`` result.
+
+    Raises:
+        LoadError: with ``strict``, keys or shapes that do not match the module.
+        Everything :func:`load` raises.
+    """
+    state = load(source, verify=verify, include=include, trust=trust, home=home)
+    try:
+        return module.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise LoadError(" ".join(line.strip() for line in first)[:500]) from exc
+

@@ -1,0 +1,248 @@
+"""Pack a checkpoint into a signed release: chunks, manifest.json, manifest.sig.
+
+Each chunk is streamed from the source into a temp file through one bounded buffer while
+its sha256 and BitTorrent v2 root are computed on the same bytes, then renamed to its
+content address. Chunks are written by a small thread pool (file I/O and hashlib release
+the GIL), so hashing runs on both cores. If anything fails, the output dir is removed:
+a half-written release never looks like a release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._atomic import TMP_SUFFIX, atomic_write_bytes
+from ._safetensors import build_header
+from ._sources import Source, open_source
+from .chunking import DEFAULT_MAX_CHUNK_BYTES, plan_chunks
+from .errors import SourceError
+from .hashing import StreamHasher, sha256_file
+from .keys import PrivateKey
+from .manifest import ChunkEntry, FileEntry, Manifest, TensorEntry
+from .release import CHUNKS_DIR, MANIFEST_NAME, SIGNATURE_NAME
+from .verify import ChunkRecords
+
+__all__ = ["PackResult", "pack"]
+
+_BUF = 8 * 1024 * 1024
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes just written."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackResult:
+    """What pack made."""
+
+    root: Path
+    manifest: Manifest
+    manifest_sha256: str
+    skipped: tuple[str, ...]
+    seconds: float
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes in all chunks."""
+        return sum(c.size for c in self.manifest.chunks)
+
+
+def pack(
+    src: Path,
+    out: Path,
+    *,
+    name: str,
+    version: int,
+    key: PrivateKey,
+    label: str = "",
+    expires: int | None = None,
+    previous: str | None = None,
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    now: int | None = None,
+) -> PackResult:
+    """Pack ``src`` into a new release directory ``out``.
+
+    Args:
+        src: an HF-layout dir, a ``.safetensors`` file, or a torch ``.bin``/``.pt`` file.
+        out: the release dir to create; it must not exist or be empty.
+        name: ``ORG/MODEL``.
+        version: the release's integer version.
+        key: the publisher's signing key.
+        label: free text, e.g. a git tag.
+        expires: unix time after which loaders refuse the release.
+        previous: sha256 of the previous release's manifest, to chain versions.
+        max_chunk_bytes: cap on a chunk's tensor bytes.
+        workers: writer threads; defaults to the CPU count.
+        progress: called with bytes written as packing goes.
+        now: creation time override (tests).
+
+    Returns:
+        The result, with the signed manifest.
+
+    Raises:
+        SourceError, UnsafePickleError, SafetensorsHeaderError: bad input.
+        ManifestError: a name, label or limit the manifest cannot hold.
+    """
+    started = time.monotonic()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SourceError(f"output {out} exists and is not an empty directory")
+    created_out = not out.exists()
+    source = open_source(src)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CHUNKS_DIR).mkdir()
+        manifest = _write_release(
+            source, out, name=name, version=version, label=label, key=key, expires=expires,
+            previous=previous, max_chunk_bytes=max_chunk_bytes, workers=workers,
+            progress=progress, created=int(time.time()) if now is None else now,
+        )
+    except BaseException:
+        if created_out:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
+    data = (out / MANIFEST_NAME).read_bytes()
+    return PackResult(out, manifest, hashlib.sha256(data).hexdigest(), tuple(source.skipped),
+                      time.monotonic() - started)
+
+
+def _write_release(
+    source: Source,
+    out: Path,
+    *,
+    name: str,
+    version: int,
+    label: str,
+    key: PrivateKey,
+    expires: int | None,
+    previous: str | None,
+    max_chunk_bytes: int,
+    workers: int | None,
+    progress: Progress | None,
+    created: int,
+) -> Manifest:
+    plan = plan_chunks([(t.name, t.nbytes) for t in source.tensors.values()], max_chunk_bytes)
+    blobs = [f for f in source.files if f.kind == "blob" and f.size > 0]
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        if progress is not None:
+            with lock:
+                progress(n)
+
+    def write_group(names: list[str]) -> tuple[ChunkEntry, list[TensorEntry]]:
+        return _write_tensor_chunk(source, names, out, report)
+
+    def write_blob(index: int) -> ChunkEntry:
+        return _copy_blob(blobs[index].path, out, report)
+
+    n = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="p2pw-pack") as pool:
+        # Whole-file digests of the weight files, for `export --exact`, hashed alongside;
+        # submitted first so the longest jobs start early.
+        file_jobs = {
+            f.name: pool.submit(sha256_file, f.path) for f in source.files if f.kind != "blob"
+        }
+        tensor_jobs = [pool.submit(write_group, g) for g in plan]
+        blob_jobs = [pool.submit(write_blob, i) for i in range(len(blobs))]
+        chunk_results = [j.result() for j in tensor_jobs]
+        blob_chunks = [j.result() for j in blob_jobs]
+        file_sha = {name: j.result() for name, j in file_jobs.items()}
+
+    chunks: dict[str, ChunkEntry] = {}
+    tensors: dict[str, TensorEntry] = {}
+    for chunk, entries in chunk_results:
+        chunks[chunk.path] = chunk
+        tensors.update((t.name, t) for t in entries)
+    blob_by_name = {}
+    for f, chunk in zip(blobs, blob_chunks, strict=True):
+        chunks[chunk.path] = chunk
+        blob_by_name[f.name] = chunk
+
+    files: list[FileEntry] = []
+    for f in source.files:
+        if f.kind == "blob":
+            if f.size == 0:
+                files.append(FileEntry(f.name, 0, hashlib.sha256(b"").hexdigest(), "blob"))
+            else:
+                c = blob_by_name[f.name]
+                files.append(FileEntry(f.name, c.size, c.sha256, "blob", c.path))
+        else:
+            header = f.header.header_bytes.decode("utf-8") if f.header else None
+            files.append(FileEntry(f.name, f.size, file_sha[f.name], f.kind, None, header,
+                                   f.order))
+    manifest = Manifest(
+        name=name, version=version, label=label, publisher=key.public, created=created,
+        expires=expires, previous=previous,
+        chunks=tuple(chunks[p] for p in sorted(chunks)),
+        tensors={n: tensors[n] for n in sorted(tensors)},
+        files=tuple(sorted(files, key=lambda f: f.name)),
+    )
+    data = manifest.to_bytes()
+    records = ChunkRecords(out)
+    for c in manifest.chunks:
+        records.record(out / c.path, c.sha256)
+    records.save()
+    atomic_write_bytes(out / SIGNATURE_NAME, key.sign(data))
+    # The manifest goes last: its presence is what makes the directory a release.
+    atomic_write_bytes(out / MANIFEST_NAME, data)
+    return manifest
+
+
+def _write_tensor_chunk(
+    source: Source, names: list[str], out: Path, report: Progress
+) -> tuple[ChunkEntry, list[TensorEntry]]:
+    layout = build_header([(n, source.tensors[n].dtype, source.tensors[n].shape) for n in names])
+    hasher = StreamHasher()
+    buf = bytearray(_BUF)
+    tmp = out / CHUNKS_DIR / f".{os.getpid()}-{threading.get_ident()}-{id(names)}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "wb") as fh:
+
+            def sink(view: memoryview) -> None:
+                fh.write(view)
+                hasher.update(view)
+                report(len(view))
+
+            sink(memoryview(layout.header))
+            for placed in layout.placements:
+                source.copy_tensor(placed.name, sink, buf)
+        digest = hasher.digest()
+        if digest.size != layout.total_size:
+            raise SourceError(f"tensor bytes changed size while packing ({names[0]!r})")
+        rel = f"{CHUNKS_DIR}/{digest.sha256}.safetensors"
+        os.replace(tmp, out / rel)
+    finally:
+        tmp.unlink(missing_ok=True)
+    entries = [TensorEntry(p.name, rel, p.dtype, p.shape, p.begin, p.end) for p in layout.placements]
+    return ChunkEntry(rel, digest.size, digest.sha256, digest.v2_root, "tensors"), entries
+
+
+def _copy_blob(path: Path, out: Path, report: Progress) -> ChunkEntry:
+    hasher = StreamHasher()
+    buf = bytearray(_BUF)
+    view = memoryview(buf)
+    tmp = out / CHUNKS_DIR / f".{os.getpid()}-{threading.get_ident()}-blob{TMP_SUFFIX}"
+    try:
+        with open(path, "rb", buffering=0) as src, open(tmp, "wb") as dst:
+            while n := src.readinto(buf):
+                dst.write(view[:n])
+                hasher.update(view[:n])
+                report(n)
+        digest = hasher.digest()
+        rel = f"{CHUNKS_DIR}/{digest.sha256}"
+        os.replace(tmp, out / rel)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ChunkEntry(rel, digest.size, digest.sha256, digest.v2_root, "blob")

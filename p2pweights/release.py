@@ -1,0 +1,126 @@
+"""A release on disk, and the only way to read its manifest: authenticated first.
+
+A release directory holds ``manifest.json``, ``manifest.sig`` and ``chunks/``. Opening one
+reads the manifest under a size limit, checks that its publisher is trusted, checks the
+Ed25519 signature over the exact bytes, then parses the full schema and the expiry. Only
+then does any caller see a :class:`Manifest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._canonical import loads_strict
+from .errors import LoadError, ManifestError, ReleaseExpiredError, SignatureError
+from .keys import SIGNATURE_BYTES
+from .manifest import LIMITS, Manifest, publisher_of
+from .trust import TrustStore
+
+__all__ = [
+    "CHUNKS_DIR",
+    "EXPORT_POINTER",
+    "MANIFEST_NAME",
+    "SIGNATURE_NAME",
+    "Release",
+    "is_release_dir",
+    "open_release",
+    "resolve_source",
+]
+
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+CHUNKS_DIR = "chunks"
+EXPORT_POINTER = ".p2pweights-export.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An authenticated release: its manifest was signed by a trusted publisher."""
+
+    root: Path
+    manifest: Manifest
+    manifest_sha256: str
+    publisher_name: str
+
+    def chunk_path(self, rel: str) -> Path:
+        """Where a chunk named by the manifest lives (paths were checked at parse time)."""
+        return self.root / rel
+
+
+def is_release_dir(path: Path) -> bool:
+    """True when ``path`` looks like a release directory."""
+    return (path / MANIFEST_NAME).is_file()
+
+
+def resolve_source(source: str | Path) -> Path:
+    """The release dir behind a source: a release dir itself, or an exported dir.
+
+    Raises:
+        LoadError: if the source is neither.
+    """
+    path = Path(source).expanduser()
+    if is_release_dir(path):
+        return path
+    pointer = path / EXPORT_POINTER
+    if pointer.is_file():
+        try:
+            doc = loads_strict(pointer.read_bytes(), max_bytes=1 << 16, what="export pointer")
+        except ManifestError as exc:
+            raise LoadError(f"{pointer} is damaged: {exc}") from exc
+        release = doc.get("release") if isinstance(doc, dict) else None
+        if isinstance(release, str) and is_release_dir(Path(release)):
+            return Path(release)
+        raise LoadError(f"{path} was exported from a release that is no longer at {release!r}")
+    if "://" in str(source) or str(source).startswith("magnet:"):
+        raise LoadError(f"{str(source)[:80]!r}: URIs are fetched by the daemon; this is not a local path")
+    raise LoadError(f"{path} is not a release dir (no manifest.json) nor an exported dir")
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise ManifestError(f"{path} is missing: not a release directory") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise ManifestError(f"{what} {path} is over the limit of {limit} bytes")
+    return data
+
+
+def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> Release:
+    """Authenticate and parse the release at ``root``.
+
+    Args:
+        root: the release directory.
+        trust: the keys to believe.
+        now: the time to check expiry against (tests).
+
+    Returns:
+        The release.
+
+    Raises:
+        ManifestError: missing or malformed manifest.
+        UntrustedKeyError: the publisher is not trusted.
+        SignatureError: the signature is missing, malformed, or wrong.
+        ReleaseExpiredError: past its expiry.
+    """
+    data = _read_limited(root / MANIFEST_NAME, LIMITS.manifest_bytes, "manifest")
+    try:
+        sig = _read_limited(root / SIGNATURE_NAME, SIGNATURE_BYTES, "signature")
+    except ManifestError as exc:
+        raise SignatureError(str(exc)) from exc
+    key = publisher_of(data)
+    name = trust.require(key)
+    key.verify(sig, data)
+    manifest = Manifest.from_bytes(data)
+    when = time.time() if now is None else now
+    if manifest.expires is not None and when > manifest.expires:
+        raise ReleaseExpiredError(
+            f"release {manifest.name} v{manifest.version} expired at unix time {manifest.expires}"
+        )
+    return Release(root, manifest, hashlib.sha256(data).hexdigest(), name)
