@@ -37,6 +37,7 @@ def atomic_writer(path: Path, *, mode: int = 0o644, durable: bool = True) -> Ite
 
     Yields:
         A binary file object to write to.
+
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")

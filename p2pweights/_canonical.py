@@ -29,6 +29,7 @@ def dumps(value: Any) -> bytes:
 
     Raises:
         ManifestError: if the value holds floats or anything JSON cannot express.
+
     """
     _reject_floats(value, 0)
     try:
@@ -105,6 +106,7 @@ def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
 
     Raises:
         ManifestError: too long, not UTF-8, too deep, duplicate keys, floats, NaN, or not JSON.
+
     """
     if len(data) > max_bytes:
         raise ManifestError(f"{what} is {len(data)} bytes, over the limit of {max_bytes}")

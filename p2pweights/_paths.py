@@ -23,6 +23,7 @@ def check_relative(path: object, *, what: str) -> str:
 
     Raises:
         UnsafePathError: anything that could name a place outside its directory.
+
     """
     if not isinstance(path, str) or not path:
         raise UnsafePathError(f"{what} must be a non-empty string")
@@ -43,6 +44,7 @@ def join_inside(root: Path, rel: str, *, what: str) -> Path:
 
     Raises:
         UnsafePathError: if the result would leave ``root`` (e.g. through a symlink).
+
     """
     check_relative(rel, what=what)
     target = root / rel

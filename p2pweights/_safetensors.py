@@ -7,6 +7,7 @@ checked against the file's real size before anything is mapped or copied.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from .errors import ManifestError, SafetensorsHeaderError, SourceError
 __all__ = [
     "DTYPES",
     "MAX_HEADER_BYTES",
+    "MAX_RANK",
     "ChunkLayout",
     "DType",
-    "MAX_RANK",
     "HeaderTensor",
     "ParsedHeader",
     "build_header",
@@ -77,6 +78,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
     Raises:
         SourceError: if safetensors has no whole-byte equivalent.
+
     """
     try:
         return _BY_TORCH[dtype].name
@@ -167,7 +169,7 @@ def _parse_entries(where: str, header: dict[str, object], data_len: int) -> list
             )
         tensors.append(HeaderTensor(name, dtype, shape, begin, end))
     ordered = sorted(tensors, key=lambda t: (t.begin, t.end))
-    for prev, cur in zip(ordered, ordered[1:], strict=False):
+    for prev, cur in itertools.pairwise(ordered):
         if cur.begin < prev.end:
             raise _fail(where, f"tensors {prev.name!r:.80} and {cur.name!r:.80} overlap")
     return tensors
@@ -186,6 +188,7 @@ def read_header(fh: BinaryIO, file_size: int, *, where: str) -> ParsedHeader:
 
     Raises:
         SafetensorsHeaderError: any lie or malformation in the header.
+
     """
     if file_size < 8:
         raise _fail(where, f"only {file_size} bytes; a safetensors file has at least 8")
@@ -237,6 +240,7 @@ def build_header(tensors: list[tuple[str, str, tuple[int, ...]]]) -> ChunkLayout
 
     Returns:
         The header bytes and where each tensor goes.
+
     """
     ordered = sorted(tensors, key=lambda t: (-DTYPES[t[1]].itemsize, t[0]))
     entries: dict[str, object] = {"__metadata__": {"format": "pt"}}

@@ -105,6 +105,7 @@ def open_source(src: Path) -> Source:
         SourceError: missing, unsupported, inconsistent, or duplicate tensor names.
         UnsafePickleError: a pickle that holds anything but tensors.
         SafetensorsHeaderError: a safetensors file whose header lies.
+
     """
     if not src.exists():
         raise SourceError(f"{src} does not exist")
@@ -183,7 +184,9 @@ def _add_safetensors(source: Source, f: SourceFile) -> None:
     for t in ordered:
         _add_tensor(
             source,
-            SourceTensor(t.name, t.dtype, t.shape, f.name, header.data_start + t.begin, t.end - t.begin),
+            SourceTensor(
+                t.name, t.dtype, t.shape, f.name, header.data_start + t.begin, t.end - t.begin
+            ),
         )
 
 
@@ -200,8 +203,9 @@ def _add_torch(source: Source, f: SourceFile) -> None:
             raise SourceError(f"{f.name}: tensor {name!r} is sparse or quantized")
         _add_tensor(
             source,
-            SourceTensor(name, dtype_name(t.dtype), tuple(t.shape), f.name, -1,
-                         t.numel() * t.element_size()),
+            SourceTensor(
+                name, dtype_name(t.dtype), tuple(t.shape), f.name, -1, t.numel() * t.element_size()
+            ),
         )
 
 

@@ -45,6 +45,7 @@ def plan_chunks(tensors: Sequence[tuple[str, int]], max_chunk_bytes: int) -> lis
 
     Returns:
         Lists of tensor names, one per chunk, in natural layer order.
+
     """
     if max_chunk_bytes <= 0:
         raise ValueError("max_chunk_bytes must be positive")

@@ -1,8 +1,8 @@
 """The one exception tree of p2pweights.
 
     P2PWeightsError                         every error this package raises on purpose
-    ├── FormatError (ValueError)            input that is not a well-formed release or checkpoint
-    │   ├── ManifestError                   the manifest breaks the schema, a limit or canonical form
+    ├── FormatError (ValueError)            input that is not a well-formed release/checkpoint
+    │   ├── ManifestError                   the manifest breaks the schema, a limit, or form
     │   ├── UnsafePathError                 a path is absolute, has `..`, or leaves its directory
     │   ├── SafetensorsHeaderError          a safetensors header is malformed or lies about sizes
     │   └── SourceError                     a pack source is missing, unsupported or inconsistent
@@ -15,9 +15,9 @@
     │   ├── MissingChunkError (FileNotFoundError)
     │   └── CorruptChunkError               wrong size or wrong sha256
     ├── KeyFileError                        a key file is unreadable, of the wrong type, or locked
-    ├── TrustStoreError                     the trust store file is damaged or the entry is unknown
-    ├── ExportError                         an export cannot be written or does not match the manifest
-    └── LoadError (ValueError)              a load request names tensors, devices or dirs that do not fit
+    ├── TrustStoreError                     the trust store is damaged or the entry is unknown
+    ├── ExportError                         an export cannot be written or does not match
+    └── LoadError (ValueError)              a load asks for tensors, modes or dirs that do not fit
 
 Each class carries ``exit_code``: the CLI maps an error to it, and the README lists them.
 """

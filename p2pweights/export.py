@@ -72,6 +72,7 @@ def export(
         ExportError: the output exists, a pickle source asked for ``exact``, or a rebuilt
             file does not match its signed sha256.
         Everything loading raises, for an inauthentic or damaged release.
+
     """
     store = trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))
     release = open_release(resolve_source(source), store)
@@ -90,7 +91,10 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     try:
         written = _write_exact(release, out, progress) if exact else _write_linked(release, out)
-        pointer = {"release": str(release.root.resolve()), "manifest_sha256": release.manifest_sha256}
+        pointer = {
+            "release": str(release.root.resolve()),
+            "manifest_sha256": release.manifest_sha256,
+        }
         (out / EXPORT_POINTER).write_bytes(dumps(pointer))
     except BaseException:
         if created:
@@ -131,7 +135,9 @@ def _write_linked(release: Release, out: Path) -> list[str]:
             "metadata": {"total_size": sum(t.end - t.begin for t in manifest.tensors.values())},
             "weight_map": {t.name: names[t.chunk] for t in manifest.tensors.values()},
         }
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps(index, indent=2, sort_keys=True)
+        )
         written.append("model.safetensors.index.json")
     for f in manifest.files:
         if f.kind != "blob" or f.name in _ORIGINAL_INDEXES or f.name in names.values():

@@ -122,6 +122,7 @@ def hash_files(paths: Iterable[Path], *, workers: int | None = None) -> list[str
 
     Returns:
         Hex digests in the order of ``paths``.
+
     """
     items = list(paths)
     n = workers or os.cpu_count() or 1

@@ -49,6 +49,7 @@ class PublicKey:
 
         Raises:
             KeyFileError: if the text is not such a key.
+
         """
         if not isinstance(text, str) or not text.startswith(_PREFIX) or len(text) > 100:
             raise KeyFileError(f"public key must look like {_PREFIX}<base64url>")
@@ -78,6 +79,7 @@ class PublicKey:
 
         Raises:
             SignatureError: if it does not match.
+
         """
         if len(signature) != SIGNATURE_BYTES:
             raise SignatureError(
@@ -109,7 +111,9 @@ class PrivateKey:
         return self._key.sign(data)
 
 
-def generate_key(path: Path, *, passphrase: bytes | None = None, overwrite: bool = False) -> PrivateKey:
+def generate_key(
+    path: Path, *, passphrase: bytes | None = None, overwrite: bool = False
+) -> PrivateKey:
     """Create a new key and write it as PKCS#8 PEM with mode 0600.
 
     Args:
@@ -122,6 +126,7 @@ def generate_key(path: Path, *, passphrase: bytes | None = None, overwrite: bool
 
     Raises:
         KeyFileError: if the file exists (and not ``overwrite``) or cannot be written.
+
     """
     key = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (
@@ -129,7 +134,9 @@ def generate_key(path: Path, *, passphrase: bytes | None = None, overwrite: bool
         if passphrase
         else serialization.NoEncryption()
     )
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -158,6 +165,7 @@ def load_private_key(path: Path, *, passphrase: bytes | None = None) -> PrivateK
 
     Raises:
         KeyFileError: missing, too large, not Ed25519, or wrong/missing passphrase.
+
     """
     try:
         if path.stat().st_size > _MAX_KEY_FILE:
@@ -171,7 +179,9 @@ def load_private_key(path: Path, *, passphrase: bytes | None = None) -> PrivateK
         needs = "needs a passphrase" if passphrase is None else "is not encrypted"
         raise KeyFileError(f"key file {path} {needs}") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"key file {path} is not a readable PEM key (or wrong passphrase)") from exc
+        raise KeyFileError(
+            f"key file {path} is not a readable PEM key (or wrong passphrase)"
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"key file {path} holds a {type(key).__name__}, not an Ed25519 key")
     return PrivateKey(key)

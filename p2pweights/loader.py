@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -94,9 +94,11 @@ class ReleaseReader:
         chunks = [c for c in self.release.manifest.chunks if c.path in paths]
         verify_chunks(self.release.root, chunks, self._verify)
         for c in chunks:
-            self._storages[c.path] = torch.UntypedStorage.from_file(
+            # shared=False: a private copy-on-write map, so tensors may be written safely.
+            storage = torch.UntypedStorage.from_file(
                 str(self.release.chunk_path(c.path)), False, c.size
             )
+            self._storages[c.path] = cast(torch.UntypedStorage, storage)
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """One tensor, verified, on the reader's device.
@@ -104,6 +106,7 @@ class ReleaseReader:
         Raises:
             LoadError: unknown name.
             MissingChunkError, CorruptChunkError: its chunk failed verification.
+
         """
         entry = self.release.manifest.tensors.get(name)
         if entry is None:
@@ -131,7 +134,7 @@ class ReleaseReader:
         self.close()
 
 
-def open(  # noqa: A001 - mirrors safetensors.safe_open / builtins.open on purpose
+def open(
     source: Source,
     *,
     verify: VerifyMode = "fast",
@@ -150,6 +153,7 @@ def open(  # noqa: A001 - mirrors safetensors.safe_open / builtins.open on purpo
 
     Raises:
         LoadError, ManifestError, UntrustedKeyError, SignatureError: see :func:`load`.
+
     """
     release = open_release(resolve_source(source), _trust(trust, home))
     return ReleaseReader(release, verify=verify, device=device)
@@ -182,6 +186,7 @@ def load(
         ManifestError, UnsafePathError: malformed manifest.
         UntrustedKeyError, SignatureError, ReleaseExpiredError: not authentic.
         MissingChunkError, CorruptChunkError: chunks that fail verification.
+
     """
     with open(source, verify=verify, device=device, trust=trust, home=home) as reader:
         names = _select(reader.keys(), include)
@@ -207,6 +212,7 @@ def load_into(
     Raises:
         LoadError: with ``strict``, keys or shapes that do not match the module.
         Everything :func:`load` raises.
+
     """
     state = load(source, verify=verify, include=include, trust=trust, home=home)
     try:
@@ -214,4 +220,3 @@ def load_into(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise LoadError(" ".join(line.strip() for line in first)[:500]) from exc
-

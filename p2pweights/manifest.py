@@ -19,6 +19,7 @@ Every limit below bounds what a hostile manifest can make a reader do.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,13 +131,22 @@ class Manifest:
             "expires": self.expires,
             "previous": self.previous,
             "chunks": [
-                {"path": c.path, "size": c.size, "sha256": c.sha256, "v2_root": c.v2_root,
-                 "kind": c.kind}
+                {
+                    "path": c.path,
+                    "size": c.size,
+                    "sha256": c.sha256,
+                    "v2_root": c.v2_root,
+                    "kind": c.kind,
+                }
                 for c in self.chunks
             ],
             "tensors": {
-                t.name: {"chunk": t.chunk, "dtype": t.dtype, "shape": list(t.shape),
-                         "offsets": [t.begin, t.end]}
+                t.name: {
+                    "chunk": t.chunk,
+                    "dtype": t.dtype,
+                    "shape": list(t.shape),
+                    "offsets": [t.begin, t.end],
+                }
                 for t in self.tensors.values()
             },
             "files": [_file_doc(f) for f in self.files],
@@ -160,6 +170,7 @@ class Manifest:
         Raises:
             ManifestError: schema, limits, or non-canonical encoding.
             UnsafePathError: a chunk or file path that could escape its directory.
+
         """
         doc = loads_strict(data, max_bytes=limits.manifest_bytes)
         manifest = _parse(doc, limits)
@@ -173,6 +184,7 @@ def publisher_of(data: bytes, *, limits: Limits = LIMITS) -> PublicKey:
 
     Raises:
         ManifestError: if the bytes are not a manifest with a well-formed publisher key.
+
     """
     doc = loads_strict(data, max_bytes=limits.manifest_bytes)
     if not isinstance(doc, dict):
@@ -233,8 +245,19 @@ def _list(value: object, where: str, *, max_items: int) -> list[Any]:
     return value
 
 
-_TOP = {"format", "name", "version", "label", "publisher", "created", "expires", "previous",
-        "chunks", "tensors", "files"}
+_TOP = {
+    "format",
+    "name",
+    "version",
+    "label",
+    "publisher",
+    "created",
+    "expires",
+    "previous",
+    "chunks",
+    "tensors",
+    "files",
+}
 
 
 def _parse(doc: object, limits: Limits) -> Manifest:
@@ -286,8 +309,15 @@ def _parse_chunks(raw: object, limits: Limits) -> tuple[ChunkEntry, ...]:
         total += size
         if out and path <= out[-1].path:
             raise ManifestError("chunks must be sorted by path, without duplicates")
-        out.append(ChunkEntry(path, size, _hex64(c["sha256"], f"{where}.sha256"),
-                              _hex64(c["v2_root"], f"{where}.v2_root"), kind))
+        out.append(
+            ChunkEntry(
+                path,
+                size,
+                _hex64(c["sha256"], f"{where}.sha256"),
+                _hex64(c["v2_root"], f"{where}.v2_root"),
+                kind,
+            )
+        )
     if total > limits.total_bytes:
         raise ManifestError(f"chunks add up to {total} bytes, over the limit")
     return tuple(out)
@@ -322,14 +352,16 @@ def _parse_tensors(
         end = _int(offsets[1], f"{where}.offsets", lo=begin, hi=chunk.size)
         need = expected_nbytes(dtype, shape)
         if end - begin != need:
-            raise ManifestError(f"{where}: {end - begin} bytes for {dtype}{list(shape)}, needs {need}")
+            raise ManifestError(
+                f"{where}: {end - begin} bytes for {dtype}{list(shape)}, needs {need}"
+            )
         if begin % DTYPES[dtype].itemsize:
             raise ManifestError(f"{where}: offset {begin} is not aligned for {dtype}")
         spans.setdefault(chunk.path, []).append((begin, end, name))
         out[name] = TensorEntry(name, chunk.path, dtype, shape, begin, end)
     for path, items in spans.items():
         items.sort()
-        for (_, e0, n0), (b1, _, n1) in zip(items, items[1:], strict=False):
+        for (_, e0, n0), (b1, _, n1) in itertools.pairwise(items):
             if b1 < e0:
                 raise ManifestError(f"tensors {n0[:60]!r} and {n1[:60]!r} overlap in {path}")
     return out
@@ -349,7 +381,9 @@ def _parse_files(
             raise ManifestError(f"{where} must be an object")
         kind = item.get("kind")
         keys = {"name", "size", "sha256", "kind"} | {
-            "blob": {"chunk"}, "safetensors": {"header", "order"}, "torch": {"order"}
+            "blob": {"chunk"},
+            "safetensors": {"header", "order"},
+            "torch": {"order"},
         }.get(str(kind), set())
         f = _obj(item, keys, where)
         name = check_relative(f["name"], what=f"{where}.name")

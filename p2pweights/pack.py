@@ -91,6 +91,7 @@ def pack(
     Raises:
         SourceError, UnsafePickleError, SafetensorsHeaderError: bad input.
         ManifestError: a name, label or limit the manifest cannot hold.
+
     """
     started = time.monotonic()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

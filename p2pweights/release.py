@@ -60,6 +60,7 @@ def resolve_source(source: str | Path) -> Path:
 
     Raises:
         LoadError: if the source is neither.
+
     """
     path = Path(source).expanduser()
     if is_release_dir(path):
@@ -75,7 +76,9 @@ def resolve_source(source: str | Path) -> Path:
             return Path(release)
         raise LoadError(f"{path} was exported from a release that is no longer at {release!r}")
     if "://" in str(source) or str(source).startswith("magnet:"):
-        raise LoadError(f"{str(source)[:80]!r}: URIs are fetched by the daemon; this is not a local path")
+        raise LoadError(
+            f"{str(source)[:80]!r}: URIs are fetched by the daemon; this is not a local path"
+        )
     raise LoadError(f"{path} is not a release dir (no manifest.json) nor an exported dir")
 
 
@@ -108,6 +111,7 @@ def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> 
         UntrustedKeyError: the publisher is not trusted.
         SignatureError: the signature is missing, malformed, or wrong.
         ReleaseExpiredError: past its expiry.
+
     """
     data = _read_limited(root / MANIFEST_NAME, LIMITS.manifest_bytes, "manifest")
     try:

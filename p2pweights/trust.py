@@ -47,6 +47,7 @@ class TrustStore:
 
         Raises:
             TrustStoreError: if the file is damaged.
+
         """
         try:
             data = path.read_bytes()
@@ -56,9 +57,15 @@ class TrustStore:
             raise TrustStoreError(f"cannot read trust store {path}: {exc.strerror}") from exc
         try:
             doc = loads_strict(data, max_bytes=_MAX_FILE, what="trust store")
-            if not isinstance(doc, dict) or set(doc) != {"keys"} or not isinstance(doc["keys"], dict):
+            if (
+                not isinstance(doc, dict)
+                or set(doc) != {"keys"}
+                or not isinstance(doc["keys"], dict)
+            ):
                 raise ManifestError('trust store must be {"keys": {name: key}}')
-            entries = [TrustEntry(_check_name(n), PublicKey.parse(k)) for n, k in doc["keys"].items()]
+            entries = [
+                TrustEntry(_check_name(n), PublicKey.parse(k)) for n, k in doc["keys"].items()
+            ]
         except (ManifestError, KeyFileError) as exc:
             raise TrustStoreError(f"trust store {path} is damaged: {exc}") from exc
         return cls(entries, path=path)
@@ -77,6 +84,7 @@ class TrustStore:
 
         Raises:
             UntrustedKeyError: if the key is not trusted.
+
         """
         name = self.name_of(key)
         if name is None:
@@ -91,6 +99,7 @@ class TrustStore:
 
         Raises:
             TrustStoreError: if the name is taken by another key or is malformed.
+
         """
         _check_name(name)
         for e in self._entries:
@@ -104,6 +113,7 @@ class TrustStore:
 
         Raises:
             TrustStoreError: if nothing matches.
+
         """
         match = [e for e in self._entries if name_or_key in (e.name, e.key.text)]
         if not match:

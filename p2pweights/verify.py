@@ -111,6 +111,7 @@ def verify_chunks(
         MissingChunkError: a chunk file is absent.
         CorruptChunkError: wrong size or wrong sha256.
         ValueError: an unknown mode.
+
     """
     if mode not in ("fast", "full"):
         raise ValueError(f"verify must be 'fast' or 'full', not {mode!r}")
@@ -171,6 +172,7 @@ def verify_release(
         ManifestError, UnsafePathError: malformed manifest.
         UntrustedKeyError, SignatureError, ReleaseExpiredError: not authentic.
         MissingChunkError, CorruptChunkError: damaged chunks.
+
     """
     release = open_release(resolve_source(source), trust)
     verify_chunks(release.root, release.manifest.chunks, mode, progress=progress)

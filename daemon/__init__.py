@@ -1,0 +1,1 @@
+"""p2pweightsd: the background service; its libtorrent session lives in :mod:`.engine`."""

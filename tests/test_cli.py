@@ -1,0 +1,140 @@
+"""The p2pw CLI: verbs, --json, and one documented exit code per failure class."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from p2pweights.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    data: dict[str, object] = json.loads(out)
+    return data
+
+
+@pytest.fixture
+def published(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_model: Callable[..., Path]
+) -> tuple[Path, str]:
+    """A key made by the CLI, a release packed by the CLI; returns (release, public key)."""
+    keyinfo = run_json(capsys, "key", "generate")
+    release = tmp_path / "rel"
+    info = run_json(
+        capsys,
+        "pack",
+        str(make_model()),
+        "--name",
+        "org/model",
+        "--version",
+        "3",
+        "--label",
+        "v3",
+        "--out",
+        str(release),
+    )
+    assert info["chunks"] and info["version"] == 3
+    return release, str(keyinfo["public_key"])
+
+
+def test_trust_flow_and_verify(
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+) -> None:
+    release, pub = published
+    code, _, err = run(capsys, "verify", str(release))
+    assert code == 4 and "not in the trust store" in err and len(err.strip().splitlines()) == 1
+    assert run_json(capsys, "verify", str(release), "--key", pub)["ok"] is True
+    run_json(capsys, "trust", "add", pub, "--name", "org")
+    fingerprint = run_json(capsys, "key", "show")["fingerprint"]
+    assert run_json(capsys, "trust", "list")["keys"] == [
+        {"name": "org", "public_key": pub, "fingerprint": fingerprint}
+    ]
+    ok = run_json(capsys, "verify", str(release), "--full")
+    assert ok["publisher_name"] == "org" and ok["mode"] == "full"
+    assert run_json(capsys, "trust", "remove", "org")["removed"] == "org"
+    assert run(capsys, "trust", "remove", "org")[0] == 10
+
+
+def test_exit_codes_per_failure_class(
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+) -> None:
+    release, pub = published
+    run_json(capsys, "trust", "add", pub, "--name", "org")
+    manifest = release / "manifest.json"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b"org/model", b"org/modem"))
+    assert run(capsys, "verify", str(release))[0] == 3  # bad signature
+    manifest.write_bytes(original[:-1])
+    assert run(capsys, "verify", str(release))[0] == 5  # malformed manifest
+    manifest.write_bytes(original)
+    chunk = sorted((release / "chunks").glob("*.safetensors"))[0]
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    code, out, _ = run(capsys, "verify", str(release), "--full", "--json")
+    assert code == 7 and json.loads(out)["type"] == "CorruptChunkError"
+    chunk.unlink()
+    assert run(capsys, "verify", str(release))[0] == 6  # missing chunk
+    assert run(capsys, "verify", str(release.parent / "nothing"))[0] == 12
+    assert run(capsys, "pack")[0] == 2  # click's usage errors keep click's code
+
+
+def test_debug_shows_the_traceback(
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+) -> None:
+    release, _ = published
+    from p2pweights import UntrustedKeyError
+
+    with pytest.raises(UntrustedKeyError):
+        main(["--debug", "verify", str(release)])
+
+
+def test_export_both_ways(
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str], tmp_path: Path
+) -> None:
+    release, pub = published
+    linked = run_json(capsys, "export", str(release), str(tmp_path / "a"), "--key", pub)
+    assert (
+        "model.safetensors" in linked["files"] or "model.safetensors.index.json" in linked["files"]
+    )
+    exact = run_json(capsys, "export", str(release), str(tmp_path / "b"), "--exact", "--key", pub)
+    assert "model.safetensors" in exact["files"] and "config.json" in exact["files"]
+    assert run(capsys, "export", str(release), str(tmp_path / "b"), "--key", pub)[0] == 11
+
+
+def test_key_passphrase_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    secret = tmp_path / "pass"
+    secret.write_text("s3cret\n")
+    keyfile = tmp_path / "enc.pem"
+    info = run_json(
+        capsys, "key", "generate", "--out", str(keyfile), "--passphrase-file", str(secret)
+    )
+    assert info["encrypted"] is True
+    code, _, err = run(capsys, "key", "show", "--key", str(keyfile))
+    assert code == 9 and "passphrase" in err
+    shown = run_json(capsys, "key", "show", "--key", str(keyfile), "--passphrase-file", str(secret))
+    assert shown["public_key"] == info["public_key"]
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("p2pw")
+    proc = subprocess.run(
+        [str(exe), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0 and "p2pw" in proc.stdout
+    proc = subprocess.run(
+        [str(exe), "verify", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 12 and proc.stderr.startswith("p2pw: error:")
