@@ -38,7 +38,10 @@ def dumps(value: Any) -> bytes:
         )
     except (TypeError, ValueError) as exc:
         raise ManifestError(f"value cannot be encoded as canonical JSON: {exc}") from exc
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ManifestError("value holds an unpaired UTF-16 surrogate") from exc
 
 
 def _reject_floats(value: Any, depth: int) -> None:
@@ -117,7 +120,7 @@ def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
     if _nesting_depth(text) > MAX_DEPTH:
         raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
             parse_constant=_refuse_constant,
@@ -125,5 +128,27 @@ def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
         )
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{what} is not valid JSON: {exc.msg} at byte {exc.pos}") from exc
+    except ValueError as exc:  # e.g. integers past Python's digit limit
+        raise ManifestError(f"{what} is not acceptable JSON: {str(exc)[:120]}") from exc
     except RecursionError as exc:  # pragma: no cover - the depth check above comes first
         raise ManifestError(f"{what} nests too deeply") from exc
+    # "\ud800" escapes decode to lone surrogates, which are not text; only escapes can
+    # produce them, so the walk runs only when the input has such an escape.
+    if "\\ud" in text.lower():
+        _reject_surrogates(value, what)
+    return value
+
+
+def _reject_surrogates(value: Any, what: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ManifestError(f"{what} holds an unpaired UTF-16 surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_surrogates(key, what)
+            _reject_surrogates(item, what)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_surrogates(item, what)

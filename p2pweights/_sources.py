@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -211,19 +212,32 @@ def _add_torch(source: Source, f: SourceFile) -> None:
 
 def _load_pickle(f: SourceFile) -> object:
     try:
-        try:
-            return torch.load(f.path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            # Legacy (pre-zip) files cannot be mapped; read them whole, still weights_only.
-            return torch.load(f.path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols other than 2; the restricted unpickler
+            # still decides what is allowed, and the warning must not abort a pack.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            try:
+                return torch.load(f.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # Legacy (pre-zip) files cannot be mapped; read them whole, still weights_only.
+                return torch.load(f.path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "global" in line), "")
         raise UnsafePickleError(
-            f"{f.name}: refused a pickle that asks for more than tensors; it was not run"
-            + (f" ({detail.strip()[:160]})" if detail else "")
+            f"{f.name}: torch's restricted unpickler refused it, so it was not run"
+            f" ({_unpickler_reason(str(exc))})"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise SourceError(f"{f.name}: not a readable torch checkpoint ({exc})") from exc
+
+
+def _unpickler_reason(message: str) -> str:
+    """The one line of torch's long refusal message that says why."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            reason = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+            return reason[:200]
+    return lines[0][:200] if lines else "unknown reason"

@@ -17,7 +17,15 @@
     ├── KeyFileError                        a key file is unreadable, of the wrong type, or locked
     ├── TrustStoreError                     the trust store is damaged or the entry is unknown
     ├── ExportError                         an export cannot be written or does not match
-    └── LoadError (ValueError)              a load asks for tensors, modes or dirs that do not fit
+    ├── LoadError (ValueError)              a load asks for tensors, modes or dirs that do not fit
+    ├── ConfigError (ValueError)            a config file, variable or flag is invalid
+    ├── CatalogError                        the daemon's SQLite catalog is damaged or unknown
+    ├── UnknownReleaseError (LookupError)   no release with that id is known to the daemon
+    ├── SwarmError                          the swarm could not deliver: torrent errors, no peers
+    │   └── ReleaseMismatchError            the torrent's files differ from the signed manifest
+    └── DaemonError                         talking to the daemon failed
+        ├── DaemonUnavailableError (ConnectionError)  no daemon answers, and none could start
+        └── ApiError                        the daemon refused a request (carries its status)
 
 Each class carries ``exit_code``: the CLI maps an error to it, and the README lists them.
 """
@@ -25,8 +33,13 @@ Each class carries ``exit_code``: the CLI maps an error to it, and the README li
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
+    "CatalogError",
     "ChunkError",
+    "ConfigError",
     "CorruptChunkError",
+    "DaemonError",
+    "DaemonUnavailableError",
     "ExportError",
     "FormatError",
     "KeyFileError",
@@ -35,11 +48,14 @@ __all__ = [
     "MissingChunkError",
     "P2PWeightsError",
     "ReleaseExpiredError",
+    "ReleaseMismatchError",
     "SafetensorsHeaderError",
     "SignatureError",
     "SourceError",
+    "SwarmError",
     "TrustError",
     "TrustStoreError",
+    "UnknownReleaseError",
     "UnsafePathError",
     "UnsafePickleError",
     "UntrustedKeyError",
@@ -138,3 +154,55 @@ class LoadError(P2PWeightsError, ValueError):
     """A load request that cannot be met: unknown tensors, bad device, wrong directory."""
 
     exit_code = 12
+
+
+class ConfigError(P2PWeightsError, ValueError):
+    """A config file, environment variable or flag is invalid."""
+
+    exit_code = 2
+
+
+class CatalogError(P2PWeightsError):
+    """The daemon's SQLite catalog is damaged, unreadable, or of an unknown schema."""
+
+    exit_code = 13
+
+
+class UnknownReleaseError(P2PWeightsError, LookupError):
+    """No release with that id is known to the daemon."""
+
+    exit_code = 16
+
+
+class SwarmError(P2PWeightsError):
+    """The swarm could not deliver a release: torrent errors, or no usable peers."""
+
+    exit_code = 14
+
+
+class ReleaseMismatchError(SwarmError):
+    """The torrent's file list differs from the signed manifest's chunk list."""
+
+    exit_code = 3
+
+
+class DaemonError(P2PWeightsError):
+    """Talking to the daemon failed."""
+
+    exit_code = 15
+
+
+class DaemonUnavailableError(DaemonError, ConnectionError):
+    """No daemon answers on the socket, and none could be started."""
+
+
+class ApiError(DaemonError):
+    """The daemon refused a request; ``status`` is the HTTP status, ``kind`` its error class."""
+
+    def __init__(self, message: str, *, status: int = 500, kind: str = "ApiError",
+                 exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        if exit_code is not None:
+            self.exit_code = exit_code

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._atomic import atomic_writer
+from ._atomic import atomic_write_bytes, atomic_writer
 from ._canonical import dumps
 from ._paths import join_inside
 from .chunking import natural_key
@@ -95,7 +95,8 @@ def export(
             "release": str(release.root.resolve()),
             "manifest_sha256": release.manifest_sha256,
         }
-        (out / EXPORT_POINTER).write_bytes(dumps(pointer))
+        # Replace, never follow: a blob of the same name must not redirect this write.
+        atomic_write_bytes(out / EXPORT_POINTER, dumps(pointer))
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -140,7 +141,8 @@ def _write_linked(release: Release, out: Path) -> list[str]:
         )
         written.append("model.safetensors.index.json")
     for f in manifest.files:
-        if f.kind != "blob" or f.name in _ORIGINAL_INDEXES or f.name in names.values():
+        if (f.kind != "blob" or f.name in _ORIGINAL_INDEXES or f.name in names.values()
+                or f.name == EXPORT_POINTER):
             continue
         if f.chunk is None:
             dest = join_inside(out, f.name, what="file name")
@@ -159,7 +161,10 @@ def _write_exact(release: Release, out: Path, progress: Callable[[int], None] | 
             dest = join_inside(out, f.name, what="file name")
         except UnsafePathError as exc:
             raise ExportError(str(exc)) from exc
-        _rebuild_file(release, f, dest, progress)
+        try:
+            _rebuild_file(release, f, dest, progress)
+        except OSError as exc:
+            raise ExportError(f"cannot write {f.name}: {exc.strerror or exc}") from exc
         written.append(f.name)
     return written
 

@@ -341,7 +341,7 @@ def _parse_tensors(
         if chunk is None or chunk.kind != "tensors":
             raise ManifestError(f"{where}: chunk is not a tensors chunk of this manifest")
         dtype = t["dtype"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ManifestError(f"{where}: unsupported dtype {str(dtype)[:20]!r}")
         shape_raw = _list(t["shape"], f"{where}.shape", max_items=MAX_RANK)
         shape = tuple(_int(d, f"{where}.shape") for d in shape_raw)
@@ -395,8 +395,8 @@ def _parse_files(
             out.append(_parse_blob(f, where, name, size, sha, chunks))
         elif kind in ("safetensors", "torch"):
             order = tuple(_list(f["order"], f"{where}.order", max_items=limits.tensors))
-            if len(set(order)) != len(order) or not all(
-                isinstance(n, str) and n in tensors for n in order
+            if not all(isinstance(n, str) and n in tensors for n in order) or (
+                len(set(order)) != len(order)
             ):
                 raise ManifestError(f"{where}.order must list known tensors, each once")
             header = None

@@ -1,0 +1,259 @@
+"""The control API: versioned JSON over aiohttp, on a 0600 Unix socket (and optional TCP).
+
+Every request body is hostile until checked: the size is capped, fields are typed and
+unknown fields refused. A browser page cannot drive the API: requests that carry an
+``Origin`` header are refused (no CORS), and on TCP the ``Host`` header must name the
+loopback address (against DNS rebinding) and a bearer token is required, compared in
+constant time.
+
+Endpoints (all under ``/v1``)::
+
+    GET    /status                       daemon status
+    POST   /publish      {path, hybrid?} or {source, name, version, key_file, label?}
+    POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?}
+    GET    /releases                     list
+    GET    /releases/{id}                show
+    GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
+    DELETE /releases/{id}?delete_data=1  stop seeding, optionally delete data
+    GET    /events                       progress as Server-Sent Events
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from p2pweights.errors import (
+    ApiError,
+    ChunkError,
+    ConfigError,
+    FormatError,
+    LoadError,
+    P2PWeightsError,
+    SwarmError,
+    TrustError,
+)
+
+from .service import NotFoundError, Service
+
+__all__ = ["MAX_BODY", "SERVICE", "TOKEN", "make_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+TOKEN: web.AppKey[str | None] = web.AppKey("token", str)  # type: ignore[arg-type]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _status_for(exc: P2PWeightsError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, TrustError):
+        return 403
+    if isinstance(exc, FormatError | LoadError | ConfigError):
+        return 400
+    if isinstance(exc, ChunkError):
+        return 409
+    if isinstance(exc, SwarmError):
+        return 502
+    if isinstance(exc, ApiError):
+        return exc.status
+    return 500
+
+
+def _error(status: int, exc: BaseException, exit_code: int = 1) -> web.Response:
+    body = {"error": str(exc)[:2000], "type": type(exc).__name__, "exit_code": exit_code}
+    return web.json_response(body, status=status)
+
+
+def _is_tcp(request: web.Request) -> bool:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return isinstance(sockname, tuple)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Origin, Host and token checks, then one JSON error shape for every failure."""
+    if "Origin" in request.headers:
+        return _error(403, ApiError("cross-origin requests are refused"), 15)
+    if _is_tcp(request):
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        port = sockname[1] if isinstance(sockname, tuple) else 0
+        if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            return _error(403, ApiError("the Host header must name the loopback address"), 15)
+        token = request.app[TOKEN]
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token}"
+        if token is None or not hmac.compare_digest(given.encode(), expected.encode()):
+            return _error(401, ApiError("a valid bearer token is required"), 15)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except P2PWeightsError as exc:
+        return _error(_status_for(exc), exc, exc.exit_code)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the daemon stays up; the client gets the reason
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, exc, 1)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(f"request body over {MAX_BODY} bytes", status=413, exit_code=15)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(f"request body over {MAX_BODY} bytes", status=413, exit_code=15)
+    try:
+        doc = json.loads(raw.decode("utf-8") or "{}")
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(f"request body is not JSON: {exc}", status=400, exit_code=15) from None
+    if not isinstance(doc, dict):
+        raise ApiError("request body must be a JSON object", status=400, exit_code=15)
+    return doc
+
+
+class Fields:
+    """Typed access to a request body; unknown fields are an error."""
+
+    def __init__(self, doc: dict[str, Any], allowed: set[str]) -> None:
+        extra = sorted(set(doc) - allowed)
+        if extra:
+            raise ApiError(f"unknown field(s): {', '.join(extra)[:200]}", status=400,
+                           exit_code=15)
+        self.doc = doc
+
+    def str(self, name: str, *, required: bool = False, max_len: int = 8192) -> str | None:
+        value = self.doc.get(name)
+        if value is None:
+            if required:
+                raise ApiError(f"field {name!r} is required", status=400, exit_code=15)
+            return None
+        if not isinstance(value, str) or len(value) > max_len or "\x00" in value:
+            raise ApiError(f"field {name!r} must be a string", status=400, exit_code=15)
+        return value
+
+    def strs(self, name: str, *, max_items: int = 256) -> list[str]:
+        value = self.doc.get(name, [])
+        if not isinstance(value, list) or len(value) > max_items or not all(
+            isinstance(v, str) and 0 < len(v) <= 1024 and "\x00" not in v for v in value
+        ):
+            raise ApiError(f"field {name!r} must be a list of strings", status=400, exit_code=15)
+        return list(value)
+
+    def bool(self, name: str) -> bool:
+        value = self.doc.get(name, False)
+        if not isinstance(value, bool):
+            raise ApiError(f"field {name!r} must be true or false", status=400, exit_code=15)
+        return value
+
+    def int(self, name: str, *, required: bool = False) -> int | None:
+        value = self.doc.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+            raise ApiError(f"field {name!r} must be a non-negative integer", status=400,
+                           exit_code=15)
+        return value
+
+
+async def status(request: web.Request) -> web.Response:
+    """GET /v1/status."""
+    return web.json_response(request.app[SERVICE].status())
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /v1/publish."""
+    f = Fields(await _body(request),
+               {"path", "hybrid", "source", "name", "version", "label", "key_file"})
+    service = request.app[SERVICE]
+    path = f.str("path")
+    if path is not None:
+        info = await service.publish(path, hybrid=f.bool("hybrid"))
+    else:
+        info = await service.pack_and_publish(
+            source=f.str("source", required=True) or "",
+            name=f.str("name", required=True, max_len=200) or "",
+            version=f.int("version", required=True) or 0,
+            label=f.str("label", max_len=256) or "",
+            key_file=f.str("key_file", required=True) or "",
+            hybrid=f.bool("hybrid"),
+        )
+    return web.json_response(info, status=201)
+
+
+async def fetch(request: web.Request) -> web.Response:
+    """POST /v1/fetch."""
+    f = Fields(await _body(request),
+               {"uri", "peers", "trackers", "include", "trust_on_first_use"})
+    info = await request.app[SERVICE].fetch(
+        f.str("uri", required=True) or "",
+        peers=f.strs("peers"),
+        trackers=f.strs("trackers"),
+        include=f.strs("include"),
+        trust_on_first_use=f.bool("trust_on_first_use"),
+    )
+    return web.json_response(info, status=202)
+
+
+async def list_releases(request: web.Request) -> web.Response:
+    """GET /v1/releases."""
+    return web.json_response({"releases": request.app[SERVICE].list_releases()})
+
+
+async def show(request: web.Request) -> web.Response:
+    """GET /v1/releases/{id}."""
+    return web.json_response(request.app[SERVICE].show(request.match_info["id"]))
+
+
+async def wait(request: web.Request) -> web.Response:
+    """GET /v1/releases/{id}/wait?timeout=SECONDS."""
+    try:
+        timeout = float(request.query.get("timeout", "60"))
+    except ValueError:
+        raise ApiError("timeout must be a number", status=400, exit_code=15) from None
+    timeout = min(max(timeout, 0.0), 3600.0)
+    info = await request.app[SERVICE].wait(request.match_info["id"], timeout)
+    return web.json_response(info)
+
+
+async def remove(request: web.Request) -> web.Response:
+    """DELETE /v1/releases/{id}."""
+    delete_data = request.query.get("delete_data", "0") in ("1", "true")
+    info = await request.app[SERVICE].remove(request.match_info["id"], delete_data=delete_data)
+    return web.json_response(info)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/events: Server-Sent Events, one JSON object per event."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    async for event in request.app[SERVICE].events():
+        await response.write(f"data: {json.dumps(event, sort_keys=True)}\n\n".encode())
+    return response
+
+
+def make_app(service: Service, *, token: str | None) -> web.Application:
+    """The aiohttp application for ``service``."""
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+    app[SERVICE] = service
+    app[TOKEN] = token
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/publish", publish)
+    app.router.add_post("/v1/fetch", fetch)
+    app.router.add_get("/v1/releases", list_releases)
+    app.router.add_get("/v1/releases/{id}", show)
+    app.router.add_get("/v1/releases/{id}/wait", wait)
+    app.router.add_delete("/v1/releases/{id}", remove)
+    app.router.add_get("/v1/events", events)
+    return app

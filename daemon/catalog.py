@@ -1,0 +1,244 @@
+"""The daemon's catalog: SQLite (WAL) on disk, one row per release, plus resume data.
+
+The catalog records what the daemon is doing and what it has; the chunk files themselves
+live in the store and stay the source of truth for bytes. Every write is one short
+transaction, so a ``kill -9`` leaves either the old row or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from p2pweights.errors import CatalogError
+
+__all__ = ["Catalog", "ReleaseRow", "ReleaseState"]
+
+ReleaseState = Literal["metadata", "manifest", "downloading", "seeding", "complete", "error"]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS releases (
+    id TEXT PRIMARY KEY,
+    name TEXT, version INTEGER, label TEXT, publisher TEXT, manifest_sha256 TEXT,
+    state TEXT NOT NULL, error TEXT,
+    torrent BLOB, source TEXT NOT NULL,
+    include_json TEXT NOT NULL DEFAULT '[]',
+    peers_json TEXT NOT NULL DEFAULT '[]',
+    trackers_json TEXT NOT NULL DEFAULT '[]',
+    tofu INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL DEFAULT 0,
+    added REAL NOT NULL, completed REAL
+);
+CREATE TABLE IF NOT EXISTS release_chunks (
+    release_id TEXT NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    PRIMARY KEY (release_id, path)
+);
+CREATE INDEX IF NOT EXISTS release_chunks_path ON release_chunks(path);
+CREATE TABLE IF NOT EXISTS resume (
+    release_id TEXT PRIMARY KEY REFERENCES releases(id) ON DELETE CASCADE,
+    data BLOB NOT NULL, saved REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    """One release the daemon knows."""
+
+    id: str
+    name: str | None
+    version: int | None
+    label: str | None
+    publisher: str | None
+    manifest_sha256: str | None
+    state: ReleaseState
+    error: str | None
+    torrent: bytes | None
+    source: str
+    include: tuple[str, ...]
+    peers: tuple[str, ...]
+    trackers: tuple[str, ...]
+    tofu: bool
+    total_bytes: int
+    added: float
+    completed: float | None
+
+
+class Catalog:
+    """Typed access to the catalog database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            check = self._db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise CatalogError(f"catalog {path} is damaged: {check}")
+            with self._tx():
+                self._db.executescript(_SCHEMA)
+                row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),)
+                    )
+                elif row[0] != str(_SCHEMA_VERSION):
+                    raise CatalogError(f"catalog {path} has schema {row[0]}, not {_SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"catalog {path} is damaged or unreadable: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def add_release(
+        self,
+        rid: str,
+        *,
+        source: str,
+        state: ReleaseState,
+        torrent: bytes | None = None,
+        include: Sequence[str] = (),
+        peers: Sequence[str] = (),
+        trackers: Sequence[str] = (),
+        tofu: bool = False,
+    ) -> None:
+        """Insert a release, or reset an existing row's request fields."""
+        with self._tx():
+            self._db.execute(
+                """INSERT INTO releases (id, state, torrent, source, include_json, peers_json,
+                   trackers_json, tofu, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET source=excluded.source,
+                   include_json=excluded.include_json, peers_json=excluded.peers_json,
+                   trackers_json=excluded.trackers_json, tofu=excluded.tofu,
+                   torrent=COALESCE(releases.torrent, excluded.torrent)""",
+                (rid, state, torrent, source, json.dumps(list(include)), json.dumps(list(peers)),
+                 json.dumps(list(trackers)), int(tofu), time.time()),
+            )
+
+    def set_manifest(
+        self,
+        rid: str,
+        *,
+        name: str,
+        version: int,
+        label: str,
+        publisher: str,
+        manifest_sha256: str,
+        total_bytes: int,
+        chunks: Sequence[str],
+        torrent: bytes | None,
+    ) -> None:
+        """Record the authenticated manifest of a release and the chunks it uses."""
+        with self._tx():
+            self._db.execute(
+                """UPDATE releases SET name=?, version=?, label=?, publisher=?,
+                   manifest_sha256=?, total_bytes=?, torrent=COALESCE(?, torrent) WHERE id=?""",
+                (name, version, label, publisher, manifest_sha256, total_bytes, torrent, rid),
+            )
+            self._db.execute("DELETE FROM release_chunks WHERE release_id=?", (rid,))
+            self._db.executemany(
+                "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c) for c in chunks]
+            )
+
+    def set_state(self, rid: str, state: ReleaseState, error: str | None = None) -> None:
+        """Move a release to ``state``; ``complete``/``seeding`` stamp the completion time."""
+        with self._tx():
+            self._db.execute(
+                """UPDATE releases SET state=?, error=?,
+                   completed=CASE WHEN ? IN ('seeding','complete') THEN COALESCE(completed, ?)
+                   ELSE completed END WHERE id=?""",
+                (state, error, state, time.time(), rid),
+            )
+
+    def save_resume(self, rid: str, data: bytes) -> None:
+        """Store the latest resume data of a release."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO resume VALUES (?, ?, ?) ON CONFLICT(release_id) DO UPDATE "
+                "SET data=excluded.data, saved=excluded.saved",
+                (rid, data, time.time()),
+            )
+
+    def resume_data(self, rid: str) -> bytes | None:
+        """The saved resume data of a release, if any."""
+        row = self._db.execute("SELECT data FROM resume WHERE release_id=?", (rid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get(self, rid: str) -> ReleaseRow | None:
+        """One release, or None."""
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM releases WHERE id=?", (rid,)).fetchone()
+        return None if row is None else _row(row)
+
+    def releases(self) -> list[ReleaseRow]:
+        """All releases, oldest first."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM releases ORDER BY added").fetchall()
+        return [_row(r) for r in rows]
+
+    def remove(self, rid: str) -> list[str]:
+        """Forget a release; returns its chunk paths that no other release uses."""
+        with self._tx():
+            orphans = [
+                r[0]
+                for r in self._db.execute(
+                    """SELECT path FROM release_chunks WHERE release_id=? AND path NOT IN
+                       (SELECT path FROM release_chunks WHERE release_id != ?)""",
+                    (rid, rid),
+                )
+            ]
+            self._db.execute("DELETE FROM releases WHERE id=?", (rid,))
+        return orphans
+
+    def chunk_users(self, path: str) -> list[str]:
+        """Releases that use a chunk."""
+        rows = self._db.execute("SELECT release_id FROM release_chunks WHERE path=?", (path,))
+        return [r[0] for r in rows]
+
+
+_COLUMNS = (
+    "id, name, version, label, publisher, manifest_sha256, state, error, torrent, source, "
+    "include_json, peers_json, trackers_json, tofu, total_bytes, added, completed"
+)
+
+
+def _row(r: tuple[object, ...]) -> ReleaseRow:
+    return ReleaseRow(
+        id=str(r[0]),
+        name=r[1] if isinstance(r[1], str) else None,
+        version=r[2] if isinstance(r[2], int) else None,
+        label=r[3] if isinstance(r[3], str) else None,
+        publisher=r[4] if isinstance(r[4], str) else None,
+        manifest_sha256=r[5] if isinstance(r[5], str) else None,
+        state=str(r[6]),  # type: ignore[arg-type]
+        error=r[7] if isinstance(r[7], str) else None,
+        torrent=bytes(r[8]) if isinstance(r[8], bytes | bytearray | memoryview) else None,
+        source=str(r[9]),
+        include=tuple(json.loads(str(r[10]))),
+        peers=tuple(json.loads(str(r[11]))),
+        trackers=tuple(json.loads(str(r[12]))),
+        tofu=bool(r[13]),
+        total_bytes=int(r[14]),  # type: ignore[call-overload]
+        added=float(r[15]),  # type: ignore[arg-type]
+        completed=float(r[16]) if isinstance(r[16], int | float) else None,
+    )

@@ -1,0 +1,207 @@
+"""The daemon's configuration: a TOML file, then the environment, then flags; built once.
+
+File: ``$P2PW_CONFIG``, else ``config.toml`` in the data dir. Keys (all optional)::
+
+    profile = "default"            # or "local": loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP
+    listen = "0.0.0.0:6881"        # libtorrent listen interface(s)
+    outgoing_interface = ""
+    dht = true
+    dht_bootstrap = ["dht.libtorrent.org:25401", ...]
+    lsd = true
+    upnp = true
+    natpmp = true
+    utp = true
+    upload_rate = 0                # bytes/s, 0 = unlimited
+    download_rate = 0
+    rate_limit_local = false       # apply the rate limits to loopback/LAN peers too
+    seed_ratio_limit = 0.0         # stop seeding at this upload/size ratio, 0 = never
+    seed_time_limit = 0            # stop seeding after this many seconds, 0 = never
+    resume_interval = 60           # seconds between periodic resume-data saves
+    tcp_port = 0                   # also serve the API on 127.0.0.1:PORT (bearer token)
+
+Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
+``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
+``P2PW_TCP_PORT``, ``P2PW_LSD``/``P2PW_DHT`` (0 or 1).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from p2pweights.errors import ConfigError
+from p2pweights.paths import data_dir
+
+__all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "load_config"]
+
+Profile = Literal["default", "local"]
+
+PUBLIC_BOOTSTRAP = (
+    "dht.libtorrent.org:25401",
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+)
+_MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything the daemon needs to start; immutable once built."""
+
+    home: Path
+    profile: Profile = "default"
+    listen: str = "0.0.0.0:6881,[::]:6881"
+    outgoing_interface: str = ""
+    dht: bool = True
+    dht_bootstrap: tuple[str, ...] = PUBLIC_BOOTSTRAP
+    lsd: bool = True
+    upnp: bool = True
+    natpmp: bool = True
+    utp: bool = True
+    upload_rate: int = 0
+    download_rate: int = 0
+    rate_limit_local: bool = False
+    seed_ratio_limit: float = 0.0
+    seed_time_limit: int = 0
+    resume_interval: float = 60.0
+    tcp_port: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket_path(self) -> Path:
+        """The Unix socket of the control API."""
+        return self.home / "daemon.sock"
+
+    @property
+    def token_path(self) -> Path:
+        """The bearer token file for the TCP API."""
+        return self.home / "api.token"
+
+    @property
+    def pid_path(self) -> Path:
+        """The pid file (also the single-instance lock)."""
+        return self.home / "daemon.pid"
+
+    @property
+    def log_path(self) -> Path:
+        """The daemon's log file when started in the background."""
+        return self.home / "daemon.log"
+
+    @property
+    def store_dir(self) -> Path:
+        """Where chunks and per-release manifests live."""
+        return self.home / "store"
+
+    @property
+    def catalog_path(self) -> Path:
+        """The SQLite catalog."""
+        return self.home / "catalog.sqlite3"
+
+
+_LOCAL: dict[str, Any] = {
+    "listen": "127.0.0.1:0",
+    "dht": False,
+    "dht_bootstrap": (),
+    "lsd": False,
+    "upnp": False,
+    "natpmp": False,
+    "utp": False,
+}
+
+_ENV: dict[str, str] = {
+    "P2PW_PROFILE": "profile",
+    "P2PW_LISTEN": "listen",
+    "P2PW_OUTGOING_INTERFACE": "outgoing_interface",
+    "P2PW_DHT_BOOTSTRAP": "dht_bootstrap",
+    "P2PW_UPLOAD_RATE": "upload_rate",
+    "P2PW_DOWNLOAD_RATE": "download_rate",
+    "P2PW_TCP_PORT": "tcp_port",
+    "P2PW_DHT": "dht",
+    "P2PW_LSD": "lsd",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    types = {f.name: f.type for f in fields(DaemonConfig)}
+    kind = str(types.get(name, ""))
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("0", "1", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = int(value)
+            if out < 0:
+                raise ValueError(value)
+            return out
+        if kind == "float":
+            out_f = float(value)
+            if out_f < 0:
+                raise ValueError(value)
+            return out_f
+        if kind == "tuple[str, ...]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind == "Profile":
+            if value not in ("default", "local"):
+                raise ValueError(value)
+            return value
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"config: {name} = {value!r:.60} is not a valid {kind}") from None
+
+
+def load_config(
+    home: Path | str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DaemonConfig:
+    """Build the config: file, then environment, then ``overrides`` (the CLI flags).
+
+    A ``profile`` from any layer applies first; explicit keys then override it.
+
+    Raises:
+        ConfigError: unreadable file, unknown keys, bad values, or a socket path too long.
+    """
+    env = os.environ if environ is None else environ
+    root = data_dir(home)
+    layers: list[dict[str, Any]] = []
+    cfg_file = Path(env["P2PW_CONFIG"]) if env.get("P2PW_CONFIG") else root / "config.toml"
+    if cfg_file.is_file():
+        try:
+            layers.append(tomllib.loads(cfg_file.read_text("utf-8")))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {cfg_file}: {exc}") from exc
+    layers.append({key: env[var] for var, key in _ENV.items() if env.get(var)})
+    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+
+    known = {f.name for f in fields(DaemonConfig)} - {"home", "extra"}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = sorted(set(layer) - known)
+        if unknown:
+            raise ConfigError(f"config: unknown key(s) {', '.join(unknown)}")
+        merged.update({k: _coerce(k, v) for k, v in layer.items()})
+    config = DaemonConfig(home=root)
+    if merged.get("profile") == "local":
+        config = replace(config, **_LOCAL)
+    config = replace(config, **merged)
+    if len(str(config.socket_path)) > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"data dir {root} is too long for a Unix socket path; use a shorter P2PW_HOME"
+        )
+    return config

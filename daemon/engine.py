@@ -1,0 +1,1290 @@
+"""The daemon's BitTorrent engine: the one module that imports libtorrent.
+
+It does three things:
+
+* **Torrents from releases.** :func:`make_torrent` turns a release directory into a
+  BitTorrent v2 torrent (v2-only by default, hybrid on request) whose files are exactly
+  ``manifest.json``, ``manifest.sig`` and the manifest's chunks, never local state such as
+  the verify records. :func:`parse_torrent` and :func:`parse_magnet` read hostile input
+  strictly.
+* **A session in asyncio.** :class:`Engine` owns one ``libtorrent.session``. Alerts reach
+  the event loop through ``session.set_alert_fd`` on a socket pair watched with
+  ``loop.add_reader``: libtorrent writes one byte from its own thread and never touches
+  Python, so there is no busy polling and no GIL deadlock (``set_alert_notify`` calls a
+  Python callback from the network thread, which the libtorrent docs warn can deadlock).
+* **Awaitable milestones.** Metadata, file completion, finishing, renames, rechecks,
+  pauses and resume data are futures resolved from alerts. Waiters never time out on
+  their own; wrap them in :func:`asyncio.wait_for`. A ``torrent_error_alert`` or
+  ``file_error_alert`` fails every waiter of that torrent with :class:`TorrentFailedError`.
+  Hash failures are not fatal (libtorrent bans the peer and fetches the piece again);
+  they are counted in :attr:`TorrentStatus.failed_bytes` and reported as events.
+
+Torrent layout. Every file of a release torrent sits under one root directory, the
+torrent's name, derived from the manifest: ``ORG/MODEL`` version ``N`` gives
+``ORG--MODEL-vN``. :attr:`TorrentFileEntry.path` is the path *below* that root, i.e. the
+path inside the release directory (``manifest.json``, ``chunks/<sha256>.safetensors``).
+libtorrent itself would place file ``i`` at ``save_path/<name>/<path>``; pass
+``file_paths`` (libtorrent's ``renamed_files``) to put any file anywhere below
+``save_path``. ``TorrentFile.release_layout()`` maps a torrent onto a release directory
+(``save_path`` = the release dir), which is how a publisher seeds in place.
+
+Torrents are identified by their v2 info-hash in hex (64 characters). v1-only torrents
+and magnets are refused: the chain of trust needs the v2 per-file roots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import os
+import socket
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self, cast
+
+import libtorrent as lt
+
+from p2pweights._paths import check_relative
+from p2pweights.errors import (
+    ChunkError,
+    CorruptChunkError,
+    FormatError,
+    ManifestError,
+    MissingChunkError,
+    P2PWeightsError,
+)
+from p2pweights.manifest import LIMITS, Manifest
+from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME
+
+__all__ = [
+    "DEFAULT_DHT_BOOTSTRAP",
+    "DEFAULT_PIECE_SIZE",
+    "Engine",
+    "EngineError",
+    "EngineEvent",
+    "EngineSettings",
+    "EventStream",
+    "MagnetLink",
+    "TorrentFailedError",
+    "TorrentFile",
+    "TorrentFileEntry",
+    "TorrentStatus",
+    "make_torrent",
+    "parse_magnet",
+    "parse_torrent",
+    "torrent_name",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
+"""Piece size of release torrents. It is part of the info dict, so part of the info-hash."""
+
+DEFAULT_DHT_BOOTSTRAP = (
+    "dht.libtorrent.org:25401,router.bittorrent.com:6881,router.utorrent.com:6881,"
+    "dht.transmissionbt.com:6881,dht.aelitis.com:6881"
+)
+"""libtorrent's own default bootstrap list, spelled out so the real-world profile is explicit."""
+
+MAX_TORRENT_BYTES = 64 * 1024 * 1024
+"""Largest .torrent accepted (v2 piece layers cost 32 bytes per piece)."""
+
+MAX_MAGNET_CHARS = 64 * 1024
+
+_MIN_PIECE = 16 * 1024
+_MAX_PIECE = 64 * 1024 * 1024
+_ZERO_ROOT = "0" * 64
+_CREATOR = "p2pweights"
+
+_ALERT_MASK = (
+    lt.alert.category_t.error_notification
+    | lt.alert.category_t.status_notification
+    | lt.alert.category_t.storage_notification
+    | lt.alert.category_t.file_progress_notification
+)
+
+
+class EngineError(P2PWeightsError):
+    """The BitTorrent engine failed: a session, torrent or operation that did not work."""
+
+    exit_code = 13
+
+
+class TorrentFailedError(EngineError):
+    """A torrent stopped on an error (disk, file or torrent error reported by libtorrent)."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The libtorrent settings the daemon exposes; everything else keeps libtorrent's default."""
+
+    listen_interfaces: str = "0.0.0.0:6881,[::]:6881"
+    outgoing_interface: str = ""
+    enable_dht: bool = True
+    dht_bootstrap_nodes: str = DEFAULT_DHT_BOOTSTRAP
+    dht_allow_local: bool = False
+    """Let the DHT route through private/loopback addresses (a loopback test swarm)."""
+    enable_lsd: bool = True
+    enable_upnp: bool = True
+    enable_natpmp: bool = True
+    enable_utp: bool = True
+    upload_rate_limit: int = 0
+    """Bytes per second, 0 = unlimited."""
+    download_rate_limit: int = 0
+    """Bytes per second, 0 = unlimited."""
+    apply_limits_to_local: bool = False
+    """Put every address in the global peer class, so limits bite on loopback and LAN too."""
+    allow_multiple_connections_per_ip: bool = False
+    close_redundant_connections: bool = True
+    """Drop a connection when neither side wants anything; off keeps seeds connected to a
+    torrent that wants nothing *yet* (a magnet fetched in stages)."""
+    min_reconnect_time: int = 60
+    """Seconds before libtorrent dials a peer again, ``connect_peer`` included. A recheck
+    disconnects every peer, so a staged fetch on a quiet swarm wants this small."""
+    status_interval: float = 1.0
+    """Seconds between progress events, while someone subscribes to events."""
+
+    @classmethod
+    def default(cls) -> EngineSettings:
+        """The real-world profile: DHT with public bootstrap, LSD, uTP, UPnP and NAT-PMP."""
+        return cls()
+
+    @classmethod
+    def local_only(
+        cls, addr: str, *, port: int = 0, dht_bootstrap_nodes: str = "", **overrides: Any
+    ) -> EngineSettings:
+        """A session bound to one loopback address that contacts nothing else.
+
+        DHT, LSD, UPnP, NAT-PMP and uTP are off. Passing ``dht_bootstrap_nodes`` (loopback
+        ``host:port`` pairs) turns a DHT on that may route only among local nodes.
+
+        Raises:
+            EngineError: ``addr`` is not a loopback address.
+
+        """
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError as exc:
+            raise EngineError(f"{addr!r} is not an IP address") from exc
+        if not ip.is_loopback:
+            raise EngineError(f"local_only needs a loopback address, not {addr}")
+        host = f"[{addr}]" if ip.version == 6 else addr
+        values: dict[str, Any] = {
+            "listen_interfaces": f"{host}:{port}",
+            "outgoing_interface": addr,
+            "enable_dht": bool(dht_bootstrap_nodes),
+            "dht_bootstrap_nodes": dht_bootstrap_nodes,
+            "dht_allow_local": bool(dht_bootstrap_nodes),
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_utp": False,
+            "allow_multiple_connections_per_ip": True,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def settings_pack(self) -> dict[str, Any]:
+        """The libtorrent ``settings_pack`` dict for these settings."""
+        return {
+            "listen_interfaces": self.listen_interfaces,
+            "outgoing_interfaces": self.outgoing_interface,
+            "enable_dht": self.enable_dht,
+            "dht_bootstrap_nodes": self.dht_bootstrap_nodes,
+            "dht_restrict_routing_ips": not self.dht_allow_local,
+            "dht_restrict_search_ips": not self.dht_allow_local,
+            "dht_prefer_verified_node_ids": not self.dht_allow_local,
+            "enable_lsd": self.enable_lsd,
+            "enable_upnp": self.enable_upnp,
+            "enable_natpmp": self.enable_natpmp,
+            "enable_outgoing_utp": self.enable_utp,
+            "enable_incoming_utp": self.enable_utp,
+            "upload_rate_limit": self.upload_rate_limit,
+            "download_rate_limit": self.download_rate_limit,
+            "allow_multiple_connections_per_ip": self.allow_multiple_connections_per_ip,
+            "close_redundant_connections": self.close_redundant_connections,
+            "min_reconnect_time": self.min_reconnect_time,
+            "alert_mask": _ALERT_MASK,
+            "alert_queue_size": 10_000,
+            "user_agent": f"{_CREATOR}/libtorrent {lt.__version__}",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentFileEntry:
+    """One real (non-pad) file of a torrent."""
+
+    index: int
+    """libtorrent's file index (pad files take indices too, so these are not contiguous)."""
+    path: str
+    """Path below the torrent's root directory, e.g. ``chunks/<sha256>.safetensors``."""
+    size: int
+    v2_root: str
+    """Hex BEP 52 file root; the empty string for an empty file (as in the manifest)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentFile:
+    """A parsed, validated v2 (or hybrid) torrent."""
+
+    data: bytes
+    """The bencoded .torrent."""
+    name: str
+    """The torrent's root directory name."""
+    info_hash_v2: str
+    info_hash_v1: str | None
+    """Set for hybrid torrents only."""
+    piece_size: int
+    magnet: str
+    """A ``magnet:?xt=urn:btmh:1220…`` link (plus ``btih`` for hybrids)."""
+    files: tuple[TorrentFileEntry, ...]
+    num_files: int
+    """libtorrent's file count, pad files included: the length of a priority list."""
+
+    @property
+    def id(self) -> str:
+        """The engine's id for this torrent: the v2 info-hash in hex."""
+        return self.info_hash_v2
+
+    def file(self, path: str) -> TorrentFileEntry:
+        """The entry for ``path`` (below the root).
+
+        Raises:
+            KeyError: no such file.
+
+        """
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    def release_layout(self, prefix: str = "") -> dict[int, str]:
+        """``file_paths`` that lay the torrent out as a release dir at ``save_path/prefix``."""
+        base = prefix.strip("/")
+        return {f.index: f"{base}/{f.path}" if base else f.path for f in self.files}
+
+
+@dataclass(frozen=True, slots=True)
+class MagnetLink:
+    """A validated magnet link that names a v2 torrent."""
+
+    uri: str
+    info_hash_v2: str
+    info_hash_v1: str | None
+    name: str | None
+    peers: tuple[tuple[str, int], ...]
+    trackers: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """The engine's id for this torrent: the v2 info-hash in hex."""
+        return self.info_hash_v2
+
+
+TorrentState = Literal[
+    "queued_for_checking", "checking_files", "downloading_metadata", "downloading",
+    "finished", "seeding", "allocating", "checking_resume_data", "unknown",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentStatus:
+    """A snapshot of one torrent."""
+
+    id: str
+    name: str
+    state: TorrentState
+    paused: bool
+    has_metadata: bool
+    is_finished: bool
+    """All wanted pieces are there (state finished or seeding)."""
+    is_seeding: bool
+    progress: float
+    """0.0-1.0 of the wanted bytes."""
+    total_done: int
+    total_wanted: int
+    total_wanted_done: int
+    total_payload_download: int
+    """Payload bytes downloaded in this session (since add)."""
+    total_payload_upload: int
+    all_time_download: int
+    all_time_upload: int
+    download_rate: int
+    """Payload bytes per second."""
+    upload_rate: int
+    num_peers: int
+    num_seeds: int
+    failed_bytes: int
+    """Bytes that failed the hash check (``total_failed_bytes``)."""
+    redundant_bytes: int
+    error: str | None
+
+
+EventKind = Literal[
+    "added", "metadata", "state", "file_completed", "finished", "checked", "paused",
+    "resumed", "hash_failed", "error", "removed", "renamed", "resume_rejected", "progress",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """Something that happened to a torrent; what a daemon forwards to an event stream."""
+
+    kind: EventKind
+    torrent: str
+    status: TorrentStatus | None = None
+    """Set for ``progress`` events (periodic, only for torrents that changed)."""
+    file_index: int | None = None
+    message: str = ""
+
+
+# --------------------------------------------------------------------------- torrents
+
+
+def torrent_name(manifest: Manifest) -> str:
+    """The root directory name of a release's torrent: ``ORG--MODEL-vN``."""
+    return f"{manifest.name.replace('/', '--')}-v{manifest.version}"
+
+
+def _read_manifest(release_dir: Path) -> Manifest:
+    path = release_dir / MANIFEST_NAME
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(LIMITS.manifest_bytes + 1)
+    except FileNotFoundError:
+        raise ManifestError(f"{path} is missing: not a release directory") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > LIMITS.manifest_bytes:
+        raise ManifestError(f"{path} is over the limit of {LIMITS.manifest_bytes} bytes")
+    return Manifest.from_bytes(data)
+
+
+def _file_size(path: Path, rel: str) -> int:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise MissingChunkError(f"{rel} is missing from the release at {path.parent}") from None
+    if not path.is_file():
+        raise ChunkError(f"{rel} in the release is not a regular file")
+    return st.st_size
+
+
+def make_torrent(
+    release_dir: Path,
+    *,
+    hybrid: bool = False,
+    piece_size: int = DEFAULT_PIECE_SIZE,
+    trackers: Sequence[str] = (),
+) -> TorrentFile:
+    """Build the torrent of a release directory.
+
+    The torrent holds ``manifest.json``, ``manifest.sig`` and every chunk the manifest
+    lists, under the root directory :func:`torrent_name`. The bytes are reproducible:
+    the creation date is the manifest's ``created`` and no mtimes are stored, so anyone
+    holding the release makes the same torrent and the same info-hash.
+
+    Args:
+        release_dir: the release.
+        hybrid: also make v1 piece hashes (for v1-only clients); default v2-only.
+        piece_size: a power of two from 16 KiB to 64 MiB. Part of the info-hash.
+        trackers: announce URLs to put in the torrent.
+
+    Returns:
+        The torrent.
+
+    Raises:
+        ManifestError: the manifest is missing or malformed.
+        MissingChunkError: a file the manifest names is not there.
+        CorruptChunkError: a chunk's size or v2 root differs from the manifest.
+        FormatError: a bad piece size.
+
+    """
+    if piece_size < _MIN_PIECE or piece_size > _MAX_PIECE or piece_size & (piece_size - 1):
+        raise FormatError(f"piece size {piece_size} is not a power of two in 16 KiB..64 MiB")
+    manifest = _read_manifest(release_dir)
+    name = torrent_name(manifest)
+    sizes = {
+        MANIFEST_NAME: _file_size(release_dir / MANIFEST_NAME, MANIFEST_NAME),
+        SIGNATURE_NAME: _file_size(release_dir / SIGNATURE_NAME, SIGNATURE_NAME),
+    }
+    for chunk in manifest.chunks:
+        size = _file_size(release_dir / chunk.path, chunk.path)
+        if size != chunk.size:
+            raise CorruptChunkError(
+                f"chunk {chunk.path} has {size} bytes, the manifest says {chunk.size}"
+            )
+        sizes[chunk.path] = size
+    entries = [lt.create_file_entry(f"{name}/{rel}", size) for rel, size in sorted(sizes.items())]
+    flags = 0 if hybrid else lt.create_torrent.v2_only
+    ct = lt.create_torrent(entries, piece_size, flags)
+    # set_piece_hashes reads `<base>/<name>/<path>`; a symlink named after the torrent
+    # lets it read the release dir in place, whatever that dir is called.
+    with tempfile.TemporaryDirectory(prefix="p2pw-torrent-") as tmp:
+        os.symlink(release_dir.resolve(), Path(tmp) / name)
+        try:
+            lt.set_piece_hashes(ct, tmp)
+        except RuntimeError as exc:
+            raise ChunkError(f"cannot hash the release at {release_dir}: {exc}") from exc
+    ct.set_creation_date(manifest.created)
+    ct.set_creator(_CREATOR)
+    for tier, url in enumerate(trackers):
+        ct.add_tracker(url, tier)
+    torrent = parse_torrent(lt.bencode(ct.generate()))
+    roots = {f.path: f.v2_root for f in torrent.files}
+    for chunk in manifest.chunks:
+        if roots.get(chunk.path) != chunk.v2_root:
+            raise CorruptChunkError(
+                f"chunk {chunk.path} hashes to v2 root {roots.get(chunk.path)}, "
+                f"the manifest says {chunk.v2_root}"
+            )
+    return torrent
+
+
+def parse_torrent(data: bytes) -> TorrentFile:
+    """Parse and validate a .torrent (hostile input).
+
+    Raises:
+        FormatError: not a torrent, not v2, or odd paths (absolute, ``..``, symlinks).
+
+    """
+    if len(data) > MAX_TORRENT_BYTES:
+        raise FormatError(f"torrent is over the limit of {MAX_TORRENT_BYTES} bytes")
+    try:
+        ti = lt.torrent_info(data)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise FormatError(f"not a valid torrent: {exc}") from exc
+    return _torrent_from_info(ti, data)
+
+
+def _torrent_from_info(ti: Any, data: bytes) -> TorrentFile:
+    hashes = ti.info_hashes()
+    if not hashes.has_v2():
+        raise FormatError("not a BitTorrent v2 torrent (no v2 info-hash)")
+    fs = ti.layout()
+    name = fs.name()
+    check_relative(name, what="torrent name")
+    if "/" in name:
+        raise FormatError(f"torrent name {name[:80]!r} has a '/'")
+    files = tuple(_files_of(fs, name))
+    return TorrentFile(
+        data=data,
+        name=name,
+        info_hash_v2=str(hashes.v2),
+        info_hash_v1=str(hashes.v1) if hashes.has_v1() else None,
+        piece_size=ti.piece_length(),
+        magnet=lt.make_magnet_uri(ti),
+        files=files,
+        num_files=fs.num_files(),
+    )
+
+
+def _files_of(fs: Any, name: str) -> Iterable[TorrentFileEntry]:
+    pad = lt.file_storage.flag_pad_file
+    symlink = lt.file_storage.flag_symlink
+    for i in range(fs.num_files()):
+        flags = fs.file_flags(i)
+        if flags & pad:
+            continue
+        path = fs.file_path(i)
+        if flags & symlink:
+            raise FormatError(f"torrent file {path[:80]!r} is a symlink")
+        if fs.num_files() == 1 and path == name:
+            rel = name
+        elif path.startswith(name + "/"):
+            rel = path[len(name) + 1 :]
+        else:
+            raise FormatError(f"torrent file {path[:80]!r} is outside the root {name!r}")
+        check_relative(rel, what="torrent file path")
+        root = str(fs.root(i))
+        yield TorrentFileEntry(i, rel, fs.file_size(i), "" if root == _ZERO_ROOT else root)
+
+
+def parse_magnet(uri: str) -> MagnetLink:
+    """Parse and validate a magnet link naming a v2 torrent (hostile input).
+
+    Accepted: one ``xt=urn:btmh:1220<64 hex>``, optionally one ``xt=urn:btih:<40 hex>``
+    (hybrids), ``dn``, ``tr`` (http, https, udp), ``x.pe`` (``ip:port`` or
+    ``[ipv6]:port`` or ``host:port``). Other keys are ignored.
+
+    Raises:
+        FormatError: anything malformed, or no v2 info-hash.
+
+    """
+    if not isinstance(uri, str) or len(uri) > MAX_MAGNET_CHARS:
+        raise FormatError("magnet link is not a string or is too long")
+    if not uri.startswith("magnet:?"):
+        raise FormatError(f"{uri[:40]!r} is not a magnet link")
+    try:
+        pairs = urllib.parse.parse_qsl(uri[len("magnet:?"):], strict_parsing=True,
+                                       keep_blank_values=True, max_num_fields=1000)
+    except ValueError as exc:
+        raise FormatError(f"malformed magnet link: {exc}") from exc
+    v2: str | None = None
+    v1: str | None = None
+    name: str | None = None
+    peers: list[tuple[str, int]] = []
+    trackers: list[str] = []
+    for key, value in pairs:
+        if any(ord(c) < 0x20 for c in value):
+            raise FormatError(f"magnet {key} holds control characters")
+        if key == "xt":
+            if value.startswith("urn:btmh:"):
+                mh = value[len("urn:btmh:"):].lower()
+                if v2 is not None or len(mh) != 68 or not mh.startswith("1220") or not _is_hex(mh):
+                    raise FormatError("magnet has a malformed or repeated urn:btmh info-hash")
+                v2 = mh[4:]
+            elif value.startswith("urn:btih:"):
+                ih = value[len("urn:btih:"):].lower()
+                if v1 is not None or len(ih) != 40 or not _is_hex(ih):
+                    raise FormatError("magnet has a malformed or repeated urn:btih info-hash")
+                v1 = ih
+            else:
+                raise FormatError(f"magnet xt {value[:40]!r} is neither btmh nor btih")
+        elif key == "dn":
+            if name is not None or len(value) > 255:
+                raise FormatError("magnet dn is repeated or too long")
+            name = value
+        elif key == "tr":
+            scheme = urllib.parse.urlsplit(value).scheme
+            if scheme not in ("http", "https", "udp") or len(value) > 2048:
+                raise FormatError(f"magnet tracker {value[:60]!r} is not an http/https/udp URL")
+            trackers.append(value)
+        elif key == "x.pe":
+            peers.append(_parse_peer(value))
+    if v2 is None:
+        raise FormatError("magnet link has no v2 info-hash (xt=urn:btmh:1220…)")
+    try:
+        params = lt.parse_magnet_uri(uri)
+    except RuntimeError as exc:
+        raise FormatError(f"libtorrent rejects the magnet link: {exc}") from exc
+    if str(params.info_hashes.v2) != v2:
+        raise FormatError("libtorrent reads another info-hash from the magnet link")
+    return MagnetLink(uri, v2, v1, name, tuple(peers), tuple(trackers))
+
+
+def _is_hex(s: str) -> bool:
+    return all(c in "0123456789abcdef" for c in s)
+
+
+def _parse_peer(value: str) -> tuple[str, int]:
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise FormatError(f"magnet peer {value[:60]!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise FormatError(f"magnet peer {value[:60]!r} has a bad IPv6 address") from exc
+    elif not host or len(host) > 253 or not all(c.isalnum() or c in ".-" for c in host):
+        raise FormatError(f"magnet peer {value[:60]!r} has a bad host")
+    return host, int(port_s)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass(eq=False)
+class _Waiter:
+    ready: Callable[[], bool]
+    future: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class _Torrent:
+    id: str
+    handle: Any
+    waiters: list[_Waiter] = field(default_factory=list)
+    once: dict[str, list[asyncio.Future[Any]]] = field(default_factory=dict)
+    error: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class EventStream:
+    """Events of one subscriber; iterate with ``async for``, stop with :meth:`close`."""
+
+    def __init__(self, engine: Engine, maxsize: int) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue[EngineEvent | None] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        """Events dropped because the subscriber fell behind (oldest go first)."""
+
+    def _put(self, event: EngineEvent | None) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._queue.get_nowait()
+                    self.dropped += 1
+
+    def close(self) -> None:
+        """Stop this stream; a pending ``async for`` ends."""
+        self._engine._subscribers.discard(self)
+        self._put(None)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> EngineEvent:
+        event = await self._queue.get()
+        if event is None:
+            self._put(None)  # stay closed for later calls
+            raise StopAsyncIteration
+        return event
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Engine:
+    """One libtorrent session driven from asyncio. Create it with :meth:`start`.
+
+    Every method must be called from the event loop that started the engine.
+    """
+
+    def __init__(self, session: Any, settings: EngineSettings,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._ses: Any = session
+        self.settings = settings
+        self._loop = loop
+        self._torrents: dict[str, _Torrent] = {}
+        self._subscribers: set[EventStream] = set()
+        self._listen: asyncio.Future[int] = loop.create_future()
+        self._listen_failures: list[str] = []
+        self._closed = False
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self._ticker: asyncio.Task[None] | None = None
+
+    # ---- lifecycle
+
+    @classmethod
+    async def start(cls, settings: EngineSettings, *, listen_timeout: float = 10.0) -> Engine:
+        """Start a session and wait until it listens.
+
+        Raises:
+            EngineError: the session could not listen on any interface.
+
+        """
+        loop = asyncio.get_running_loop()
+        session: Any = lt.session(cast(Any, settings.settings_pack()))
+        engine = cls(session, settings, loop)
+        if settings.apply_limits_to_local:
+            flt = lt.ip_filter()
+            everyone = 1 << lt.session.global_peer_class_id
+            flt.add_rule("0.0.0.0", "255.255.255.255", everyone)  # noqa: S104 - a filter, not a bind
+            flt.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
+            session.set_peer_class_filter(flt)
+        loop.add_reader(engine._rsock.fileno(), engine._on_readable)
+        session.set_alert_fd(engine._wsock.fileno())
+        engine._pump()  # alerts posted before the fd was set
+        try:
+            await asyncio.wait_for(asyncio.shield(engine._listen), listen_timeout)
+        except TimeoutError:
+            await engine.close()
+            raise EngineError(
+                f"session did not listen on {settings.listen_interfaces!r}: "
+                + ("; ".join(engine._listen_failures) or "no answer")
+            ) from None
+        except EngineError:
+            await engine.close()
+            raise
+        engine._ticker = loop.create_task(engine._tick(), name="p2pw-engine-ticker")
+        log.info("engine listening on port %d", engine.listen_port)
+        return engine
+
+    @property
+    def listen_port(self) -> int:
+        """The TCP port the session listens on."""
+        return int(self._ses.listen_port())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, *, save_resume: bool = True) -> dict[str, bytes]:
+        """Save resume data of every torrent (pausing each first), then end the session.
+
+        Returns:
+            Resume data by torrent id, for torrents whose save worked. Feed one back to
+            :meth:`add` (``resume_data=``) in a later engine.
+
+        """
+        if self._closed:
+            return {}
+        saved: dict[str, bytes] = {}
+        if save_resume and self._torrents:
+            ids = [t.id for t in self._torrents.values() if t.error is None]
+            results = await asyncio.gather(
+                *(self.save_resume_data(i, keep_paused=True) for i in ids),
+                return_exceptions=True,
+            )
+            for tid, res in zip(ids, results, strict=True):
+                if isinstance(res, bytes):
+                    saved[tid] = res
+                else:
+                    log.warning("resume data of %s not saved: %s", tid, res)
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._ses.set_alert_fd(-1)
+        self._loop.remove_reader(self._rsock.fileno())
+        closed = EngineError("engine closed")
+        for t in list(self._torrents.values()):
+            self._fail(t, closed)
+        self._torrents.clear()
+        if not self._listen.done():
+            self._listen.set_exception(closed)
+            self._listen.exception()
+        for sub in list(self._subscribers):
+            sub.close()
+        holder = [self._ses]
+        self._ses = None
+        # The session's destructor joins libtorrent's threads; keep the loop free meanwhile.
+        await asyncio.to_thread(holder.clear)
+        self._rsock.close()
+        self._wsock.close()
+        return saved
+
+    # ---- torrents
+
+    def add(
+        self,
+        torrent: TorrentFile | MagnetLink | str,
+        save_path: Path,
+        *,
+        seed_mode: bool = False,
+        file_paths: Mapping[int, str] | None = None,
+        file_priorities: Sequence[int] | None = None,
+        peers: Iterable[tuple[str, int]] = (),
+        trackers: Iterable[str] = (),
+        resume_data: bytes | None = None,
+        paused: bool = False,
+        dont_download: bool = False,
+    ) -> str:
+        """Add a torrent to the session.
+
+        Args:
+            torrent: a parsed torrent, a magnet link or a magnet URI string.
+            save_path: the directory files are placed under.
+            seed_mode: trust that all files are complete and hash pieces lazily on first
+                request (a publisher seeding its own release).
+            file_paths: libtorrent's ``renamed_files``: file index -> path relative to
+                ``save_path``. Files not named keep ``<name>/<path>``.
+            file_priorities: one 0-7 priority per file index, pad files included.
+            peers: peers to connect to at once.
+            trackers: extra announce URLs.
+            resume_data: from :meth:`save_resume_data`/:meth:`close`; the files are not
+                hashed again when it matches the disk.
+            paused: add paused (otherwise the torrent starts at once; not auto-managed).
+            dont_download: every file starts at priority 0 (libtorrent's
+                ``default_dont_download``); useful for magnets whose layout must be set
+                after the metadata arrives.
+
+        Returns:
+            The torrent's id (v2 info-hash, hex).
+
+        Raises:
+            FormatError: bad magnet, torrent or resume data, or an unsafe file path.
+            EngineError: libtorrent refused the torrent (e.g. it is already added).
+
+        """
+        self._check_open()
+        if isinstance(torrent, str):
+            torrent = parse_magnet(torrent)
+        if resume_data is not None:
+            try:
+                atp = lt.read_resume_data(resume_data)
+            except RuntimeError as exc:
+                raise FormatError(f"resume data is not valid: {exc}") from exc
+            if str(atp.info_hashes.v2) != torrent.id:
+                raise FormatError("resume data belongs to another torrent")
+            if atp.ti is None and isinstance(torrent, TorrentFile):
+                atp.ti = lt.torrent_info(torrent.data)
+        elif isinstance(torrent, TorrentFile):
+            atp = lt.add_torrent_params()
+            atp.ti = lt.torrent_info(torrent.data)
+        else:
+            atp = lt.parse_magnet_uri(torrent.uri)
+        atp.save_path = str(save_path)
+        if file_paths is not None:
+            atp.renamed_files = {
+                int(i): check_relative(p, what="file path") for i, p in file_paths.items()
+            }
+        if file_priorities is not None:
+            atp.file_priorities = [int(p) for p in file_priorities]
+        extra_peers = list(peers)
+        if extra_peers:
+            atp.peers = list(atp.peers) + extra_peers
+        extra_trackers = list(trackers)
+        if extra_trackers:
+            atp.trackers = list(atp.trackers) + extra_trackers
+        flags = atp.flags & ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed
+                              | lt.torrent_flags.seed_mode | lt.torrent_flags.default_dont_download)
+        if paused:
+            flags |= lt.torrent_flags.paused
+        if seed_mode:
+            flags |= lt.torrent_flags.seed_mode
+        if dont_download:
+            flags |= lt.torrent_flags.default_dont_download
+        atp.flags = flags
+        try:
+            handle = self._ses.add_torrent(atp)
+        except RuntimeError as exc:
+            raise EngineError(f"libtorrent refused torrent {torrent.id}: {exc}") from exc
+        tid = str(handle.info_hashes().v2)
+        self._torrents[tid] = _Torrent(tid, handle)
+        log.info("added torrent %s (%s)", tid, "resume" if resume_data else "new")
+        self._emit(EngineEvent("added", tid))
+        return tid
+
+    def torrents(self) -> list[str]:
+        """Ids of the torrents in the session."""
+        return list(self._torrents)
+
+    def status(self, tid: str) -> TorrentStatus:
+        """A snapshot of the torrent."""
+        return _status_of(self._get(tid).handle.status())
+
+    def torrent_file(self, tid: str) -> TorrentFile | None:
+        """The torrent, once its metadata is known (None before).
+
+        For a torrent added by magnet the bytes hold the info dict only (libtorrent
+        fetches v2 piece layers from peers as it goes); they load as a torrent all the
+        same.
+        """
+        ti = self._get(tid).handle.torrent_file()
+        if ti is None:
+            return None
+        data = lt.bencode({b"info": lt.bdecode(ti.info_section())})
+        return _torrent_from_info(ti, data)
+
+    def torrent_files(self, tid: str) -> tuple[TorrentFileEntry, ...]:
+        """The torrent's real files (paths below the root), once metadata is known.
+
+        Raises:
+            EngineError: no metadata yet.
+
+        """
+        tf = self.torrent_file(tid)
+        if tf is None:
+            raise EngineError(f"torrent {tid} has no metadata yet")
+        return tf.files
+
+    def file_paths(self, tid: str) -> dict[int, str]:
+        """Where each real file is, relative to the save path (renames applied)."""
+        handle = self._get(tid).handle
+        ti = handle.torrent_file()
+        if ti is None:
+            raise EngineError(f"torrent {tid} has no metadata yet")
+        fs = ti.layout()
+        renamed = handle.get_renamed_files()
+        pad = lt.file_storage.flag_pad_file
+        return {i: str(renamed.file_path(fs, i))
+                for i in range(fs.num_files()) if not fs.file_flags(i) & pad}
+
+    def file_progress(self, tid: str) -> list[int]:
+        """Bytes of each file that passed the hash check (pad files included)."""
+        handle = self._get(tid).handle
+        return list(handle.file_progress(lt.file_progress_flags_t.piece_granularity))
+
+    async def set_file_priorities(self, tid: str, priorities: Sequence[int]) -> None:
+        """Set one 0-7 priority per file index (0 = do not download) and wait until applied.
+
+        libtorrent applies priorities asynchronously; until ``file_prio_alert`` a torrent
+        that wanted nothing still reads as finished, so waiting here keeps a following
+        :meth:`wait_finished` honest. Before metadata there is nothing to wait for.
+        """
+        t = self._get(tid)
+        prios = [int(p) for p in priorities]
+        if not t.handle.has_metadata():
+            t.handle.prioritize_files(prios)
+            return
+        fut = self._expect(t, "file_prio")
+        t.handle.prioritize_files(prios)
+        await fut
+
+    def connect_peer(self, tid: str, host: str, port: int) -> None:
+        """Ask the torrent to connect to a peer."""
+        self._get(tid).handle.connect_peer((host, port))
+
+    def pause(self, tid: str) -> None:
+        """Pause the torrent (it disconnects its peers)."""
+        self._get(tid).handle.pause()
+
+    def resume(self, tid: str) -> None:
+        """Resume a paused torrent."""
+        self._get(tid).handle.resume()
+
+    def set_rate_limits(self, *, upload: int | None = None, download: int | None = None) -> None:
+        """Change the session's rate limits (bytes/s, 0 = unlimited)."""
+        pack: dict[str, int] = {}
+        if upload is not None:
+            pack["upload_rate_limit"] = upload
+        if download is not None:
+            pack["download_rate_limit"] = download
+        self._ses.apply_settings(pack)
+
+    async def wait_metadata(self, tid: str) -> TorrentFile:
+        """Wait until the torrent's metadata is known, and return it."""
+        t = self._get(tid)
+        await self._wait(t, lambda: bool(t.handle.has_metadata()))
+        tf = self.torrent_file(tid)
+        assert tf is not None
+        return tf
+
+    async def wait_files(self, tid: str, indices: Iterable[int]) -> None:
+        """Wait until every file in ``indices`` is complete and hash-checked."""
+        t = self._get(tid)
+        wanted = sorted(set(indices))
+
+        def ready() -> bool:
+            ti = t.handle.torrent_file()
+            if ti is None:
+                return False
+            fs = ti.layout()
+            done = t.handle.file_progress(lt.file_progress_flags_t.piece_granularity)
+            return all(done[i] == fs.file_size(i) for i in wanted)
+
+        await self._wait(t, ready)
+
+    async def wait_finished(self, tid: str) -> None:
+        """Wait until every wanted piece is there (state finished or seeding)."""
+        t = self._get(tid)
+
+        def ready() -> bool:
+            st = t.handle.status()
+            return bool(st.has_metadata and st.is_finished
+                        and st.state not in _CHECKING_STATES)
+
+        await self._wait(t, ready)
+
+    async def rename_file(self, tid: str, index: int, new_path: str) -> str:
+        """Move file ``index`` to ``new_path`` (relative to the save path) and wait.
+
+        Returns:
+            The new path as libtorrent reports it.
+
+        """
+        t = self._get(tid)
+        check_relative(new_path, what="file path")
+        fut = self._expect(t, f"renamed:{index}")
+        t.handle.rename_file(index, new_path)
+        result: str = await fut
+        return result
+
+    async def force_recheck(self, tid: str) -> None:
+        """Hash every file again and wait for the check to end.
+
+        Raises:
+            EngineError: the torrent is paused (libtorrent would not check it until resumed).
+
+        """
+        t = self._get(tid)
+        if t.handle.flags() & lt.torrent_flags.paused:
+            raise EngineError(f"torrent {tid} is paused; resume it before a recheck")
+        fut = self._expect(t, "checked")
+        t.handle.force_recheck()
+        await fut
+
+    async def save_resume_data(self, tid: str, *, pause: bool = True,
+                               keep_paused: bool = False) -> bytes:
+        """The torrent's resume data (with its info dict), as bytes.
+
+        With ``pause`` (the default) the torrent is paused first and the save waits for
+        ``torrent_paused_alert``, so no piece is in flight and a restart continues at
+        exactly the saved progress; it is resumed afterwards unless ``keep_paused``.
+        Without ``pause`` peers stay connected, at the price of re-fetching blocks that
+        were in flight.
+        """
+        t = self._get(tid)
+        async with t.lock:
+            handle = t.handle
+            paused_here = False
+            if pause and not handle.flags() & lt.torrent_flags.paused:
+                fut = self._expect(t, "paused")
+                handle.pause()
+                await fut
+                paused_here = True
+            fut = self._expect(t, "resume_data")
+            handle.save_resume_data(lt.torrent_handle.flush_disk_cache
+                                    | lt.torrent_handle.save_info_dict)
+            data: bytes = await fut
+            if paused_here and not keep_paused:
+                handle.resume()
+            return data
+
+    async def remove(self, tid: str, *, delete_files: bool = False) -> None:
+        """Remove the torrent; with ``delete_files`` also its files (shared ones too!)."""
+        t = self._get(tid)
+        removed = self._expect(t, "removed")
+        deleted = self._expect(t, "deleted") if delete_files else None
+        self._ses.remove_torrent(t.handle, lt.options_t.delete_files if delete_files else 0)
+        await removed
+        if deleted is not None:
+            await deleted
+        self._torrents.pop(tid, None)
+        self._fail(t, EngineError(f"torrent {tid} was removed"))
+        self._emit(EngineEvent("removed", tid))
+
+    def subscribe(self, maxsize: int = 1024) -> EventStream:
+        """A stream of :class:`EngineEvent`; close it when done (it is a context manager)."""
+        stream = EventStream(self, maxsize)
+        self._subscribers.add(stream)
+        return stream
+
+    # ---- internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError("engine is closed")
+
+    def _get(self, tid: str) -> _Torrent:
+        self._check_open()
+        try:
+            return self._torrents[tid]
+        except KeyError:
+            raise EngineError(f"no torrent {tid[:64]!r} in this engine") from None
+
+    def _expect(self, t: _Torrent, key: str) -> asyncio.Future[Any]:
+        if t.error is not None:
+            raise TorrentFailedError(f"torrent {t.id}: {t.error}")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        t.once.setdefault(key, []).append(fut)
+        return fut
+
+    def _fire(self, t: _Torrent, key: str, value: object = None) -> None:
+        for fut in t.once.pop(key, []):
+            if not fut.done():
+                fut.set_result(value)
+
+    def _fail_key(self, t: _Torrent, key: str, exc: BaseException) -> None:
+        for fut in t.once.pop(key, []):
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _fail(self, t: _Torrent, exc: BaseException) -> None:
+        for key in list(t.once):
+            self._fail_key(t, key, exc)
+        for w in t.waiters:
+            if not w.future.done():
+                w.future.set_exception(exc)
+        t.waiters.clear()
+
+    async def _wait(self, t: _Torrent, ready: Callable[[], bool]) -> None:
+        if t.error is not None:
+            raise TorrentFailedError(f"torrent {t.id}: {t.error}")
+        if ready():
+            return
+        waiter = _Waiter(ready, self._loop.create_future())
+        t.waiters.append(waiter)
+        try:
+            await waiter.future
+        finally:
+            with contextlib.suppress(ValueError):
+                t.waiters.remove(waiter)
+
+    def _recheck_waiters(self, t: _Torrent) -> None:
+        for w in list(t.waiters):
+            if w.future.done():
+                continue
+            try:
+                if w.ready():
+                    w.future.set_result(None)
+            except RuntimeError as exc:  # the handle went invalid
+                w.future.set_exception(EngineError(f"torrent {t.id}: {exc}"))
+
+    def _emit(self, event: EngineEvent) -> None:
+        for sub in list(self._subscribers):
+            sub._put(event)
+
+    async def _tick(self) -> None:
+        interval = self.settings.status_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self._subscribers and self._torrents:
+                self._ses.post_torrent_updates()
+
+    def _on_readable(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._rsock.recv(4096):
+                pass
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._ses is None:
+            return
+        touched: set[str] = set()
+        for alert in self._ses.pop_alerts():
+            try:
+                tid = self._dispatch(alert)
+            except Exception:  # one odd alert must not stop the loop
+                log.exception("error while handling %s", type(alert).__name__)
+                continue
+            if tid is not None:
+                touched.add(tid)
+        for tid in touched:
+            t = self._torrents.get(tid)
+            if t is not None and t.waiters:
+                self._recheck_waiters(t)
+
+    def _dispatch(self, a: Any) -> str | None:
+        if isinstance(a, lt.state_update_alert):
+            for st in a.status:
+                status = _status_of(st)
+                if status.id in self._torrents:
+                    self._emit(EngineEvent("progress", status.id, status))
+            return None
+        if isinstance(a, lt.listen_succeeded_alert):
+            if a.socket_type == lt.socket_type_t.tcp and not self._listen.done():
+                self._listen.set_result(int(a.port))
+            return None
+        if isinstance(a, lt.listen_failed_alert):
+            msg = a.message()
+            log.warning("%s", msg)
+            self._listen_failures.append(msg)
+            wanted = len([s for s in self.settings.listen_interfaces.split(",") if s.strip()])
+            if len(self._listen_failures) >= 2 * wanted and not self._listen.done():
+                self._listen.set_exception(EngineError("; ".join(self._listen_failures)))
+            return None
+        if isinstance(a, lt.torrent_removed_alert):
+            tid = str(a.info_hashes.v2)
+            t = self._torrents.get(tid)
+            if t is not None:
+                self._fire(t, "removed")
+            return None
+        if isinstance(a, lt.torrent_deleted_alert | lt.torrent_delete_failed_alert):
+            tid = str(a.info_hashes.v2)
+            t = self._torrents.get(tid)
+            if t is not None:
+                if isinstance(a, lt.torrent_delete_failed_alert):
+                    self._fail_key(t, "deleted", EngineError(a.message()))
+                else:
+                    self._fire(t, "deleted")
+            return None
+        if not isinstance(a, lt.torrent_alert):
+            log.debug("%s", a.message())
+            return None
+        try:
+            tid = str(a.handle.info_hashes().v2)
+        except RuntimeError:
+            return None
+        t = self._torrents.get(tid)
+        if t is None:
+            return None
+        self._torrent_alert(t, a)
+        return tid
+
+    def _torrent_alert(self, t: _Torrent, a: Any) -> None:
+        tid = t.id
+        if isinstance(a, lt.metadata_received_alert):
+            self._emit(EngineEvent("metadata", tid))
+        elif isinstance(a, lt.file_completed_alert):
+            self._emit(EngineEvent("file_completed", tid, file_index=int(a.index)))
+        elif isinstance(a, lt.torrent_finished_alert):
+            self._emit(EngineEvent("finished", tid))
+        elif isinstance(a, lt.torrent_checked_alert):
+            self._fire(t, "checked")
+            self._emit(EngineEvent("checked", tid))
+        elif isinstance(a, lt.state_changed_alert):
+            self._emit(EngineEvent("state", tid, message=_state_name(a.state)))
+        elif isinstance(a, lt.torrent_paused_alert):
+            self._fire(t, "paused")
+            self._emit(EngineEvent("paused", tid))
+        elif isinstance(a, lt.torrent_resumed_alert):
+            self._emit(EngineEvent("resumed", tid))
+        elif isinstance(a, lt.save_resume_data_alert):
+            self._fire(t, "resume_data", bytes(lt.write_resume_data_buf(a.params)))
+        elif isinstance(a, lt.save_resume_data_failed_alert):
+            self._fail_key(t, "resume_data", EngineError(f"torrent {tid}: {a.message()}"))
+        elif isinstance(a, lt.file_renamed_alert):
+            self._fire(t, f"renamed:{a.index}", str(a.new_name))
+            self._emit(EngineEvent("renamed", tid, file_index=int(a.index),
+                                   message=str(a.new_name)))
+        elif isinstance(a, lt.file_rename_failed_alert):
+            self._fail_key(t, f"renamed:{a.index}", EngineError(f"torrent {tid}: {a.message()}"))
+        elif isinstance(a, lt.file_prio_alert):
+            self._fire(t, "file_prio")
+        elif isinstance(a, lt.hash_failed_alert):
+            log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
+            self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
+        elif isinstance(a, lt.fastresume_rejected_alert):
+            log.warning("%s", a.message())
+            self._emit(EngineEvent("resume_rejected", tid, message=a.message()))
+        elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
+            msg = a.message()
+            log.error("%s", msg)
+            t.error = msg
+            self._fail(t, TorrentFailedError(msg))
+            self._emit(EngineEvent("error", tid, message=msg))
+        else:
+            log.debug("%s", a.message())
+
+
+_CHECKING_STATES = frozenset({
+    lt.torrent_status.states.checking_files,
+    lt.torrent_status.states.checking_resume_data,
+    lt.torrent_status.states.queued_for_checking,
+})
+
+
+def _state_name(state: Any) -> TorrentState:
+    name = getattr(state, "name", "unknown")
+    known: tuple[TorrentState, ...] = (
+        "queued_for_checking", "checking_files", "downloading_metadata", "downloading",
+        "finished", "seeding", "allocating", "checking_resume_data",
+    )
+    for k in known:
+        if k == name:
+            return k
+    return "unknown"
+
+
+def _status_of(st: Any) -> TorrentStatus:
+    errc = st.errc
+    error = errc.message() if errc.value() else None
+    progress = float(st.progress)
+    return TorrentStatus(
+        id=str(st.info_hashes.v2),
+        name=str(st.name),
+        state=_state_name(st.state),
+        paused=bool(st.flags & lt.torrent_flags.paused),
+        has_metadata=bool(st.has_metadata),
+        is_finished=bool(st.is_finished),
+        is_seeding=bool(st.is_seeding),
+        progress=progress if math.isfinite(progress) else 0.0,
+        total_done=int(st.total_done),
+        total_wanted=int(st.total_wanted),
+        total_wanted_done=int(st.total_wanted_done),
+        total_payload_download=int(st.total_payload_download),
+        total_payload_upload=int(st.total_payload_upload),
+        all_time_download=int(st.all_time_download),
+        all_time_upload=int(st.all_time_upload),
+        download_rate=int(st.download_payload_rate),
+        upload_rate=int(st.upload_payload_rate),
+        num_peers=int(st.num_peers),
+        num_seeds=int(st.num_seeds),
+        failed_bytes=int(st.total_failed_bytes),
+        redundant_bytes=int(st.total_redundant_bytes),
+        error=error,
+    )

@@ -1,0 +1,137 @@
+"""Running the daemon: lock, set up in order, serve, tear down in reverse on SIGTERM.
+
+Set-up order: data dir (0700) → single-instance lock on the pid file → catalog → store →
+engine → service (restores releases) → API on the Unix socket (0600) and, if asked, on
+127.0.0.1 TCP with a bearer token → "ready" on the ready pipe. Teardown runs the other
+way; resume data is saved before the engine stops. A ``dirty`` marker tells the next start
+whether the last one ended cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from p2pweights.errors import DaemonError
+
+from .api import make_app
+from .catalog import Catalog
+from .config import DaemonConfig
+from .engine import Engine, EngineSettings
+from .service import Service
+from .store import Store
+
+__all__ = ["engine_settings", "read_or_create_token", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def engine_settings(config: DaemonConfig) -> EngineSettings:
+    """The engine's settings for a daemon config."""
+    return EngineSettings(
+        listen_interfaces=config.listen,
+        outgoing_interface=config.outgoing_interface,
+        enable_dht=config.dht,
+        dht_bootstrap_nodes=",".join(config.dht_bootstrap),
+        dht_allow_local=config.profile == "local" and config.dht,
+        enable_lsd=config.lsd,
+        enable_upnp=config.upnp,
+        enable_natpmp=config.natpmp,
+        enable_utp=config.utp,
+        upload_rate_limit=config.upload_rate,
+        download_rate_limit=config.download_rate,
+        apply_limits_to_local=config.rate_limit_local,
+        allow_multiple_connections_per_ip=config.profile == "local",
+    )
+
+
+def read_or_create_token(path: Path) -> str:
+    """The API bearer token, created (mode 0600) on first use."""
+    try:
+        token = path.read_text("ascii").strip()
+        if len(token) >= 32:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def _lock_pidfile(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonError(f"another daemon already runs on {path.parent}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def serve(config: DaemonConfig, *, ready_fd: int | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT.
+
+    Raises:
+        DaemonError: another daemon holds the data dir.
+        CatalogError: the catalog is damaged.
+        EngineError: the engine could not listen.
+    """
+    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(config.home, 0o700)
+    pid_fd = _lock_pidfile(config.pid_path)
+    dirty = config.home / "daemon.dirty"
+    unclean = dirty.exists()
+    dirty.touch()
+    catalog = Catalog(config.catalog_path)
+    store = Store(config.store_dir)
+    store.open()
+    engine = await Engine.start(engine_settings(config))
+    service = Service(config, engine, catalog, store)
+    runner: web.AppRunner | None = None
+    try:
+        await service.start(unclean=unclean)
+        token = read_or_create_token(config.token_path) if config.tcp_port else None
+        runner = web.AppRunner(make_app(service, token=token), handle_signals=False)
+        await runner.setup()
+        config.socket_path.unlink(missing_ok=True)
+        old = os.umask(0o177)  # the socket is born 0600: no window with wider rights
+        try:
+            await web.UnixSite(runner, str(config.socket_path)).start()
+        finally:
+            os.umask(old)
+        if config.tcp_port:
+            await web.TCPSite(runner, "127.0.0.1", config.tcp_port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("daemon %d ready: socket %s, peer port %d", os.getpid(), config.socket_path,
+                 engine.listen_port)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"ready {engine.listen_port}\n".encode())
+                os.close(ready_fd)
+        await stop.wait()
+        log.info("daemon stopping")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await service.close()
+        catalog.close()
+        config.socket_path.unlink(missing_ok=True)
+        dirty.unlink(missing_ok=True)
+        os.close(pid_fd)
+        config.pid_path.unlink(missing_ok=True)

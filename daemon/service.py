@@ -1,0 +1,549 @@
+"""What the daemon does: publish, fetch (verify before trust), seed, remove, report.
+
+A fetch walks a release through these states, each recorded in the catalog:
+
+``metadata``   the torrent's info dict is being fetched (magnet links)
+``manifest``   only ``manifest.json`` and ``manifest.sig`` are wanted (every chunk has
+               priority 0) until they arrive and are authenticated: trusted publisher key,
+               good signature, and a chunk list equal to the torrent's files, v2 root by
+               v2 root. Only then is any chunk downloaded.
+``downloading`` the chunks are fetched; libtorrent checks every 16 KiB block against the
+               v2 roots, which the signed manifest covers.
+``seeding``    complete and verified; the daemon keeps seeding.
+``error``      refused or failed; the reason is in the row, nothing of it is loadable.
+
+Chunks land in the shared store under their content address, so a chunk that is already
+there (from another release) is found complete by the recheck and never downloaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from p2pweights import __version__
+from p2pweights.errors import (
+    FormatError,
+    LoadError,
+    P2PWeightsError,
+    ReleaseMismatchError,
+    UnknownReleaseError,
+    UntrustedKeyError,
+)
+from p2pweights.keys import load_private_key
+from p2pweights.manifest import LIMITS, publisher_of
+from p2pweights.pack import pack
+from p2pweights.paths import trust_path
+from p2pweights.release import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Release,
+    open_release,
+    resolve_source,
+)
+from p2pweights.trust import TrustStore
+from p2pweights.verify import ChunkRecords, verify_chunks
+
+from .catalog import Catalog, ReleaseRow
+from .config import DaemonConfig
+from .engine import (
+    Engine,
+    EngineEvent,
+    MagnetLink,
+    TorrentFile,
+    make_torrent,
+    parse_magnet,
+    parse_torrent,
+)
+from .store import Store
+
+__all__ = ["NotFoundError", "Service"]
+
+log = logging.getLogger(__name__)
+
+NotFoundError = UnknownReleaseError
+_CHUNK_NAME = re.compile(r"chunks/[0-9a-f]{64}(\.safetensors)?")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_TERMINAL = ("seeding", "complete", "error")
+_PRIO_META = 7
+_PRIO_CHUNK = 4
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` with an IP literal host (``[v6]:port`` for IPv6).
+
+    Raises:
+        FormatError: anything else.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(text)
+    except ValueError:
+        raise FormatError(f"peer {text[:80]!r} is not IP:PORT") from None
+    return host, int(port)
+
+
+class Service:
+    """The daemon's behaviour, over one engine, one catalog and one store."""
+
+    def __init__(self, config: DaemonConfig, engine: Engine, catalog: Catalog, store: Store):
+        self.config = config
+        self.engine = engine
+        self.catalog = catalog
+        self.store = store
+        self.started = time.time()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, *, unclean: bool) -> None:
+        """Bring back every release in the catalog, then start the background loops.
+
+        Args:
+            unclean: the last run did not shut down cleanly; downloads are re-checked
+                against the disk so nothing counts as complete unless it verifies.
+        """
+        for row in self.catalog.releases():
+            try:
+                await self._restore(row, unclean=unclean)
+            except P2PWeightsError as exc:
+                log.warning("could not restore %s: %s", row.id, exc)
+                self.catalog.set_state(row.id, "error", str(exc))
+        self._background.append(asyncio.create_task(self._forward_engine_events()))
+        self._background.append(asyncio.create_task(self._periodic_resume()))
+        if self.config.seed_ratio_limit or self.config.seed_time_limit:
+            self._background.append(asyncio.create_task(self._enforce_seed_limits()))
+
+    async def close(self) -> None:
+        """Stop tasks, save resume data of everything, end the engine."""
+        for task in [*self._tasks.values(), *self._background]:
+            task.cancel()
+        for task in [*self._tasks.values(), *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        saved = await self.engine.close()
+        for rid, data in saved.items():
+            self.catalog.save_resume(rid, data)
+        for q in self._subscribers:
+            q.put_nowait(None)
+
+    async def _restore(self, row: ReleaseRow, *, unclean: bool) -> None:
+        resume = self.catalog.resume_data(row.id)
+        if row.state == "error":
+            return
+        if row.torrent is None:  # still waiting for metadata: start over from the link
+            target: TorrentFile | MagnetLink = parse_magnet(row.source)
+        else:
+            target = parse_torrent(row.torrent)
+        if row.state in ("seeding", "complete"):
+            tf = target if isinstance(target, TorrentFile) else None
+            assert tf is not None
+            self.engine.add(tf, self.store.root, file_paths=self._layout(row.id, tf),
+                            resume_data=resume)
+            return
+        self._start_fetch(row.id, target, row, resume=resume, recheck=unclean)
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, path: str, *, hybrid: bool = False) -> dict[str, Any]:
+        """Seed a local release dir.
+
+        The release must be self-consistent (its signature verifies under the key it
+        names) and its chunks intact; the publisher need not be in our trust store.
+        """
+        src = Path(path)
+        if not src.is_absolute():
+            raise LoadError(f"publish needs an absolute path, not {path[:80]!r}")
+        root = resolve_source(src)
+        data = (root / MANIFEST_NAME).read_bytes()
+        release = open_release(root, TrustStore.of_keys([publisher_of(data)]))
+        await asyncio.to_thread(verify_chunks, root, release.manifest.chunks, "fast")
+        tf = await asyncio.to_thread(make_torrent, root, hybrid=hybrid)
+        rid = tf.id
+        existing = self.catalog.get(rid)
+        if existing is not None and existing.state in ("seeding", "complete"):
+            return self.show(rid)
+        target = await asyncio.to_thread(self.store.import_release, release, rid)
+        self.store.save_torrent(rid, tf.data)
+        records = ChunkRecords(target)
+        for chunk in release.manifest.chunks:  # the same inodes we just verified
+            records.record(target / chunk.path, chunk.sha256)
+        records.save()
+        self.catalog.add_release(rid, source=str(root), state="seeding", torrent=tf.data)
+        self._record_manifest(rid, release, tf)
+        self.catalog.set_state(rid, "seeding")
+        self.engine.add(tf, self.store.root, file_paths=self._layout(rid, tf), seed_mode=True)
+        self._notify(rid, "published")
+        return self.show(rid)
+
+    async def pack_and_publish(self, *, source: str, name: str, version: int, label: str,
+                               key_file: str, hybrid: bool = False) -> dict[str, Any]:
+        """Pack ``source`` with an unencrypted key file, then publish the result."""
+        key = load_private_key(Path(key_file))
+        staging = self.store.root / "staging" / f"{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            await asyncio.to_thread(pack, Path(source), staging, name=name, version=version,
+                                    key=key, label=label)
+            return await self.publish(str(staging), hybrid=hybrid)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # ------------------------------------------------------------------ fetch
+
+    def _parse_target(self, uri: str) -> TorrentFile | MagnetLink:
+        if uri.startswith("magnet:"):
+            return parse_magnet(uri)
+        if _HEX64.fullmatch(uri):
+            return parse_magnet(f"magnet:?xt=urn:btmh:1220{uri.lower()}")
+        path = Path(uri)
+        if uri.endswith(".torrent") and path.is_file():
+            return parse_torrent(path.read_bytes())
+        raise FormatError(f"{uri[:80]!r} is not a magnet link, a v2 info-hash or a .torrent file")
+
+    async def fetch(self, uri: str, *, peers: Sequence[str] = (), trackers: Sequence[str] = (),
+                    include: Sequence[str] = (),
+                    trust_on_first_use: bool = False) -> dict[str, Any]:
+        """Start fetching a release; returns at once with its id and state."""
+        target = self._parse_target(uri)
+        for p in peers:
+            parse_peer(p)
+        rid = target.id
+        row = self.catalog.get(rid)
+        if row is not None and (row.state in ("seeding", "complete") or rid in self._tasks):
+            return self.show(rid)
+        if rid in self.engine.torrents():
+            await self.engine.remove(rid)
+        self.catalog.add_release(
+            rid, source=uri, state="metadata",
+            torrent=target.data if isinstance(target, TorrentFile) else None,
+            include=include, peers=peers, trackers=trackers, tofu=trust_on_first_use,
+        )
+        self.catalog.set_state(rid, "metadata")
+        row = self.catalog.get(rid)
+        assert row is not None
+        self._start_fetch(rid, target, row, resume=None, recheck=False)
+        return self.show(rid)
+
+    def _start_fetch(self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *,
+                     resume: bytes | None, recheck: bool) -> None:
+        self._spawn(rid, self._fetch_flow(rid, target, row, resume=resume, recheck=recheck))
+
+    def _spawn(self, rid: str, coro: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except P2PWeightsError as exc:
+                log.warning("release %s failed: %s", rid, exc)
+                await self._fail(rid, exc)
+            except Exception as exc:  # keep the daemon up; record why
+                log.exception("release %s failed unexpectedly", rid)
+                await self._fail(rid, exc)
+            finally:
+                self._tasks.pop(rid, None)
+
+        self._tasks[rid] = asyncio.create_task(run(), name=f"fetch-{rid[:12]}")
+
+    async def _fail(self, rid: str, exc: BaseException) -> None:
+        self.catalog.set_state(rid, "error", f"{type(exc).__name__}: {exc}")
+        if rid in self.engine.torrents():
+            with contextlib.suppress(P2PWeightsError):
+                await self.engine.remove(rid)
+        self._notify(rid, "error")
+
+    async def _fetch_flow(self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *,
+                          resume: bytes | None, recheck: bool) -> None:
+        peers = [parse_peer(p) for p in row.peers]
+        if isinstance(target, TorrentFile):
+            layout = self._layout(rid, target)
+            tid = self.engine.add(target, self.store.root, file_paths=layout,
+                                  file_priorities=self._meta_only(target), peers=peers,
+                                  trackers=row.trackers, resume_data=resume)
+            tf = target
+        else:
+            tid = self.engine.add(target, self.store.root, dont_download=True, peers=peers,
+                                  trackers=row.trackers, resume_data=resume)
+            tf = await self.engine.wait_metadata(tid)
+            layout = self._layout(rid, tf)
+            for index, rel in layout.items():
+                await self.engine.rename_file(tid, index, rel)
+            self.catalog.add_release(rid, source=row.source, state="manifest", torrent=tf.data,
+                                     include=row.include, peers=row.peers,
+                                     trackers=row.trackers, tofu=row.tofu)
+            recheck = True  # chunks already in the store count only after a hash check
+        if recheck:
+            await self.engine.force_recheck(tid)
+        self.catalog.set_state(rid, "manifest")
+        self._notify(rid, "manifest")
+        await self.engine.set_file_priorities(tid, self._meta_only(tf))
+        meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
+        await self.engine.wait_files(tid, meta)
+        release = self._authenticate(rid, tf, tofu=row.tofu)
+        self._record_manifest(rid, release, tf)
+        wanted = self._wanted_chunks(release, row.include)
+        prios = self._meta_only(tf)
+        for path in wanted:
+            prios[tf.file(path).index] = _PRIO_CHUNK
+        self.catalog.set_state(rid, "downloading")
+        self._notify(rid, "downloading")
+        await self.engine.set_file_priorities(tid, prios)
+        await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
+        # libtorrent accepted every block against the v2 roots the signed manifest lists,
+        # so these bytes are the publisher's: record them for fast-mode loads.
+        records = ChunkRecords(release.root)
+        by_path = {c.path: c for c in release.manifest.chunks}
+        for path in wanted:
+            records.record(release.root / path, by_path[path].sha256)
+        records.save()
+        self.catalog.set_state(rid, "seeding")
+        with contextlib.suppress(P2PWeightsError):
+            self.catalog.save_resume(rid, await self.engine.save_resume_data(tid))
+        self._notify(rid, "complete")
+
+    def _meta_only(self, tf: TorrentFile) -> list[int]:
+        prios = [0] * tf.num_files
+        prios[tf.file(MANIFEST_NAME).index] = _PRIO_META
+        prios[tf.file(SIGNATURE_NAME).index] = _PRIO_META
+        return prios
+
+    def _layout(self, rid: str, tf: TorrentFile) -> dict[int, str]:
+        """Where each torrent file goes in the store; refuses anything not of a release."""
+        layout: dict[int, str] = {}
+        names = {f.path for f in tf.files}
+        if MANIFEST_NAME not in names or SIGNATURE_NAME not in names:
+            raise ReleaseMismatchError("the torrent has no manifest.json and manifest.sig")
+        for f in tf.files:
+            if f.path == MANIFEST_NAME:
+                if f.size > LIMITS.manifest_bytes:
+                    raise ReleaseMismatchError("the torrent's manifest.json is over the limit")
+                layout[f.index] = self.store.manifest_path(rid)
+            elif f.path == SIGNATURE_NAME:
+                if f.size != 64:
+                    raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
+                layout[f.index] = self.store.signature_path(rid)
+            elif _CHUNK_NAME.fullmatch(f.path):
+                layout[f.index] = f.path
+            else:
+                raise ReleaseMismatchError(
+                    f"torrent file {f.path[:80]!r} is not part of a p2pweights release")
+        self.store.release_dir(rid)
+        return layout
+
+    def _authenticate(self, rid: str, tf: TorrentFile, *, tofu: bool) -> Release:
+        root = self.store.release_dir(rid)
+        trust = TrustStore.load(trust_path(self.config.home))
+        try:
+            release = open_release(root, trust)
+        except UntrustedKeyError:
+            if not tofu:
+                raise
+            key = publisher_of((root / MANIFEST_NAME).read_bytes())
+            trust.add(key, f"tofu-{key.fingerprint.replace(':', '')}")
+            log.warning("trusting publisher %s on first use", key.fingerprint)
+            release = open_release(root, trust)
+        chunks = {c.path: c for c in release.manifest.chunks}
+        files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
+        if set(chunks) != set(files):
+            extra = sorted(set(files) ^ set(chunks))[:3]
+            raise ReleaseMismatchError(
+                f"the torrent's files differ from the signed chunk list (e.g. {extra})")
+        for path, chunk in chunks.items():
+            f = files[path]
+            if f.size != chunk.size or f.v2_root != chunk.v2_root:
+                raise ReleaseMismatchError(
+                    f"torrent file {path} has another size or v2 root than the signed manifest")
+        return release
+
+    def _wanted_chunks(self, release: Release, include: Sequence[str]) -> list[str]:
+        manifest = release.manifest
+        if not include:
+            return [c.path for c in manifest.chunks]
+        wanted = {t.chunk for t in manifest.tensors.values()
+                  if any(fnmatch.fnmatchcase(t.name, pat) for pat in include)}
+        if not wanted:
+            raise LoadError(f"include patterns {list(include)[:5]} match no tensor")
+        return sorted(wanted)
+
+    def _record_manifest(self, rid: str, release: Release, tf: TorrentFile) -> None:
+        m = release.manifest
+        self.catalog.set_manifest(
+            rid, name=m.name, version=m.version, label=m.label, publisher=m.publisher.text,
+            manifest_sha256=release.manifest_sha256,
+            total_bytes=sum(c.size for c in m.chunks),
+            chunks=[c.path for c in m.chunks], torrent=tf.data,
+        )
+        self.store.save_torrent(rid, tf.data)
+
+    # ------------------------------------------------------------------ queries
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's own status."""
+        rows = self.catalog.releases()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "home": str(self.config.home),
+            "profile": self.config.profile,
+            "listen_port": self.engine.listen_port,
+            "uptime": round(time.time() - self.started, 1),
+            "releases": len(rows),
+            "active_fetches": len(self._tasks),
+            "tcp_port": self.config.tcp_port or None,
+        }
+
+    def _row(self, rid: str) -> ReleaseRow:
+        row = self.catalog.get(rid.lower()) if _HEX64.fullmatch(rid) else None
+        if row is None:
+            matches = [r for r in self.catalog.releases()
+                       if len(rid) >= 6 and r.id.startswith(rid.lower())]
+            if len(matches) == 1:
+                return matches[0]
+            raise UnknownReleaseError(f"no release {rid[:80]!r}")
+        return row
+
+    def show(self, rid: str) -> dict[str, Any]:
+        """Everything about one release."""
+        row = self._row(rid)
+        info: dict[str, Any] = {
+            "id": row.id, "name": row.name, "version": row.version, "label": row.label,
+            "publisher": row.publisher, "manifest_sha256": row.manifest_sha256,
+            "state": row.state, "error": row.error, "source": row.source,
+            "include": list(row.include), "total_bytes": row.total_bytes,
+            "added": row.added, "completed": row.completed,
+            "path": str(self.store.releases / row.id),
+            "torrent_path": str(self.store.releases / row.id / "release.torrent")
+            if row.torrent else None,
+            "magnet": parse_torrent(row.torrent).magnet if row.torrent else None,
+        }
+        if row.id in self.engine.torrents():
+            st = self.engine.status(row.id)
+            info["transfer"] = {
+                "progress": st.progress, "state": st.state,
+                "downloaded": st.total_payload_download, "uploaded": st.total_payload_upload,
+                "all_time_download": st.all_time_download, "all_time_upload": st.all_time_upload,
+                "download_rate": st.download_rate, "upload_rate": st.upload_rate,
+                "peers": st.num_peers, "seeds": st.num_seeds, "failed_bytes": st.failed_bytes,
+                "wanted": st.total_wanted, "wanted_done": st.total_wanted_done,
+                "error": st.error,
+            }
+        return info
+
+    def list_releases(self) -> list[dict[str, Any]]:
+        """Every release, oldest first."""
+        return [self.show(r.id) for r in self.catalog.releases()]
+
+    async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
+        """Return once the release is complete or failed, or ``timeout`` passes."""
+        row = self._row(rid)
+        deadline = time.monotonic() + timeout
+        while row.state not in _TERMINAL:
+            event = self._changed.setdefault(row.id, asyncio.Event())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), left)
+            event.clear()
+            row = self._row(row.id)
+        info = self.show(row.id)
+        info["timed_out"] = row.state not in _TERMINAL
+        return info
+
+    async def remove(self, rid: str, *, delete_data: bool) -> dict[str, Any]:
+        """Stop a release (cancel its fetch, stop seeding), optionally deleting its data."""
+        row = self._row(rid)
+        task = self._tasks.pop(row.id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if row.id in self.engine.torrents():
+            await self.engine.remove(row.id)
+        orphans = self.catalog.remove(row.id)
+        if delete_data:
+            self.store.remove_release(row.id, orphans)
+        self._notify(row.id, "removed")
+        return {"id": row.id, "removed": True, "deleted_chunks": len(orphans) if delete_data
+                else 0}
+
+    # ------------------------------------------------------------------ events
+
+    def _notify(self, rid: str, kind: str, **extra: Any) -> None:
+        self._changed.setdefault(rid, asyncio.Event()).set()
+        event = {"kind": kind, "id": rid, "time": time.time(), **extra}
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Service and engine events for one subscriber, until the daemon stops."""
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(1024)
+        self._subscribers.add(q)
+        try:
+            while (event := await q.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.discard(q)
+
+    async def _forward_engine_events(self) -> None:
+        with self.engine.subscribe() as stream:
+            async for event in stream:
+                self._notify(event.torrent, event.kind, **_event_fields(event))
+
+    async def _periodic_resume(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resume_interval)
+            for rid in list(self._tasks):
+                if rid in self.engine.torrents():
+                    with contextlib.suppress(P2PWeightsError):
+                        data = await self.engine.save_resume_data(rid, pause=False)
+                        self.catalog.save_resume(rid, data)
+
+    async def _enforce_seed_limits(self) -> None:
+        """Stop seeding a release once its ratio or seeding time reaches the limit."""
+        ratio, seconds = self.config.seed_ratio_limit, self.config.seed_time_limit
+        while True:
+            await asyncio.sleep(5.0)
+            for row in self.catalog.releases():
+                if row.state != "seeding" or row.id not in self.engine.torrents():
+                    continue
+                st = self.engine.status(row.id)
+                done_ratio = st.all_time_upload / max(row.total_bytes, 1)
+                seeded = time.time() - (row.completed or time.time())
+                if (ratio and done_ratio >= ratio) or (seconds and seeded >= seconds):
+                    self.engine.pause(row.id)
+                    self.catalog.set_state(row.id, "complete")
+                    self._notify(row.id, "seeding_stopped", ratio=round(done_ratio, 3))
+
+
+def _event_fields(event: EngineEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if event.message:
+        out["message"] = event.message
+    if event.file_index is not None:
+        out["file_index"] = event.file_index
+    if event.status is not None:
+        st = event.status
+        out.update(progress=st.progress, downloaded=st.total_payload_download,
+                   uploaded=st.total_payload_upload, download_rate=st.download_rate,
+                   upload_rate=st.upload_rate, peers=st.num_peers, state=st.state,
+                   failed_bytes=st.failed_bytes, wanted=st.total_wanted,
+                   wanted_done=st.total_wanted_done)
+    return out

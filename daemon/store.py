@@ -1,0 +1,99 @@
+"""The daemon's content-addressed store on disk.
+
+Layout under ``<data dir>/store``::
+
+    chunks/<sha256>[.safetensors]       every chunk of every release, once
+    releases/<id>/manifest.json         per release (id = v2 info-hash, hex)
+    releases/<id>/manifest.sig
+    releases/<id>/release.torrent
+    releases/<id>/chunks -> ../../chunks
+
+Because each ``releases/<id>`` holds a ``chunks`` link to the shared directory, it is an
+ordinary release directory: ``p2pweights.load`` and ``open_release`` read it unchanged,
+and two releases that share a chunk share the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from p2pweights._atomic import TMP_SUFFIX, atomic_write_bytes
+from p2pweights.errors import FormatError
+from p2pweights.release import CHUNKS_DIR, MANIFEST_NAME, SIGNATURE_NAME, Release
+
+__all__ = ["TORRENT_NAME", "Store"]
+
+TORRENT_NAME = "release.torrent"
+_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class Store:
+    """Paths and file moves of the content-addressed store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.chunks = root / CHUNKS_DIR
+        self.releases = root / "releases"
+
+    def open(self) -> None:
+        """Create the layout, and drop temp files that a crash left behind."""
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        self.releases.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.rglob(f"*{TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+    def release_dir(self, rid: str) -> Path:
+        """The release dir of release ``rid``, with its ``chunks`` link in place."""
+        if not _ID.fullmatch(rid):
+            raise FormatError(f"release id {rid[:80]!r} is not a 64-digit hex info-hash")
+        path = self.releases / rid
+        path.mkdir(parents=True, exist_ok=True)
+        link = path / CHUNKS_DIR
+        if not link.is_symlink():
+            os.symlink(f"../../{CHUNKS_DIR}", link)
+        return path
+
+    def manifest_path(self, rid: str) -> str:
+        """The manifest's path relative to the store root (a torrent file target)."""
+        return f"releases/{rid}/{MANIFEST_NAME}"
+
+    def signature_path(self, rid: str) -> str:
+        """The signature's path relative to the store root."""
+        return f"releases/{rid}/{SIGNATURE_NAME}"
+
+    def save_torrent(self, rid: str, data: bytes) -> Path:
+        """Write the release's .torrent beside its manifest."""
+        path = self.release_dir(rid) / TORRENT_NAME
+        atomic_write_bytes(path, data)
+        return path
+
+    def import_release(self, release: Release, rid: str) -> Path:
+        """Bring a local release into the store: hard links where possible, else copies.
+
+        Returns:
+            The store's release dir.
+        """
+        target = self.release_dir(rid)
+        for chunk in release.manifest.chunks:
+            dest = self.root / chunk.path
+            if dest.exists():
+                continue
+            src = release.chunk_path(chunk.path)
+            tmp = dest.with_name(f".{dest.name}{TMP_SUFFIX}")
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        for name in (MANIFEST_NAME, SIGNATURE_NAME):
+            atomic_write_bytes(target / name, (release.root / name).read_bytes())
+        return target
+
+    def remove_release(self, rid: str, orphan_chunks: list[str]) -> None:
+        """Delete a release's dir and the chunks no other release uses."""
+        shutil.rmtree(self.releases / rid, ignore_errors=True)
+        for rel in orphan_chunks:
+            (self.root / rel).unlink(missing_ok=True)

@@ -1,0 +1,211 @@
+"""The typed client of the daemon's control API, and starting the daemon on demand.
+
+The library reaches the daemon only through this module, over HTTP on the daemon's Unix
+socket (or 127.0.0.1 TCP with a bearer token). It never imports the daemon: it starts it
+as a process (``python -m p2pweightsd run``), the way ``docker`` or ``ollama`` users expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .errors import ApiError, DaemonUnavailableError
+from .paths import data_dir
+
+__all__ = ["DaemonClient", "daemon_log_path", "socket_path", "start_daemon"]
+
+_START_TIMEOUT = 60.0
+
+
+def socket_path(home: Path) -> Path:
+    """The control socket of the daemon that owns ``home``."""
+    return home / "daemon.sock"
+
+
+def daemon_log_path(home: Path) -> Path:
+    """Where a background daemon writes its log."""
+    return home / "daemon.log"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonClient:
+    """A connection recipe for one daemon; each call opens a short-lived session.
+
+    Args:
+        home: the daemon's data dir (its socket is ``home/daemon.sock``).
+        tcp_port: use 127.0.0.1:PORT instead of the socket.
+        token: the bearer token for TCP.
+        timeout: seconds for one request (``wait`` adds its own).
+    """
+
+    home: Path
+    tcp_port: int | None = None
+    token: str | None = None
+    timeout: float = 120.0
+
+    @classmethod
+    def for_home(cls, home: Path | str | None = None) -> DaemonClient:
+        """A client for the daemon of ``home`` (default: the usual data dir)."""
+        return cls(data_dir(home))
+
+    def _session(self, timeout: float) -> aiohttp.ClientSession:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        connector: aiohttp.BaseConnector = (
+            aiohttp.TCPConnector() if self.tcp_port else
+            aiohttp.UnixConnector(path=str(socket_path(self.home)))
+        )
+        return aiohttp.ClientSession(connector=connector, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=timeout))
+
+    def _url(self, path: str) -> str:
+        host = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else "localhost"
+        return f"http://{host}/v1{path}"
+
+    async def request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+                      params: dict[str, str] | None = None,
+                      timeout: float | None = None) -> dict[str, Any]:
+        """One API call; returns the JSON object.
+
+        Raises:
+            DaemonUnavailableError: nothing answers.
+            ApiError: the daemon refused; carries the remote error type and exit code.
+        """
+        try:
+            async with self._session(timeout or self.timeout) as session, session.request(
+                method, self._url(path), json=body, params=params
+            ) as resp:
+                text = await resp.text()
+                try:
+                    data = json.loads(text) if text else {}
+                except json.JSONDecodeError:
+                    data = {"error": text[:200]}
+                if resp.status >= 400:
+                    raise ApiError(str(data.get("error", f"HTTP {resp.status}")),
+                                   status=resp.status, kind=str(data.get("type", "ApiError")),
+                                   exit_code=int(data.get("exit_code", 15)))
+                if not isinstance(data, dict):
+                    raise ApiError("daemon answered with a non-object", status=resp.status)
+                return data
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                FileNotFoundError, ConnectionRefusedError) as exc:
+            where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
+            raise DaemonUnavailableError(f"no daemon answers at {where}") from exc
+
+    async def status(self) -> dict[str, Any]:
+        """GET /status."""
+        return await self.request("GET", "/status")
+
+    async def publish(self, path: Path, *, hybrid: bool = False) -> dict[str, Any]:
+        """Seed a release dir."""
+        return await self.request("POST", "/publish",
+                                  body={"path": str(path.resolve()), "hybrid": hybrid})
+
+    async def fetch(self, uri: str, *, peers: Sequence[str] = (), trackers: Sequence[str] = (),
+                    include: Sequence[str] = (),
+                    trust_on_first_use: bool = False) -> dict[str, Any]:
+        """Start a fetch; returns the release's id and state at once."""
+        if uri.endswith(".torrent") and Path(uri).is_file():
+            uri = str(Path(uri).resolve())
+        return await self.request("POST", "/fetch", body={
+            "uri": uri, "peers": list(peers), "trackers": list(trackers),
+            "include": list(include), "trust_on_first_use": trust_on_first_use})
+
+    async def releases(self) -> list[dict[str, Any]]:
+        """All releases."""
+        data = await self.request("GET", "/releases")
+        return list(data["releases"])
+
+    async def show(self, rid: str) -> dict[str, Any]:
+        """One release."""
+        return await self.request("GET", f"/releases/{rid}")
+
+    async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
+        """Until the release is complete or failed (``timed_out`` says which)."""
+        return await self.request("GET", f"/releases/{rid}/wait",
+                                  params={"timeout": str(timeout)}, timeout=timeout + 30)
+
+    async def remove(self, rid: str, *, delete_data: bool = False) -> dict[str, Any]:
+        """Stop a release, optionally deleting its data."""
+        return await self.request("DELETE", f"/releases/{rid}",
+                                  params={"delete_data": "1" if delete_data else "0"})
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The daemon's event stream (Server-Sent Events), until it closes."""
+        try:
+            async with self._session(24 * 3600) as session, session.get(
+                self._url("/events")
+            ) as resp:
+                async for raw in resp.content:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if line.startswith("data: "):
+                        yield json.loads(line[len("data: "):])
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonUnavailableError(f"no daemon answers at {socket_path(self.home)}") from exc
+
+    def is_running(self) -> bool:
+        """True when a daemon answers."""
+        try:
+            asyncio.run(self.status())
+        except DaemonUnavailableError:
+            return False
+        return True
+
+
+def start_daemon(home: Path, *, extra_args: Sequence[str] = (),
+                 timeout: float = _START_TIMEOUT) -> int:
+    """Start a background daemon for ``home`` and wait until it serves.
+
+    The daemon writes ``ready`` to a pipe once its socket is listening, so this waits on
+    that event rather than polling the socket.
+
+    Returns:
+        The daemon's pid.
+
+    Raises:
+        DaemonUnavailableError: it exited or did not become ready in time (see its log).
+    """
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = daemon_log_path(home)
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "p2pweightsd", "run", "--home", str(home),
+                 "--ready-fd", str(write_fd), *extra_args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                pass_fds=(write_fd,), start_new_session=True,
+            )
+        os.close(write_fd)
+        write_fd = -1
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([read_fd], [], [], max(left, 0))
+            if not ready:
+                raise DaemonUnavailableError(
+                    f"daemon did not become ready in {timeout:.0f}s; see {log_path}")
+            chunk = os.read(read_fd, 256)
+            if not chunk:
+                code = proc.wait(timeout=10)
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                raise DaemonUnavailableError(
+                    f"daemon exited with code {code}: {tail[0] if tail else ''} (log {log_path})")
+            buf += chunk
+        return proc.pid
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
