@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from p2pweights.errors import (
     ApiError,
@@ -238,8 +238,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
-    async for event in request.app[SERVICE].events():
-        await response.write(f"data: {json.dumps(event, sort_keys=True)}\n\n".encode())
+    try:
+        async for event in request.app[SERVICE].events():
+            await response.write(f"data: {json.dumps(event, sort_keys=True)}\n\n".encode())
+    except (ConnectionResetError, ClientConnectionResetError):
+        pass  # the subscriber went away
     return response
 
 

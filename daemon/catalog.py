@@ -86,8 +86,8 @@ class Catalog:
             check = self._db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise CatalogError(f"catalog {path} is damaged: {check}")
+            self._db.executescript(_SCHEMA)  # idempotent; executescript commits by itself
             with self._tx():
-                self._db.executescript(_SCHEMA)
                 row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None:
                     self._db.execute(

@@ -164,8 +164,9 @@ class EngineSettings:
     ) -> EngineSettings:
         """A session bound to one loopback address that contacts nothing else.
 
-        DHT, LSD, UPnP, NAT-PMP and uTP are off. Passing ``dht_bootstrap_nodes`` (loopback
-        ``host:port`` pairs) turns a DHT on that may route only among local nodes.
+        DHT, LSD, UPnP, NAT-PMP and uTP are off, and ``min_reconnect_time`` is 1 s.
+        Passing ``dht_bootstrap_nodes`` (loopback ``host:port`` pairs) turns on a DHT that
+        may route only among local nodes.
 
         Raises:
             EngineError: ``addr`` is not a loopback address.
@@ -189,6 +190,9 @@ class EngineSettings:
             "enable_natpmp": False,
             "enable_utp": False,
             "allow_multiple_connections_per_ip": True,
+            # A quiet test swarm has one seeder; do not wait a minute to dial it again
+            # after a recheck or after the torrent wanted nothing for a while.
+            "min_reconnect_time": 1,
         }
         values.update(overrides)
         return cls(**values)
@@ -629,6 +633,17 @@ class EventStream:
                     self._queue.get_nowait()
                     self.dropped += 1
 
+    def drain(self) -> list[EngineEvent]:
+        """Every event queued so far, without waiting."""
+        out: list[EngineEvent] = []
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if event is None:
+                self._put(None)
+                break
+            out.append(event)
+        return out
+
     def close(self) -> None:
         """Stop this stream; a pending ``async for`` ends."""
         self._engine._subscribers.discard(self)
@@ -720,7 +735,8 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self, *, save_resume: bool = True) -> dict[str, bytes]:
+    async def close(self, *, save_resume: bool = True,
+                    resume_timeout: float = 30.0) -> dict[str, bytes]:
         """Save resume data of every torrent (pausing each first), then end the session.
 
         Returns:
@@ -734,7 +750,8 @@ class Engine:
         if save_resume and self._torrents:
             ids = [t.id for t in self._torrents.values() if t.error is None]
             results = await asyncio.gather(
-                *(self.save_resume_data(i, keep_paused=True) for i in ids),
+                *(asyncio.wait_for(self.save_resume_data(i, keep_paused=True), resume_timeout)
+                  for i in ids),
                 return_exceptions=True,
             )
             for tid, res in zip(ids, results, strict=True):
@@ -917,7 +934,7 @@ class Engine:
         """
         t = self._get(tid)
         prios = [int(p) for p in priorities]
-        if not t.handle.has_metadata():
+        if t.handle.torrent_file() is None:
             t.handle.prioritize_files(prios)
             return
         fut = self._expect(t, "file_prio")
@@ -948,7 +965,7 @@ class Engine:
     async def wait_metadata(self, tid: str) -> TorrentFile:
         """Wait until the torrent's metadata is known, and return it."""
         t = self._get(tid)
-        await self._wait(t, lambda: bool(t.handle.has_metadata()))
+        await self._wait(t, lambda: t.handle.torrent_file() is not None)
         tf = self.torrent_file(tid)
         assert tf is not None
         return tf
@@ -1218,9 +1235,9 @@ class Engine:
         elif isinstance(a, lt.save_resume_data_failed_alert):
             self._fail_key(t, "resume_data", EngineError(f"torrent {tid}: {a.message()}"))
         elif isinstance(a, lt.file_renamed_alert):
-            self._fire(t, f"renamed:{a.index}", str(a.new_name))
-            self._emit(EngineEvent("renamed", tid, file_index=int(a.index),
-                                   message=str(a.new_name)))
+            new_name = str(a.new_name())
+            self._fire(t, f"renamed:{a.index}", new_name)
+            self._emit(EngineEvent("renamed", tid, file_index=int(a.index), message=new_name))
         elif isinstance(a, lt.file_rename_failed_alert):
             self._fail_key(t, f"renamed:{a.index}", EngineError(f"torrent {tid}: {a.message()}"))
         elif isinstance(a, lt.file_prio_alert):

@@ -50,6 +50,9 @@ def engine_settings(config: DaemonConfig) -> EngineSettings:
         download_rate_limit=config.download_rate,
         apply_limits_to_local=config.rate_limit_local,
         allow_multiple_connections_per_ip=config.profile == "local",
+        # A fetch raises priorities after the manifest stage; the seeder has dropped the
+        # then upload-only connection, and libtorrent's 60 s default would stall it.
+        min_reconnect_time=1 if config.profile == "local" else 5,
     )
 
 

@@ -292,7 +292,7 @@ class Service:
             await self.engine.force_recheck(tid)
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
-        await self.engine.set_file_priorities(tid, self._meta_only(tf))
+        await self._want(tid, self._meta_only(tf), peers)
         meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
         await self.engine.wait_files(tid, meta)
         release = self._authenticate(rid, tf, tofu=row.tofu)
@@ -303,7 +303,7 @@ class Service:
             prios[tf.file(path).index] = _PRIO_CHUNK
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
-        await self.engine.set_file_priorities(tid, prios)
+        await self._want(tid, prios, peers)
         await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
         # libtorrent accepted every block against the v2 roots the signed manifest lists,
         # so these bytes are the publisher's: record them for fast-mode loads.
@@ -316,6 +316,17 @@ class Service:
         with contextlib.suppress(P2PWeightsError):
             self.catalog.save_resume(rid, await self.engine.save_resume_data(tid))
         self._notify(rid, "complete")
+
+    async def _want(self, tid: str, prios: list[int], peers: Sequence[tuple[str, int]]) -> None:
+        """Set file priorities, then dial the explicit peers again.
+
+        While a torrent wants nothing it is upload-only, and a seeder drops the
+        connection (two seeds have nothing to trade); when it wants data again, it must
+        reconnect rather than wait for the next announce.
+        """
+        await self.engine.set_file_priorities(tid, prios)
+        for host, port in peers:
+            self.engine.connect_peer(tid, host, port)
 
     def _meta_only(self, tf: TorrentFile) -> list[int]:
         prios = [0] * tf.num_files

@@ -11,7 +11,7 @@ passed verification in the mode asked for.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,8 @@ from .errors import LoadError
 from .manifest import TensorEntry
 from .paths import data_dir, trust_path
 from .release import Release, open_release, resolve_source
+from .remote import fetch as remote_fetch
+from .remote import is_remote
 from .trust import TrustStore
 from .verify import VerifyMode, verify_chunks
 
@@ -141,22 +143,35 @@ def open(
     device: str = "cpu",
     trust: TrustStore | None = None,
     home: Path | str | None = None,
+    peers: Sequence[str] = (),
 ) -> ReleaseReader:
     """Open a release lazily; the manifest is authenticated now, chunks on first use.
 
     Args:
-        source: a release dir or an exported dir.
+        source: a release dir, an exported dir, or a magnet link / v2 info-hash /
+            ``.torrent`` (fetched through the daemon, which is started on demand).
         verify: ``fast`` or ``full`` chunk verification.
         device: where ``get_tensor`` puts tensors.
         trust: the keys to believe; defaults to the data dir's trust store.
         home: the data dir, when ``trust`` is not given.
+        peers: ``IP:PORT`` peers to fetch a remote source from.
 
     Raises:
         LoadError, ManifestError, UntrustedKeyError, SignatureError: see :func:`load`.
 
     """
-    release = open_release(resolve_source(source), _trust(trust, home))
+    root = _local_root(source, home=home, include=None, peers=peers)
+    release = open_release(root, _trust(trust, home))
     return ReleaseReader(release, verify=verify, device=device)
+
+
+def _local_root(source: Source, *, home: Path | str | None,
+                include: Iterable[str] | str | None, peers: Sequence[str]) -> Path:
+    """A local release dir for ``source``, fetched through the daemon when it is remote."""
+    if is_remote(source):
+        patterns = [include] if isinstance(include, str) else list(include or ())
+        return remote_fetch(str(source), home=home, include=patterns, peers=peers)
+    return resolve_source(source)
 
 
 def load(
@@ -167,16 +182,20 @@ def load(
     include: Iterable[str] | str | None = None,
     trust: TrustStore | None = None,
     home: Path | str | None = None,
+    peers: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Load a verified state dict.
 
     Args:
-        source: a release dir or an exported dir.
+        source: a release dir, an exported dir, or a magnet link / v2 info-hash /
+            ``.torrent`` (fetched through the daemon, started on demand; only the chunks
+            that ``include`` needs are downloaded).
         device: a torch device; ``cpu`` gives zero-copy memory-mapped tensors.
         verify: ``fast`` (signature + recorded chunk checks) or ``full`` (re-hash all).
         include: glob patterns; only matching tensors are verified and loaded.
         trust: the keys to believe; defaults to the data dir's trust store.
         home: the data dir, when ``trust`` is not given.
+        peers: ``IP:PORT`` peers to fetch a remote source from.
 
     Returns:
         Tensor name to tensor, in name order.
@@ -188,7 +207,8 @@ def load(
         MissingChunkError, CorruptChunkError: chunks that fail verification.
 
     """
-    with open(source, verify=verify, device=device, trust=trust, home=home) as reader:
+    root = _local_root(source, home=home, include=include, peers=peers)
+    with open(root, verify=verify, device=device, trust=trust, home=home) as reader:
         names = _select(reader.keys(), include)
         reader.prepare(names)
         return {n: reader.get_tensor(n) for n in names}

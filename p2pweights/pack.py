@@ -32,7 +32,9 @@ from .verify import ChunkRecords
 
 __all__ = ["PackResult", "pack"]
 
-_BUF = 8 * 1024 * 1024
+_BUF = 1024 * 1024
+"""Copy buffer: small enough to stay in a core's cache while it is written and hashed twice."""
+_local = threading.local()
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just written."""
@@ -155,9 +157,13 @@ def _write_release(
         file_jobs = {
             f.name: pool.submit(sha256_file, f.path) for f in source.files if f.kind != "blob"
         }
-        tensor_jobs = [pool.submit(write_group, g) for g in plan]
+        # Then the chunks, largest first, so the pool does not end on one big chunk while
+        # the other workers sit idle; the results are still taken in plan order.
+        by_size = sorted(range(len(plan)),
+                         key=lambda i: -sum(source.tensors[n].nbytes for n in plan[i]))
+        tensor_jobs = {i: pool.submit(write_group, plan[i]) for i in by_size}
         blob_jobs = [pool.submit(write_blob, i) for i in range(len(blobs))]
-        chunk_results = [j.result() for j in tensor_jobs]
+        chunk_results = [tensor_jobs[i].result() for i in range(len(plan))]
         blob_chunks = [j.result() for j in blob_jobs]
         file_sha = {name: j.result() for name, j in file_jobs.items()}
 
@@ -201,12 +207,20 @@ def _write_release(
     return manifest
 
 
+def _buffer() -> bytearray:
+    """The calling thread's copy buffer, made once (a fresh one per chunk costs page faults)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(_BUF)
+    return buf
+
+
 def _write_tensor_chunk(
     source: Source, names: list[str], out: Path, report: Progress
 ) -> tuple[ChunkEntry, list[TensorEntry]]:
     layout = build_header([(n, source.tensors[n].dtype, source.tensors[n].shape) for n in names])
     hasher = StreamHasher()
-    buf = bytearray(_BUF)
+    buf = _buffer()
     tmp = out / CHUNKS_DIR / f".{os.getpid()}-{threading.get_ident()}-{id(names)}{TMP_SUFFIX}"
     try:
         with open(tmp, "wb") as fh:
@@ -232,7 +246,7 @@ def _write_tensor_chunk(
 
 def _copy_blob(path: Path, out: Path, report: Progress) -> ChunkEntry:
     hasher = StreamHasher()
-    buf = bytearray(_BUF)
+    buf = _buffer()
     view = memoryview(buf)
     tmp = out / CHUNKS_DIR / f".{os.getpid()}-{threading.get_ident()}-blob{TMP_SUFFIX}"
     try:

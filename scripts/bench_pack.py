@@ -24,21 +24,26 @@ Target (from the issue): pack time <= 1.5x the baseline.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _synthetic import GIB, add_common_args, bench_source, median, source_bytes, work_dir
+from _synthetic import (
+    GIB,
+    Stopwatch,
+    add_common_args,
+    bench_source,
+    median,
+    sha256_file,
+    source_bytes,
+    work_dir,
+)
 
 TARGET = 1.5
-_READ = 8 * 1024 * 1024
 _MIB = 1024 * 1024
 
 
@@ -47,12 +52,16 @@ class Run:
     """What one child reports."""
 
     seconds: float
+    cpu_seconds: float
+    """CPU time of the child during the work, all threads."""
+    others: float
+    """Share of the machine's CPUs that other processes used meanwhile."""
     rss_before_kib: int
     """Resident set just before the work started (after imports)."""
     work_peak_kib: int
     """Peak resident set during the work (VmHWM after a reset); -1 when it cannot be reset."""
     process_peak_kib: int
-    """ru_maxrss of the whole child, imports included."""
+    """Peak resident set of the child since exec (VmHWM), imports included."""
     largest_chunk: int = 0
     chunks: int = 0
 
@@ -82,14 +91,8 @@ def _copy_and_hash(src: Path, out: Path) -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dst)
         copies.append(dst)
-    buf = bytearray(_READ)
-    view = memoryview(buf)
     for path in copies:
-        sha = hashlib.sha256()
-        with open(path, "rb", buffering=0) as fh:
-            while n := fh.readinto(buf):
-                sha.update(view[:n])
-        sha.hexdigest()
+        sha256_file(path)
     return len(copies)
 
 
@@ -100,21 +103,24 @@ def _child(spec: dict[str, str]) -> Run:
 
         key = p2pweights.load_private_key(Path(spec["key"]))
     rss_before = _proc_status_kib("VmRSS")
+    import_peak = _proc_status_kib("VmHWM")
     reset = _reset_peak()
-    started = time.perf_counter()
     largest = chunks = 0
-    if spec["side"] == "pack":
-        result = p2pweights.pack(src, out, name="bench/model", version=1, key=key)
-        largest = max(c.size for c in result.manifest.chunks)
-        chunks = len(result.manifest.chunks)
-    else:
-        _copy_and_hash(src, out)
-    seconds = time.perf_counter() - started
+    with Stopwatch() as watch:
+        if spec["side"] == "pack":
+            result = p2pweights.pack(src, out, name="bench/model", version=1, key=key)
+            largest = max(c.size for c in result.manifest.chunks)
+            chunks = len(result.manifest.chunks)
+        else:
+            _copy_and_hash(src, out)
+    work_peak = _proc_status_kib("VmHWM") if reset else -1
     return Run(
-        seconds=seconds,
+        seconds=watch.seconds,
+        cpu_seconds=watch.cpu_seconds,
+        others=watch.others,
         rss_before_kib=rss_before,
-        work_peak_kib=_proc_status_kib("VmHWM") if reset else -1,
-        process_peak_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        work_peak_kib=work_peak,
+        process_peak_kib=max(import_peak, work_peak, _proc_status_kib("VmHWM")),
         largest_chunk=largest,
         chunks=chunks,
     )
@@ -151,64 +157,88 @@ def _measure(src: Path, work: Path, key: Path, repeats: int) -> dict[str, list[R
     return runs
 
 
-def _summary(label: str, src: Path, runs: dict[str, list[Run]]) -> dict[str, object]:
-    size = source_bytes(src)
-    base = median([r.seconds for r in runs["baseline"]])
-    pack = median([r.seconds for r in runs["pack"]])
-    ratio = pack / base
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side's figures over its timed runs."""
 
-    def peak(side: str, attr: str) -> int:
-        return max(getattr(r, attr) for r in runs[side])
+    seconds: float
+    """Median wall time."""
+    runs_s: list[float]
+    cpu_seconds: float
+    """Median CPU time, all threads."""
+    others: float
+    """Median share of the machine's CPUs used by other processes during a run."""
+    rss_before_kib: int
+    work_peak_kib: int
+    process_peak_kib: int
 
-    return {
-        "benchmark": "bench_pack",
-        "model": label,
-        "source": str(src),
-        "source_bytes": size,
-        "cpus": os.cpu_count(),
-        "repeats": len(runs["pack"]),
-        "baseline_s": base,
-        "pack_s": pack,
-        "baseline_runs_s": [r.seconds for r in runs["baseline"]],
-        "pack_runs_s": [r.seconds for r in runs["pack"]],
-        "ratio": ratio,
-        "target": f"<= {TARGET}x",
-        "target_met": ratio <= TARGET,
-        "largest_chunk_bytes": runs["pack"][0].largest_chunk,
-        "chunks": runs["pack"][0].chunks,
-        "pack_rss": {k: peak("pack", k) for k in ("rss_before_kib", "work_peak_kib",
-                                                  "process_peak_kib")},
-        "baseline_rss": {k: peak("baseline", k) for k in ("rss_before_kib", "work_peak_kib",
-                                                          "process_peak_kib")},
-        "runs": {side: [asdict(r) for r in rs] for side, rs in runs.items()},
-    }
+
+def _side(runs: list[Run]) -> Side:
+    return Side(
+        seconds=median([r.seconds for r in runs]),
+        runs_s=[round(r.seconds, 4) for r in runs],
+        cpu_seconds=median([r.cpu_seconds for r in runs]),
+        others=median([r.others for r in runs]),
+        rss_before_kib=max(r.rss_before_kib for r in runs),
+        work_peak_kib=max(r.work_peak_kib for r in runs),
+        process_peak_kib=max(r.process_peak_kib for r in runs),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the benchmark prints."""
+
+    model: str
+    source: str
+    source_bytes: int
+    cpus: int
+    repeats: int
+    baseline: Side
+    pack: Side
+    ratio: float
+    target_met: bool
+    largest_chunk_bytes: int
+    chunks: int
+    benchmark: str = "bench_pack"
+    target: str = f"pack/baseline <= {TARGET}"
+
+
+def _summary(label: str, src: Path, runs: dict[str, list[Run]]) -> Summary:
+    base, pack = _side(runs["baseline"]), _side(runs["pack"])
+    ratio = pack.seconds / base.seconds
+    return Summary(
+        model=label, source=str(src), source_bytes=source_bytes(src), cpus=os.cpu_count() or 1,
+        repeats=len(runs["pack"]), baseline=base, pack=pack, ratio=ratio,
+        target_met=ratio <= TARGET, largest_chunk_bytes=runs["pack"][0].largest_chunk,
+        chunks=runs["pack"][0].chunks,
+    )
 
 
 def _mib(kib: int) -> str:
     return "n/a" if kib < 0 else f"{kib / 1024:.0f} MiB"
 
 
-def _print(s: dict[str, object]) -> None:
-    size = int(s["source_bytes"])  # type: ignore[call-overload]
-    base, pack, ratio = float(s["baseline_s"]), float(s["pack_s"]), float(s["ratio"])  # type: ignore[arg-type]
-    prss: dict[str, int] = s["pack_rss"]  # type: ignore[assignment]
-    brss: dict[str, int] = s["baseline_rss"]  # type: ignore[assignment]
-    gib = size / GIB
-    print(f"bench_pack: {s['model']} ({gib:.3f} GiB) from {s['source']}")
-    print(f"  {s['cpus']} CPUs, median of {s['repeats']} runs per side, after one warm-up each")
-    print(f"  baseline cp + sha256 : {base:8.3f} s  {gib / base:6.2f} GiB/s  "
-          f"runs {', '.join(f'{x:.3f}' for x in s['baseline_runs_s'])}")  # type: ignore[attr-defined]
-    print(f"  p2pweights.pack      : {pack:8.3f} s  {gib / pack:6.2f} GiB/s  "
-          f"runs {', '.join(f'{x:.3f}' for x in s['pack_runs_s'])}")  # type: ignore[attr-defined]
-    verdict = "MET" if s["target_met"] else "MISSED"
-    print(f"  ratio pack/baseline  : {ratio:.2f}x   target <= {TARGET}x: {verdict}")
-    print(f"  largest chunk        : {int(s['largest_chunk_bytes']) / _MIB:.1f} MiB "  # type: ignore[call-overload]
-          f"({s['chunks']} chunks)")
-    for name, rss in (("pack", prss), ("baseline", brss)):
-        grew = rss["work_peak_kib"] - rss["rss_before_kib"] if rss["work_peak_kib"] >= 0 else -1
-        print(f"  peak RSS {name:<9}   : {_mib(rss['work_peak_kib'])} during the work "
-              f"(+{_mib(grew)} over {_mib(rss['rss_before_kib'])} after imports); "
-              f"process ru_maxrss {_mib(rss['process_peak_kib'])}")
+def _print(s: Summary) -> None:
+    gib = s.source_bytes / GIB
+    print(f"bench_pack: {s.model}, {gib:.3f} GiB, from {s.source}")
+    print(f"  {s.cpus} CPUs; median of {s.repeats} runs per side (alternating), "
+          "each side warmed once untimed")
+    for name, side in (("baseline cp + sha256", s.baseline), ("p2pweights.pack", s.pack)):
+        print(f"  {name:<21}: {side.seconds:7.3f} s  {gib / side.seconds:5.2f} GiB/s  "
+              f"cpu {side.cpu_seconds:6.3f} s  other procs {side.others:4.0%}  "
+              f"runs {', '.join(f'{x:.3f}' for x in side.runs_s)}")
+    verdict = "MET" if s.target_met else "MISSED"
+    print(f"  ratio pack/baseline  : {s.ratio:.2f}x   target <= {TARGET}x: {verdict}")
+    print(f"  largest chunk        : {s.largest_chunk_bytes / _MIB:.1f} MiB ({s.chunks} chunks)")
+    for name, side in (("pack", s.pack), ("baseline", s.baseline)):
+        grew = side.work_peak_kib - side.rss_before_kib if side.work_peak_kib >= 0 else -1
+        print(f"  peak RSS {name:<12}: {_mib(side.work_peak_kib)} during the work "
+              f"(+{_mib(grew)} over {_mib(side.rss_before_kib)} after imports); "
+              f"child's peak since exec {_mib(side.process_peak_kib)}")
+    if max(s.pack.others, s.baseline.others) > 0.1:
+        print("  note: other processes used a share of the CPUs during the runs; pack uses "
+              "every core and the baseline one, so contention weighs on pack more.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         p2pweights.generate_key(key_path, overwrite=True)
         summary = _summary(label, src, _measure(src, work, key_path, args.repeats))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(asdict(summary)))
     else:
         _print(summary)
     return 0
