@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
-TOKEN: web.AppKey[str | None] = web.AppKey("token", str)  # type: ignore[arg-type]
+TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -128,11 +128,10 @@ class Fields:
     def __init__(self, doc: dict[str, Any], allowed: set[str]) -> None:
         extra = sorted(set(doc) - allowed)
         if extra:
-            raise ApiError(f"unknown field(s): {', '.join(extra)[:200]}", status=400,
-                           exit_code=15)
+            raise ApiError(f"unknown field(s): {', '.join(extra)[:200]}", status=400, exit_code=15)
         self.doc = doc
 
-    def str(self, name: str, *, required: bool = False, max_len: int = 8192) -> str | None:
+    def text(self, name: str, *, required: bool = False, max_len: int = 8192) -> str | None:
         value = self.doc.get(name)
         if value is None:
             if required:
@@ -142,27 +141,30 @@ class Fields:
             raise ApiError(f"field {name!r} must be a string", status=400, exit_code=15)
         return value
 
-    def strs(self, name: str, *, max_items: int = 256) -> list[str]:
+    def texts(self, name: str, *, max_items: int = 256) -> list[str]:
         value = self.doc.get(name, [])
-        if not isinstance(value, list) or len(value) > max_items or not all(
-            isinstance(v, str) and 0 < len(v) <= 1024 and "\x00" not in v for v in value
+        if (
+            not isinstance(value, list)
+            or len(value) > max_items
+            or not all(isinstance(v, str) and 0 < len(v) <= 1024 and "\x00" not in v for v in value)
         ):
             raise ApiError(f"field {name!r} must be a list of strings", status=400, exit_code=15)
         return list(value)
 
-    def bool(self, name: str) -> bool:
+    def flag(self, name: str) -> bool:
         value = self.doc.get(name, False)
         if not isinstance(value, bool):
             raise ApiError(f"field {name!r} must be true or false", status=400, exit_code=15)
         return value
 
-    def int(self, name: str, *, required: bool = False) -> int | None:
+    def integer(self, name: str, *, required: bool = False) -> int | None:
         value = self.doc.get(name)
         if value is None and not required:
             return None
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
-            raise ApiError(f"field {name!r} must be a non-negative integer", status=400,
-                           exit_code=15)
+            raise ApiError(
+                f"field {name!r} must be a non-negative integer", status=400, exit_code=15
+            )
         return value
 
 
@@ -173,34 +175,34 @@ async def status(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     """POST /v1/publish."""
-    f = Fields(await _body(request),
-               {"path", "hybrid", "source", "name", "version", "label", "key_file"})
+    f = Fields(
+        await _body(request), {"path", "hybrid", "source", "name", "version", "label", "key_file"}
+    )
     service = request.app[SERVICE]
-    path = f.str("path")
+    path = f.text("path")
     if path is not None:
-        info = await service.publish(path, hybrid=f.bool("hybrid"))
+        info = await service.publish(path, hybrid=f.flag("hybrid"))
     else:
         info = await service.pack_and_publish(
-            source=f.str("source", required=True) or "",
-            name=f.str("name", required=True, max_len=200) or "",
-            version=f.int("version", required=True) or 0,
-            label=f.str("label", max_len=256) or "",
-            key_file=f.str("key_file", required=True) or "",
-            hybrid=f.bool("hybrid"),
+            source=f.text("source", required=True) or "",
+            name=f.text("name", required=True, max_len=200) or "",
+            version=f.integer("version", required=True) or 0,
+            label=f.text("label", max_len=256) or "",
+            key_file=f.text("key_file", required=True) or "",
+            hybrid=f.flag("hybrid"),
         )
     return web.json_response(info, status=201)
 
 
 async def fetch(request: web.Request) -> web.Response:
     """POST /v1/fetch."""
-    f = Fields(await _body(request),
-               {"uri", "peers", "trackers", "include", "trust_on_first_use"})
+    f = Fields(await _body(request), {"uri", "peers", "trackers", "include", "trust_on_first_use"})
     info = await request.app[SERVICE].fetch(
-        f.str("uri", required=True) or "",
-        peers=f.strs("peers"),
-        trackers=f.strs("trackers"),
-        include=f.strs("include"),
-        trust_on_first_use=f.bool("trust_on_first_use"),
+        f.text("uri", required=True) or "",
+        peers=f.texts("peers"),
+        trackers=f.texts("trackers"),
+        include=f.texts("include"),
+        trust_on_first_use=f.flag("trust_on_first_use"),
     )
     return web.json_response(info, status=202)
 
@@ -235,8 +237,9 @@ async def remove(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: Server-Sent Events, one JSON object per event."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     try:
         async for event in request.app[SERVICE].events():

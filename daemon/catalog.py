@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS release_chunks (
     PRIMARY KEY (release_id, path)
 );
 CREATE INDEX IF NOT EXISTS release_chunks_path ON release_chunks(path);
+CREATE TABLE IF NOT EXISTS chunks (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, sha256 TEXT NOT NULL, v2_root TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS resume (
     release_id TEXT PRIMARY KEY REFERENCES releases(id) ON DELETE CASCADE,
     data BLOB NOT NULL, saved REAL NOT NULL
@@ -133,8 +136,17 @@ class Catalog:
                    include_json=excluded.include_json, peers_json=excluded.peers_json,
                    trackers_json=excluded.trackers_json, tofu=excluded.tofu,
                    torrent=COALESCE(releases.torrent, excluded.torrent)""",
-                (rid, state, torrent, source, json.dumps(list(include)), json.dumps(list(peers)),
-                 json.dumps(list(trackers)), int(tofu), time.time()),
+                (
+                    rid,
+                    state,
+                    torrent,
+                    source,
+                    json.dumps(list(include)),
+                    json.dumps(list(peers)),
+                    json.dumps(list(trackers)),
+                    int(tofu),
+                    time.time(),
+                ),
             )
 
     def set_manifest(
@@ -147,10 +159,10 @@ class Catalog:
         publisher: str,
         manifest_sha256: str,
         total_bytes: int,
-        chunks: Sequence[str],
+        chunks: Sequence[tuple[str, int, str, str]],
         torrent: bytes | None,
     ) -> None:
-        """Record the authenticated manifest of a release and the chunks it uses."""
+        """Record the authenticated manifest of a release and its (path, size, sha, root)s."""
         with self._tx():
             self._db.execute(
                 """UPDATE releases SET name=?, version=?, label=?, publisher=?,
@@ -159,8 +171,9 @@ class Catalog:
             )
             self._db.execute("DELETE FROM release_chunks WHERE release_id=?", (rid,))
             self._db.executemany(
-                "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c) for c in chunks]
+                "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c[0]) for c in chunks]
             )
+            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", chunks)
 
     def set_state(self, rid: str, state: ReleaseState, error: str | None = None) -> None:
         """Move a release to ``state``; ``complete``/``seeding`` stamp the completion time."""
@@ -188,12 +201,15 @@ class Catalog:
 
     def get(self, rid: str) -> ReleaseRow | None:
         """One release, or None."""
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM releases WHERE id=?", (rid,)).fetchone()
+        # _COLUMNS is a constant of this module, not input.
+        query = f"SELECT {_COLUMNS} FROM releases WHERE id=?"  # noqa: S608
+        row = self._db.execute(query, (rid,)).fetchone()
         return None if row is None else _row(row)
 
     def releases(self) -> list[ReleaseRow]:
         """All releases, oldest first."""
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM releases ORDER BY added").fetchall()
+        query = f"SELECT {_COLUMNS} FROM releases ORDER BY added"  # noqa: S608
+        rows = self._db.execute(query).fetchall()
         return [_row(r) for r in rows]
 
     def remove(self, rid: str) -> list[str]:
@@ -208,7 +224,13 @@ class Catalog:
                 )
             ]
             self._db.execute("DELETE FROM releases WHERE id=?", (rid,))
+            self._db.executemany("DELETE FROM chunks WHERE path=?", [(p,) for p in orphans])
         return orphans
+
+    def chunk_identity(self, path: str) -> tuple[int, str] | None:
+        """(size, v2 root) a signed manifest gave the store's chunk at ``path``, if any."""
+        row = self._db.execute("SELECT size, v2_root FROM chunks WHERE path=?", (path,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def chunk_users(self, path: str) -> list[str]:
         """Releases that use a chunk."""

@@ -57,7 +57,7 @@ from p2pweights.errors import (
     FormatError,
     ManifestError,
     MissingChunkError,
-    P2PWeightsError,
+    SwarmError,
 )
 from p2pweights.manifest import LIMITS, Manifest
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME
@@ -107,13 +107,12 @@ _ALERT_MASK = (
     | lt.alert.category_t.status_notification
     | lt.alert.category_t.storage_notification
     | lt.alert.category_t.file_progress_notification
+    | lt.alert.category_t.piece_progress_notification
 )
 
 
-class EngineError(P2PWeightsError):
+class EngineError(SwarmError):
     """The BitTorrent engine failed: a session, torrent or operation that did not work."""
-
-    exit_code = 13
 
 
 class TorrentFailedError(EngineError):
@@ -336,6 +335,7 @@ class TorrentStatus:
 EventKind = Literal[
     "added", "metadata", "state", "file_completed", "finished", "checked", "paused",
     "resumed", "hash_failed", "error", "removed", "renamed", "resume_rejected", "progress",
+    "piece",
 ]
 
 
@@ -880,8 +880,15 @@ class Engine:
         return list(self._torrents)
 
     def status(self, tid: str) -> TorrentStatus:
-        """A snapshot of the torrent."""
-        return _status_of(self._get(tid).handle.status())
+        """A snapshot of the torrent.
+
+        Raises:
+            EngineError: no such torrent, or it is being removed.
+        """
+        try:
+            return _status_of(self._get(tid).handle.status())
+        except RuntimeError as exc:  # the handle went invalid under us (removal)
+            raise EngineError(f"torrent {tid} is gone: {exc}") from exc
 
     def torrent_file(self, tid: str) -> TorrentFile | None:
         """The torrent, once its metadata is known (None before).
@@ -1216,6 +1223,8 @@ class Engine:
         tid = t.id
         if isinstance(a, lt.metadata_received_alert):
             self._emit(EngineEvent("metadata", tid))
+        elif isinstance(a, lt.piece_finished_alert):
+            self._emit(EngineEvent("piece", tid, message=str(int(a.piece_index))))
         elif isinstance(a, lt.file_completed_alert):
             self._emit(EngineEvent("file_completed", tid, file_index=int(a.index)))
         elif isinstance(a, lt.torrent_finished_alert):

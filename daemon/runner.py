@@ -121,8 +121,12 @@ async def serve(config: DaemonConfig, *, ready_fd: int | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("daemon %d ready: socket %s, peer port %d", os.getpid(), config.socket_path,
-                 engine.listen_port)
+        log.info(
+            "daemon %d ready: socket %s, peer port %d",
+            os.getpid(),
+            config.socket_path,
+            engine.listen_port,
+        )
         if ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(ready_fd, f"ready {engine.listen_port}\n".encode())

@@ -13,7 +13,8 @@ A fetch walks a release through these states, each recorded in the catalog:
 ``error``      refused or failed; the reason is in the row, nothing of it is loadable.
 
 Chunks land in the shared store under their content address, so a chunk that is already
-there (from another release) is found complete by the recheck and never downloaded again.
+there (from another release) is found complete by the check at add and never downloaded
+again.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ from .catalog import Catalog, ReleaseRow
 from .config import DaemonConfig
 from .engine import (
     Engine,
+    EngineError,
     EngineEvent,
+    EventStream,
     MagnetLink,
     TorrentFile,
     make_torrent,
@@ -109,6 +112,10 @@ class Service:
         self._changed: dict[str, asyncio.Event] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._progressed: dict[str, asyncio.Event] = {}
+        """Set on each verified piece of a download, for the resume-data saver."""
+        self._states: dict[str, list[str]] = {}
+        """libtorrent states each release went through since this daemon started."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -116,16 +123,20 @@ class Service:
         """Bring back every release in the catalog, then start the background loops.
 
         Args:
-            unclean: the last run did not shut down cleanly; downloads are re-checked
-                against the disk so nothing counts as complete unless it verifies.
+            unclean: the last run did not stop cleanly (only logged: progress is saved
+                after every verified piece, so a restart goes on from there).
         """
+        if unclean:
+            log.warning("the last run did not stop cleanly; going on from saved progress")
+        # Subscribe before restoring, so the restored torrents' first events are seen.
+        stream = self.engine.subscribe()
+        self._background.append(asyncio.create_task(self._forward_engine_events(stream)))
         for row in self.catalog.releases():
             try:
-                await self._restore(row, unclean=unclean)
+                await self._restore(row)
             except P2PWeightsError as exc:
                 log.warning("could not restore %s: %s", row.id, exc)
-                self.catalog.set_state(row.id, "error", str(exc))
-        self._background.append(asyncio.create_task(self._forward_engine_events()))
+                self.catalog.set_state(row.id, "error", f"{type(exc).__name__}: {exc}")
         self._background.append(asyncio.create_task(self._periodic_resume()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
@@ -143,7 +154,7 @@ class Service:
         for q in self._subscribers:
             q.put_nowait(None)
 
-    async def _restore(self, row: ReleaseRow, *, unclean: bool) -> None:
+    async def _restore(self, row: ReleaseRow) -> None:
         resume = self.catalog.resume_data(row.id)
         if row.state == "error":
             return
@@ -151,13 +162,20 @@ class Service:
             target: TorrentFile | MagnetLink = parse_magnet(row.source)
         else:
             target = parse_torrent(row.torrent)
-        if row.state in ("seeding", "complete"):
-            tf = target if isinstance(target, TorrentFile) else None
-            assert tf is not None
-            self.engine.add(tf, self.store.root, file_paths=self._layout(row.id, tf),
-                            resume_data=resume)
+        if row.state in ("seeding", "complete") and isinstance(target, TorrentFile):
+            self.engine.add(
+                target,
+                self.store.root,
+                file_paths=self._layout(row.id, target),
+                resume_data=resume,
+                paused=row.state == "complete",
+            )
             return
-        self._start_fetch(row.id, target, row, resume=resume, recheck=unclean)
+        # With resume data (saved after every verified piece) libtorrent goes on where it
+        # stopped; without it, the check at add verifies what is on disk. A forced
+        # recheck would be worse: a magnet's torrent lacks piece layers, so partly
+        # downloaded chunks could not be verified and would be fetched again.
+        self._start_fetch(row.id, target, row, resume=resume)
 
     # ------------------------------------------------------------------ publish
 
@@ -192,14 +210,23 @@ class Service:
         self._notify(rid, "published")
         return self.show(rid)
 
-    async def pack_and_publish(self, *, source: str, name: str, version: int, label: str,
-                               key_file: str, hybrid: bool = False) -> dict[str, Any]:
+    async def pack_and_publish(
+        self,
+        *,
+        source: str,
+        name: str,
+        version: int,
+        label: str,
+        key_file: str,
+        hybrid: bool = False,
+    ) -> dict[str, Any]:
         """Pack ``source`` with an unencrypted key file, then publish the result."""
         key = load_private_key(Path(key_file))
         staging = self.store.root / "staging" / f"{os.getpid()}-{time.monotonic_ns()}"
         try:
-            await asyncio.to_thread(pack, Path(source), staging, name=name, version=version,
-                                    key=key, label=label)
+            await asyncio.to_thread(
+                pack, Path(source), staging, name=name, version=version, key=key, label=label
+            )
             return await self.publish(str(staging), hybrid=hybrid)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -216,9 +243,15 @@ class Service:
             return parse_torrent(path.read_bytes())
         raise FormatError(f"{uri[:80]!r} is not a magnet link, a v2 info-hash or a .torrent file")
 
-    async def fetch(self, uri: str, *, peers: Sequence[str] = (), trackers: Sequence[str] = (),
-                    include: Sequence[str] = (),
-                    trust_on_first_use: bool = False) -> dict[str, Any]:
+    async def fetch(
+        self,
+        uri: str,
+        *,
+        peers: Sequence[str] = (),
+        trackers: Sequence[str] = (),
+        include: Sequence[str] = (),
+        trust_on_first_use: bool = False,
+    ) -> dict[str, Any]:
         """Start fetching a release; returns at once with its id and state."""
         target = self._parse_target(uri)
         for p in peers:
@@ -230,19 +263,25 @@ class Service:
         if rid in self.engine.torrents():
             await self.engine.remove(rid)
         self.catalog.add_release(
-            rid, source=uri, state="metadata",
+            rid,
+            source=uri,
+            state="metadata",
             torrent=target.data if isinstance(target, TorrentFile) else None,
-            include=include, peers=peers, trackers=trackers, tofu=trust_on_first_use,
+            include=include,
+            peers=peers,
+            trackers=trackers,
+            tofu=trust_on_first_use,
         )
         self.catalog.set_state(rid, "metadata")
         row = self.catalog.get(rid)
         assert row is not None
-        self._start_fetch(rid, target, row, resume=None, recheck=False)
+        self._start_fetch(rid, target, row, resume=None)
         return self.show(rid)
 
-    def _start_fetch(self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *,
-                     resume: bytes | None, recheck: bool) -> None:
-        self._spawn(rid, self._fetch_flow(rid, target, row, resume=resume, recheck=recheck))
+    def _start_fetch(
+        self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
+    ) -> None:
+        self._spawn(rid, self._fetch_flow(rid, target, row, resume=resume))
 
     def _spawn(self, rid: str, coro: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:
@@ -268,28 +307,50 @@ class Service:
                 await self.engine.remove(rid)
         self._notify(rid, "error")
 
-    async def _fetch_flow(self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *,
-                          resume: bytes | None, recheck: bool) -> None:
+    async def _fetch_flow(
+        self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
+    ) -> None:
         peers = [parse_peer(p) for p in row.peers]
         if isinstance(target, TorrentFile):
             layout = self._layout(rid, target)
-            tid = self.engine.add(target, self.store.root, file_paths=layout,
-                                  file_priorities=self._meta_only(target), peers=peers,
-                                  trackers=row.trackers, resume_data=resume)
+            tid = self.engine.add(
+                target,
+                self.store.root,
+                file_paths=layout,
+                file_priorities=self._meta_only(target),
+                peers=peers,
+                trackers=row.trackers,
+                resume_data=resume,
+            )
             tf = target
         else:
-            tid = self.engine.add(target, self.store.root, dont_download=True, peers=peers,
-                                  trackers=row.trackers, resume_data=resume)
+            # Metadata first, with nothing wanted; then add the torrent again with every
+            # file mapped into the store. The check at add finds chunks the store already
+            # has, and the peers are dialled afresh (a recheck would drop them).
+            tid = self.engine.add(
+                target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
+            )
             tf = await self.engine.wait_metadata(tid)
             layout = self._layout(rid, tf)
-            for index, rel in layout.items():
-                await self.engine.rename_file(tid, index, rel)
-            self.catalog.add_release(rid, source=row.source, state="manifest", torrent=tf.data,
-                                     include=row.include, peers=row.peers,
-                                     trackers=row.trackers, tofu=row.tofu)
-            recheck = True  # chunks already in the store count only after a hash check
-        if recheck:
-            await self.engine.force_recheck(tid)
+            await self.engine.remove(tid)
+            self.catalog.add_release(
+                rid,
+                source=row.source,
+                state="manifest",
+                torrent=tf.data,
+                include=row.include,
+                peers=row.peers,
+                trackers=row.trackers,
+                tofu=row.tofu,
+            )
+            tid = self.engine.add(
+                tf,
+                self.store.root,
+                file_paths=layout,
+                file_priorities=self._meta_only(tf),
+                peers=peers,
+                trackers=row.trackers,
+            )
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
         await self._want(tid, self._meta_only(tf), peers)
@@ -303,8 +364,13 @@ class Service:
             prios[tf.file(path).index] = _PRIO_CHUNK
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
-        await self._want(tid, prios, peers)
-        await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
+        saver = asyncio.create_task(self._save_resume_on_progress(tid))
+        try:
+            await self._want(tid, prios, peers)
+            await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
+        finally:
+            saver.cancel()
+            self._progressed.pop(tid, None)
         # libtorrent accepted every block against the v2 roots the signed manifest lists,
         # so these bytes are the publisher's: record them for fast-mode loads.
         records = ChunkRecords(release.root)
@@ -316,6 +382,20 @@ class Service:
         with contextlib.suppress(P2PWeightsError):
             self.catalog.save_resume(rid, await self.engine.save_resume_data(tid))
         self._notify(rid, "complete")
+
+    async def _save_resume_on_progress(self, tid: str) -> None:
+        """Save resume data after every verified piece (coalesced while a save runs).
+
+        A ``kill -9`` then loses at most the pieces verified during one save, instead of
+        everything since the last timer tick.
+        """
+        progressed = self._progressed.setdefault(tid, asyncio.Event())
+        while True:
+            await progressed.wait()
+            progressed.clear()
+            with contextlib.suppress(P2PWeightsError):
+                data = await self.engine.save_resume_data(tid, pause=False)
+                self.catalog.save_resume(tid, data)
 
     async def _want(self, tid: str, prios: list[int], peers: Sequence[tuple[str, int]]) -> None:
         """Set file priorities, then dial the explicit peers again.
@@ -350,10 +430,19 @@ class Service:
                     raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
                 layout[f.index] = self.store.signature_path(rid)
             elif _CHUNK_NAME.fullmatch(f.path):
+                known = self.catalog.chunk_identity(f.path)
+                if known is not None and known != (f.size, f.v2_root):
+                    # Same name, other bytes: a lie. Mapping it would let libtorrent
+                    # overwrite a verified chunk that other releases use.
+                    raise ReleaseMismatchError(
+                        f"torrent file {f.path} claims other bytes than the store's verified "
+                        "chunk of that name"
+                    )
                 layout[f.index] = f.path
             else:
                 raise ReleaseMismatchError(
-                    f"torrent file {f.path[:80]!r} is not part of a p2pweights release")
+                    f"torrent file {f.path[:80]!r} is not part of a p2pweights release"
+                )
         self.store.release_dir(rid)
         return layout
 
@@ -374,20 +463,25 @@ class Service:
         if set(chunks) != set(files):
             extra = sorted(set(files) ^ set(chunks))[:3]
             raise ReleaseMismatchError(
-                f"the torrent's files differ from the signed chunk list (e.g. {extra})")
+                f"the torrent's files differ from the signed chunk list (e.g. {extra})"
+            )
         for path, chunk in chunks.items():
             f = files[path]
             if f.size != chunk.size or f.v2_root != chunk.v2_root:
                 raise ReleaseMismatchError(
-                    f"torrent file {path} has another size or v2 root than the signed manifest")
+                    f"torrent file {path} has another size or v2 root than the signed manifest"
+                )
         return release
 
     def _wanted_chunks(self, release: Release, include: Sequence[str]) -> list[str]:
         manifest = release.manifest
         if not include:
             return [c.path for c in manifest.chunks]
-        wanted = {t.chunk for t in manifest.tensors.values()
-                  if any(fnmatch.fnmatchcase(t.name, pat) for pat in include)}
+        wanted = {
+            t.chunk
+            for t in manifest.tensors.values()
+            if any(fnmatch.fnmatchcase(t.name, pat) for pat in include)
+        }
         if not wanted:
             raise LoadError(f"include patterns {list(include)[:5]} match no tensor")
         return sorted(wanted)
@@ -395,10 +489,15 @@ class Service:
     def _record_manifest(self, rid: str, release: Release, tf: TorrentFile) -> None:
         m = release.manifest
         self.catalog.set_manifest(
-            rid, name=m.name, version=m.version, label=m.label, publisher=m.publisher.text,
+            rid,
+            name=m.name,
+            version=m.version,
+            label=m.label,
+            publisher=m.publisher.text,
             manifest_sha256=release.manifest_sha256,
             total_bytes=sum(c.size for c in m.chunks),
-            chunks=[c.path for c in m.chunks], torrent=tf.data,
+            chunks=[(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
+            torrent=tf.data,
         )
         self.store.save_torrent(rid, tf.data)
 
@@ -422,8 +521,9 @@ class Service:
     def _row(self, rid: str) -> ReleaseRow:
         row = self.catalog.get(rid.lower()) if _HEX64.fullmatch(rid) else None
         if row is None:
-            matches = [r for r in self.catalog.releases()
-                       if len(rid) >= 6 and r.id.startswith(rid.lower())]
+            matches = [
+                r for r in self.catalog.releases() if len(rid) >= 6 and r.id.startswith(rid.lower())
+            ]
             if len(matches) == 1:
                 return matches[0]
             raise UnknownReleaseError(f"no release {rid[:80]!r}")
@@ -433,26 +533,46 @@ class Service:
         """Everything about one release."""
         row = self._row(rid)
         info: dict[str, Any] = {
-            "id": row.id, "name": row.name, "version": row.version, "label": row.label,
-            "publisher": row.publisher, "manifest_sha256": row.manifest_sha256,
-            "state": row.state, "error": row.error, "source": row.source,
-            "include": list(row.include), "total_bytes": row.total_bytes,
-            "added": row.added, "completed": row.completed,
+            "id": row.id,
+            "name": row.name,
+            "version": row.version,
+            "label": row.label,
+            "publisher": row.publisher,
+            "manifest_sha256": row.manifest_sha256,
+            "state": row.state,
+            "error": row.error,
+            "source": row.source,
+            "include": list(row.include),
+            "total_bytes": row.total_bytes,
+            "added": row.added,
+            "completed": row.completed,
             "path": str(self.store.releases / row.id),
             "torrent_path": str(self.store.releases / row.id / "release.torrent")
-            if row.torrent else None,
+            if row.torrent
+            else None,
             "magnet": parse_torrent(row.torrent).magnet if row.torrent else None,
         }
-        if row.id in self.engine.torrents():
-            st = self.engine.status(row.id)
+        try:
+            st = self.engine.status(row.id) if row.id in self.engine.torrents() else None
+        except EngineError:
+            st = None  # being removed or re-added right now
+        if st is not None:
             info["transfer"] = {
-                "progress": st.progress, "state": st.state,
-                "downloaded": st.total_payload_download, "uploaded": st.total_payload_upload,
-                "all_time_download": st.all_time_download, "all_time_upload": st.all_time_upload,
-                "download_rate": st.download_rate, "upload_rate": st.upload_rate,
-                "peers": st.num_peers, "seeds": st.num_seeds, "failed_bytes": st.failed_bytes,
-                "wanted": st.total_wanted, "wanted_done": st.total_wanted_done,
+                "progress": st.progress,
+                "state": st.state,
+                "downloaded": st.total_payload_download,
+                "uploaded": st.total_payload_upload,
+                "all_time_download": st.all_time_download,
+                "all_time_upload": st.all_time_upload,
+                "download_rate": st.download_rate,
+                "upload_rate": st.upload_rate,
+                "peers": st.num_peers,
+                "seeds": st.num_seeds,
+                "failed_bytes": st.failed_bytes,
+                "wanted": st.total_wanted,
+                "wanted_done": st.total_wanted_done,
                 "error": st.error,
+                "state_history": list(self._states.get(row.id, [])),
             }
         return info
 
@@ -491,8 +611,7 @@ class Service:
         if delete_data:
             self.store.remove_release(row.id, orphans)
         self._notify(row.id, "removed")
-        return {"id": row.id, "removed": True, "deleted_chunks": len(orphans) if delete_data
-                else 0}
+        return {"id": row.id, "removed": True, "deleted_chunks": len(orphans) if delete_data else 0}
 
     # ------------------------------------------------------------------ events
 
@@ -513,9 +632,16 @@ class Service:
         finally:
             self._subscribers.discard(q)
 
-    async def _forward_engine_events(self) -> None:
-        with self.engine.subscribe() as stream:
+    async def _forward_engine_events(self, stream: EventStream) -> None:
+        with stream:
             async for event in stream:
+                if event.kind == "piece":  # too many for subscribers; feeds the saver
+                    if event.torrent in self._progressed:
+                        self._progressed[event.torrent].set()
+                    continue
+                if event.kind == "state":
+                    history = self._states.setdefault(event.torrent, [])
+                    history[:] = [*history[-31:], event.message]
                 self._notify(event.torrent, event.kind, **_event_fields(event))
 
     async def _periodic_resume(self) -> None:
@@ -552,9 +678,16 @@ def _event_fields(event: EngineEvent) -> dict[str, Any]:
         out["file_index"] = event.file_index
     if event.status is not None:
         st = event.status
-        out.update(progress=st.progress, downloaded=st.total_payload_download,
-                   uploaded=st.total_payload_upload, download_rate=st.download_rate,
-                   upload_rate=st.upload_rate, peers=st.num_peers, state=st.state,
-                   failed_bytes=st.failed_bytes, wanted=st.total_wanted,
-                   wanted_done=st.total_wanted_done)
+        out.update(
+            progress=st.progress,
+            downloaded=st.total_payload_download,
+            uploaded=st.total_payload_upload,
+            download_rate=st.download_rate,
+            upload_rate=st.upload_rate,
+            peers=st.num_peers,
+            state=st.state,
+            failed_bytes=st.failed_bytes,
+            wanted=st.total_wanted,
+            wanted_done=st.total_wanted_done,
+        )
     return out

@@ -7,13 +7,19 @@ The public API::
     p2pweights.load_into(model, "path/to/release")
     with p2pweights.open("path/to/release") as r:       # lazy, like safetensors.safe_open
         r.get_tensor("lm_head.weight")
+    state = p2pweights.load("magnet:?xt=urn:btmh:1220...")  # fetched by the daemon
 """
 
 from __future__ import annotations
 
 from .errors import (
+    ApiError,
+    CatalogError,
     ChunkError,
+    ConfigError,
     CorruptChunkError,
+    DaemonError,
+    DaemonUnavailableError,
     ExportError,
     FormatError,
     KeyFileError,
@@ -22,11 +28,14 @@ from .errors import (
     MissingChunkError,
     P2PWeightsError,
     ReleaseExpiredError,
+    ReleaseMismatchError,
     SafetensorsHeaderError,
     SignatureError,
     SourceError,
+    SwarmError,
     TrustError,
     TrustStoreError,
+    UnknownReleaseError,
     UnsafePathError,
     UnsafePickleError,
     UntrustedKeyError,
@@ -37,14 +46,20 @@ from .loader import ReleaseReader, load, load_into, open
 from .manifest import Manifest
 from .pack import PackResult, pack
 from .release import Release, open_release
+from .remote import fetch
 from .trust import TrustEntry, TrustStore
 from .verify import verify_release
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApiError",
+    "CatalogError",
     "ChunkError",
+    "ConfigError",
     "CorruptChunkError",
+    "DaemonError",
+    "DaemonUnavailableError",
     "ExportError",
     "ExportResult",
     "FormatError",
@@ -59,19 +74,23 @@ __all__ = [
     "PublicKey",
     "Release",
     "ReleaseExpiredError",
+    "ReleaseMismatchError",
     "ReleaseReader",
     "SafetensorsHeaderError",
     "SignatureError",
     "SourceError",
+    "SwarmError",
     "TrustEntry",
     "TrustError",
     "TrustStore",
     "TrustStoreError",
+    "UnknownReleaseError",
     "UnsafePathError",
     "UnsafePickleError",
     "UntrustedKeyError",
     "__version__",
     "export",
+    "fetch",
     "generate_key",
     "load",
     "load_into",

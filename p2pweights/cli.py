@@ -28,9 +28,9 @@ from .client import DaemonClient, daemon_log_path, start_daemon
 from .errors import DaemonError, KeyFileError, LoadError, P2PWeightsError
 from .export import export as export_release
 from .keys import PrivateKey, PublicKey, generate_key, load_private_key
+from .loader import load as load_tensors
 from .pack import pack as pack_release
 from .paths import data_dir, default_key_path, trust_path
-from .loader import load as load_tensors
 from .release import MANIFEST_NAME, is_release_dir, resolve_source
 from .remote import ensure_daemon, fetch_async
 from .trust import TrustStore
@@ -460,9 +460,14 @@ def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
         return
     pid = start_daemon(ctx.home, extra_args=args)
     info = _run(client.status())
-    emit(ctx, {"started": True, **info},
-         [f"daemon started (pid {pid}), peer port {info['listen_port']}, log "
-          f"{daemon_log_path(ctx.home)}"])
+    emit(
+        ctx,
+        {"started": True, **info},
+        [
+            f"daemon started (pid {pid}), peer port {info['listen_port']}, log "
+            f"{daemon_log_path(ctx.home)}"
+        ],
+    )
 
 
 @daemon.command("stop")
@@ -498,16 +503,24 @@ def daemon_stop(ctx: Ctx, timeout: float) -> None:
 def daemon_status(ctx: Ctx) -> None:
     """Report on the daemon (exit code 15 when none runs)."""
     info = _run(DaemonClient(ctx.home).status())
-    emit(ctx, info, [f"running: pid {info['pid']}, peer port {info['listen_port']}, "
-                     f"{info['releases']} releases, profile {info['profile']}, "
-                     f"up {info['uptime']:.0f}s"])
+    emit(
+        ctx,
+        info,
+        [
+            f"running: pid {info['pid']}, peer port {info['listen_port']}, "
+            f"{info['releases']} releases, profile {info['profile']}, "
+            f"up {info['uptime']:.0f}s"
+        ],
+    )
 
 
 def _release_line(r: dict[str, Any]) -> str:
     t = r.get("transfer") or {}
     prog = f"{100 * float(t.get('progress', 1.0 if r['state'] == 'seeding' else 0)):.0f}%"
     name = f"{r.get('name') or '?'} v{r.get('version') if r.get('version') is not None else '?'}"
-    return f"{r['id'][:16]}  {name:<40} {r['state']:<11} {prog:>5}  {r['total_bytes'] / 1e6:9.1f} MB"
+    return (
+        f"{r['id'][:16]}  {name:<40} {r['state']:<11} {prog:>5}  {r['total_bytes'] / 1e6:9.1f} MB"
+    )
 
 
 @cli.command()
@@ -517,14 +530,25 @@ def _release_line(r: dict[str, Any]) -> str:
 @click.option("--label", default="")
 @click.option("--key", "key_path", type=click.Path(path_type=Path))
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Pack first: release dir (default DATA/published/ORG--MODEL-vN).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Pack first: release dir (default DATA/published/ORG--MODEL-vN).",
+)
 @click.option("--hybrid", is_flag=True, help="Make a hybrid v1+v2 torrent (default v2 only).")
 @json_option
 @pass_ctx
-def publish(ctx: Ctx, src: Path, name: str | None, version: int | None, label: str,
-            key_path: Path | None, passphrase_file: Path | None, out: Path | None,
-            hybrid: bool) -> None:
+def publish(
+    ctx: Ctx,
+    src: Path,
+    name: str | None,
+    version: int | None,
+    label: str,
+    key_path: Path | None,
+    passphrase_file: Path | None,
+    out: Path | None,
+    hybrid: bool,
+) -> None:
     """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version)."""
     if not is_release_dir(src):
         if name is None or version is None:
@@ -532,12 +556,18 @@ def publish(ctx: Ctx, src: Path, name: str | None, version: int | None, label: s
         priv = _load_key(key_path or default_key_path(ctx.home), passphrase_file)
         out = out or ctx.home / "published" / f"{name.replace('/', '--')}-v{version}"
         with progress_bar(ctx, _source_size(src), "packing") as bar:
-            pack_release(src, out, name=name, version=version, key=priv, label=label,
-                         progress=bar)
+            pack_release(src, out, name=name, version=version, key=priv, label=label, progress=bar)
         src = out
     info = _run(_client(ctx).publish(src, hybrid=hybrid))
-    emit(ctx, info, [f"seeding {info['name']} v{info['version']} ({info['id'][:16]})",
-                     f"magnet  {info['magnet']}", f"torrent {info['torrent_path']}"])
+    emit(
+        ctx,
+        info,
+        [
+            f"seeding {info['name']} v{info['version']} ({info['id'][:16]})",
+            f"magnet  {info['magnet']}",
+            f"torrent {info['torrent_path']}",
+        ],
+    )
 
 
 def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
@@ -549,12 +579,19 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
         if ctx.json or not sys.stderr.isatty() or "wanted" not in event:
             return
         if bar is None:
-            bar = click.progressbar(length=max(int(event["wanted"]), 1), label="fetching",
-                                    file=sys.stderr, show_eta=True, show_percent=True)
+            bar = click.progressbar(
+                length=max(int(event["wanted"]), 1),
+                label="fetching",
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+            )
             bar.__enter__()
         now = int(event.get("wanted_done", 0))
-        bar.label = (f"fetching {event.get('download_rate', 0) / 1e6:6.1f} MB/s "
-                     f"{event.get('peers', 0)} peers")
+        bar.label = (
+            f"fetching {event.get('download_rate', 0) / 1e6:6.1f} MB/s "
+            f"{event.get('peers', 0)} peers"
+        )
         bar.update(max(now - done, 0))
         done = now
 
@@ -570,24 +607,45 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
 @click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to connect to.")
 @click.option("--tracker", "trackers", multiple=True, help="Tracker announce URL.")
 @click.option("--include", multiple=True, help="Only chunks holding tensors matching GLOB.")
-@click.option("--trust-on-first-use", is_flag=True,
-              help="Trust the publisher key of this release if it is not trusted yet.")
+@click.option(
+    "--trust-on-first-use",
+    is_flag=True,
+    help="Trust the publisher key of this release if it is not trusted yet.",
+)
 @click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True)
 @json_option
 @pass_ctx
-def fetch(ctx: Ctx, uri: str, peers: tuple[str, ...], trackers: tuple[str, ...],
-          include: tuple[str, ...], trust_on_first_use: bool, no_wait: bool,
-          timeout: float) -> None:
+def fetch(
+    ctx: Ctx,
+    uri: str,
+    peers: tuple[str, ...],
+    trackers: tuple[str, ...],
+    include: tuple[str, ...],
+    trust_on_first_use: bool,
+    no_wait: bool,
+    timeout: float,
+) -> None:
     """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it."""
-    kw: dict[str, Any] = {"peers": peers, "trackers": trackers, "include": include,
-                          "trust_on_first_use": trust_on_first_use}
+    kw: dict[str, Any] = {
+        "peers": peers,
+        "trackers": trackers,
+        "include": include,
+        "trust_on_first_use": trust_on_first_use,
+    }
     if no_wait:
         info = _run(_client(ctx).fetch(uri, **kw))
     else:
         info = _fetch_with_progress(ctx, uri, timeout=timeout, **kw)
-    emit(ctx, info, [f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} "
-                     f"({info['id'][:16]})", f"release {info['path']}"])
+    emit(
+        ctx,
+        info,
+        [
+            f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} "
+            f"({info['id'][:16]})",
+            f"release {info['path']}",
+        ],
+    )
 
 
 @cli.command("ls")
@@ -606,8 +664,11 @@ def ls(ctx: Ctx) -> None:
 def show(ctx: Ctx, release_id: str) -> None:
     """Show one release (id or a unique id prefix of 6+ characters)."""
     info = _run(_client(ctx).show(release_id))
-    lines = [_release_line(info)] + [f"  {k}: {v}" for k, v in sorted(info.items())
-                                     if k not in ("transfer",) and v not in (None, [], "")]
+    lines = [_release_line(info)] + [
+        f"  {k}: {v}"
+        for k, v in sorted(info.items())
+        if k not in ("transfer",) and v not in (None, [], "")
+    ]
     lines += [f"  transfer.{k}: {v}" for k, v in sorted((info.get("transfer") or {}).items())]
     emit(ctx, info, lines)
 
@@ -620,8 +681,14 @@ def show(ctx: Ctx, release_id: str) -> None:
 def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
     """Stop seeding a release, optionally deleting its data."""
     info = _run(_client(ctx).remove(release_id, delete_data=delete_data))
-    emit(ctx, info, [f"removed {info['id'][:16]}"
-                     + (f", deleted {info['deleted_chunks']} chunks" if delete_data else "")])
+    emit(
+        ctx,
+        info,
+        [
+            f"removed {info['id'][:16]}"
+            + (f", deleted {info['deleted_chunks']} chunks" if delete_data else "")
+        ],
+    )
 
 
 @cli.command("load")
@@ -631,16 +698,25 @@ def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
 @click.option("--peer", "peers", multiple=True)
 @json_option
 @pass_ctx
-def load_cmd(ctx: Ctx, source: str, include: tuple[str, ...], full: bool,
-             peers: tuple[str, ...]) -> None:
+def load_cmd(
+    ctx: Ctx, source: str, include: tuple[str, ...], full: bool, peers: tuple[str, ...]
+) -> None:
     """Fetch (if remote) and load a release into torch; prints what was loaded."""
     started = time.perf_counter()
-    state = load_tensors(source, home=ctx.home, include=include or None, peers=peers,
-                         verify="full" if full else "fast")
+    state = load_tensors(
+        source,
+        home=ctx.home,
+        include=include or None,
+        peers=peers,
+        verify="full" if full else "fast",
+    )
     seconds = time.perf_counter() - started
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    emit(ctx, {"tensors": len(state), "bytes": nbytes, "seconds": round(seconds, 3)},
-         [f"loaded {len(state)} verified tensors, {nbytes / 1e6:.1f} MB in {seconds:.2f}s"])
+    emit(
+        ctx,
+        {"tensors": len(state), "bytes": nbytes, "seconds": round(seconds, 3)},
+        [f"loaded {len(state)} verified tensors, {nbytes / 1e6:.1f} MB in {seconds:.2f}s"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

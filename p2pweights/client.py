@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -63,19 +62,27 @@ class DaemonClient:
     def _session(self, timeout: float) -> aiohttp.ClientSession:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         connector: aiohttp.BaseConnector = (
-            aiohttp.TCPConnector() if self.tcp_port else
-            aiohttp.UnixConnector(path=str(socket_path(self.home)))
+            aiohttp.TCPConnector()
+            if self.tcp_port
+            else aiohttp.UnixConnector(path=str(socket_path(self.home)))
         )
-        return aiohttp.ClientSession(connector=connector, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=timeout))
+        return aiohttp.ClientSession(
+            connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
 
     def _url(self, path: str) -> str:
         host = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else "localhost"
         return f"http://{host}/v1{path}"
 
-    async def request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
-                      params: dict[str, str] | None = None,
-                      timeout: float | None = None) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """One API call; returns the JSON object.
 
         Raises:
@@ -83,23 +90,31 @@ class DaemonClient:
             ApiError: the daemon refused; carries the remote error type and exit code.
         """
         try:
-            async with self._session(timeout or self.timeout) as session, session.request(
-                method, self._url(path), json=body, params=params
-            ) as resp:
+            async with (
+                self._session(timeout or self.timeout) as session,
+                session.request(method, self._url(path), json=body, params=params) as resp,
+            ):
                 text = await resp.text()
                 try:
                     data = json.loads(text) if text else {}
                 except json.JSONDecodeError:
                     data = {"error": text[:200]}
                 if resp.status >= 400:
-                    raise ApiError(str(data.get("error", f"HTTP {resp.status}")),
-                                   status=resp.status, kind=str(data.get("type", "ApiError")),
-                                   exit_code=int(data.get("exit_code", 15)))
+                    raise ApiError(
+                        str(data.get("error", f"HTTP {resp.status}")),
+                        status=resp.status,
+                        kind=str(data.get("type", "ApiError")),
+                        exit_code=int(data.get("exit_code", 15)),
+                    )
                 if not isinstance(data, dict):
                     raise ApiError("daemon answered with a non-object", status=resp.status)
                 return data
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                FileNotFoundError, ConnectionRefusedError) as exc:
+        except (
+            aiohttp.ClientConnectorError,
+            aiohttp.ServerDisconnectedError,
+            FileNotFoundError,
+            ConnectionRefusedError,
+        ) as exc:
             where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
             raise DaemonUnavailableError(f"no daemon answers at {where}") from exc
 
@@ -109,18 +124,33 @@ class DaemonClient:
 
     async def publish(self, path: Path, *, hybrid: bool = False) -> dict[str, Any]:
         """Seed a release dir."""
-        return await self.request("POST", "/publish",
-                                  body={"path": str(path.resolve()), "hybrid": hybrid})
+        return await self.request(
+            "POST", "/publish", body={"path": str(path.resolve()), "hybrid": hybrid}
+        )
 
-    async def fetch(self, uri: str, *, peers: Sequence[str] = (), trackers: Sequence[str] = (),
-                    include: Sequence[str] = (),
-                    trust_on_first_use: bool = False) -> dict[str, Any]:
+    async def fetch(
+        self,
+        uri: str,
+        *,
+        peers: Sequence[str] = (),
+        trackers: Sequence[str] = (),
+        include: Sequence[str] = (),
+        trust_on_first_use: bool = False,
+    ) -> dict[str, Any]:
         """Start a fetch; returns the release's id and state at once."""
         if uri.endswith(".torrent") and Path(uri).is_file():
             uri = str(Path(uri).resolve())
-        return await self.request("POST", "/fetch", body={
-            "uri": uri, "peers": list(peers), "trackers": list(trackers),
-            "include": list(include), "trust_on_first_use": trust_on_first_use})
+        return await self.request(
+            "POST",
+            "/fetch",
+            body={
+                "uri": uri,
+                "peers": list(peers),
+                "trackers": list(trackers),
+                "include": list(include),
+                "trust_on_first_use": trust_on_first_use,
+            },
+        )
 
     async def releases(self) -> list[dict[str, Any]]:
         """All releases."""
@@ -133,24 +163,27 @@ class DaemonClient:
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Until the release is complete or failed (``timed_out`` says which)."""
-        return await self.request("GET", f"/releases/{rid}/wait",
-                                  params={"timeout": str(timeout)}, timeout=timeout + 30)
+        return await self.request(
+            "GET", f"/releases/{rid}/wait", params={"timeout": str(timeout)}, timeout=timeout + 30
+        )
 
     async def remove(self, rid: str, *, delete_data: bool = False) -> dict[str, Any]:
         """Stop a release, optionally deleting its data."""
-        return await self.request("DELETE", f"/releases/{rid}",
-                                  params={"delete_data": "1" if delete_data else "0"})
+        return await self.request(
+            "DELETE", f"/releases/{rid}", params={"delete_data": "1" if delete_data else "0"}
+        )
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """The daemon's event stream (Server-Sent Events), until it closes."""
         try:
-            async with self._session(24 * 3600) as session, session.get(
-                self._url("/events")
-            ) as resp:
+            async with (
+                self._session(24 * 3600) as session,
+                session.get(self._url("/events")) as resp,
+            ):
                 async for raw in resp.content:
                     line = raw.decode("utf-8", "replace").strip()
                     if line.startswith("data: "):
-                        yield json.loads(line[len("data: "):])
+                        yield json.loads(line[len("data: ") :])
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailableError(f"no daemon answers at {socket_path(self.home)}") from exc
 
@@ -163,8 +196,9 @@ class DaemonClient:
         return True
 
 
-def start_daemon(home: Path, *, extra_args: Sequence[str] = (),
-                 timeout: float = _START_TIMEOUT) -> int:
+def start_daemon(
+    home: Path, *, extra_args: Sequence[str] = (), timeout: float = _START_TIMEOUT
+) -> int:
     """Start a background daemon for ``home`` and wait until it serves.
 
     The daemon writes ``ready`` to a pipe once its socket is listening, so this waits on
@@ -180,13 +214,34 @@ def start_daemon(home: Path, *, extra_args: Sequence[str] = (),
     log_path = daemon_log_path(home)
     read_fd, write_fd = os.pipe()
     try:
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "p2pweightsd", "run", "--home", str(home),
-                 "--ready-fd", str(write_fd), *extra_args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                pass_fds=(write_fd,), start_new_session=True,
+        # posix_spawn rather than Popen: the daemon outlives this process by design, and
+        # a Popen object would complain when collected while its child still runs.
+        os.set_inheritable(write_fd, True)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-m",
+                    "p2pweightsd",
+                    "run",
+                    "--home",
+                    str(home),
+                    "--ready-fd",
+                    str(write_fd),
+                    *extra_args,
+                ],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
             )
+        finally:
+            os.close(log_fd)
         os.close(write_fd)
         write_fd = -1
         deadline = time.monotonic() + timeout
@@ -196,15 +251,18 @@ def start_daemon(home: Path, *, extra_args: Sequence[str] = (),
             ready, _, _ = select.select([read_fd], [], [], max(left, 0))
             if not ready:
                 raise DaemonUnavailableError(
-                    f"daemon did not become ready in {timeout:.0f}s; see {log_path}")
+                    f"daemon did not become ready in {timeout:.0f}s; see {log_path}"
+                )
             chunk = os.read(read_fd, 256)
             if not chunk:
-                code = proc.wait(timeout=10)
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
                 raise DaemonUnavailableError(
-                    f"daemon exited with code {code}: {tail[0] if tail else ''} (log {log_path})")
+                    f"daemon exited with code {code}: {tail[0] if tail else ''} (log {log_path})"
+                )
             buf += chunk
-        return proc.pid
+        return pid
     finally:
         os.close(read_fd)
         if write_fd >= 0:

@@ -199,8 +199,14 @@ class DaemonUnavailableError(DaemonError, ConnectionError):
 class ApiError(DaemonError):
     """The daemon refused a request; ``status`` is the HTTP status, ``kind`` its error class."""
 
-    def __init__(self, message: str, *, status: int = 500, kind: str = "ApiError",
-                 exit_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 500,
+        kind: str = "ApiError",
+        exit_code: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind

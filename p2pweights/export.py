@@ -141,8 +141,12 @@ def _write_linked(release: Release, out: Path) -> list[str]:
         )
         written.append("model.safetensors.index.json")
     for f in manifest.files:
-        if (f.kind != "blob" or f.name in _ORIGINAL_INDEXES or f.name in names.values()
-                or f.name == EXPORT_POINTER):
+        if (
+            f.kind != "blob"
+            or f.name in _ORIGINAL_INDEXES
+            or f.name in names.values()
+            or f.name == EXPORT_POINTER
+        ):
             continue
         if f.chunk is None:
             dest = join_inside(out, f.name, what="file name")

@@ -165,8 +165,13 @@ def open(
     return ReleaseReader(release, verify=verify, device=device)
 
 
-def _local_root(source: Source, *, home: Path | str | None,
-                include: Iterable[str] | str | None, peers: Sequence[str]) -> Path:
+def _local_root(
+    source: Source,
+    *,
+    home: Path | str | None,
+    include: Iterable[str] | str | None,
+    peers: Sequence[str],
+) -> Path:
     """A local release dir for ``source``, fetched through the daemon when it is remote."""
     if is_remote(source):
         patterns = [include] if isinstance(include, str) else list(include or ())

@@ -78,8 +78,9 @@ async def fetch_async(
         TrustError, FormatError, ...: the release was refused (the daemon's reason).
     """
     client = await ensure_daemon(data_dir(home))
-    started = await client.fetch(uri, peers=peers, trackers=trackers, include=include,
-                                 trust_on_first_use=trust_on_first_use)
+    started = await client.fetch(
+        uri, peers=peers, trackers=trackers, include=include, trust_on_first_use=trust_on_first_use
+    )
     rid = str(started["id"])
     watcher: asyncio.Task[None] | None = None
     if on_event is not None:
@@ -101,8 +102,9 @@ async def fetch_async(
     if info["state"] == "error":
         raise_release_error(info)
     if info.get("timed_out"):
-        raise SwarmError(f"release {rid[:12]} not complete after {timeout:.0f}s "
-                         f"(state {info['state']})")
+        raise SwarmError(
+            f"release {rid[:12]} not complete after {timeout:.0f}s (state {info['state']})"
+        )
     return info
 
 
@@ -119,6 +121,14 @@ def fetch(
 
     The directory is a verified release dir: pass it to :func:`p2pweights.load`.
     """
-    info = asyncio.run(fetch_async(uri, home=home, include=include or (), peers=peers,
-                                   trust_on_first_use=trust_on_first_use, timeout=timeout))
+    info = asyncio.run(
+        fetch_async(
+            uri,
+            home=home,
+            include=include or (),
+            peers=peers,
+            trust_on_first_use=trust_on_first_use,
+            timeout=timeout,
+        )
+    )
     return Path(info["path"])

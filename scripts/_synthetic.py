@@ -6,6 +6,10 @@ and ``config.json``. The hidden size is the smallest multiple of 64 that makes t
 at least the size asked for. Tensors come from one seeded generator, so the same size
 always gives the same bytes; a dir already holding that exact model (per the stamp file
 written beside it) is reused.
+
+It also holds what the benchmark scripts share: the work dir, the source choice, the
+common options, a ``Stopwatch`` that also reports how busy the rest of the machine was,
+and the plain-hashlib baseline hashing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +42,7 @@ __all__ = [
     "make_synthetic",
     "median",
     "sha256_file",
+    "sha256_files",
     "shape_for_size",
     "source_bytes",
     "tensor_specs",
@@ -251,6 +256,10 @@ class Stopwatch:
         self._t0 = time.perf_counter()
         return self
 
+    def elapsed(self) -> float:
+        """Wall seconds since the block started (while it still runs)."""
+        return time.perf_counter() - self._t0
+
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
         self.cpu_seconds = time.process_time() - self._cpu
@@ -259,12 +268,20 @@ class Stopwatch:
         self.others = min(max(share, 0.0), 1.0)
 
 
-def sha256_file(path: Path, read_size: int = BASELINE_READ) -> str:
-    """Plain hashlib sha256 of a file in ``read_size`` reads: the baselines' hashing."""
-    sha = hashlib.sha256()
+def sha256_files(paths: Iterable[Path], read_size: int = BASELINE_READ) -> list[str]:
+    """Plain hashlib sha256 of each file, one thread, one reused buffer: the baselines."""
     buf = bytearray(read_size)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            sha.update(view[:n])
-    return sha.hexdigest()
+    digests = []
+    for path in paths:
+        sha = hashlib.sha256()
+        with open(path, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                sha.update(view[:n])
+        digests.append(sha.hexdigest())
+    return digests
+
+
+def sha256_file(path: Path, read_size: int = BASELINE_READ) -> str:
+    """Plain hashlib sha256 of one file."""
+    return sha256_files([path], read_size)[0]

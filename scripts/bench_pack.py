@@ -38,7 +38,7 @@ from _synthetic import (
     add_common_args,
     bench_source,
     median,
-    sha256_file,
+    sha256_files,
     source_bytes,
     work_dir,
 )
@@ -91,8 +91,7 @@ def _copy_and_hash(src: Path, out: Path) -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dst)
         copies.append(dst)
-    for path in copies:
-        sha256_file(path)
+    sha256_files(copies)
     return len(copies)
 
 

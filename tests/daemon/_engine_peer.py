@@ -1,7 +1,10 @@
 """A seeding peer in its own process, for the engine tests.
 
     python _engine_peer.py --listen 127.0.0.2 [--upload-limit N] [--piece-size N]
-                           [--seed-mode] RELEASE_DIR...
+                           [--seed-mode] [--torrent FILE] RELEASE_DIR...
+
+With ``--torrent`` the given .torrent is seeded from the (single) dir as it is, without
+checking it against the dir's manifest: a peer that offers a lying torrent.
 
 Seeds each release dir in place, prints one JSON line ``{"port": P, "torrents": [ids]}``
 once every torrent is seeding, then runs until its stdin closes.
@@ -28,6 +31,7 @@ async def main() -> None:
     parser.add_argument("--upload-limit", type=int, default=0)
     parser.add_argument("--piece-size", type=int, default=eng.DEFAULT_PIECE_SIZE)
     parser.add_argument("--seed-mode", action="store_true")
+    parser.add_argument("--torrent", type=Path)
     parser.add_argument("releases", nargs="+", type=Path)
     args = parser.parse_args()
 
@@ -38,7 +42,8 @@ async def main() -> None:
     engine = await eng.Engine.start(settings)
     ids = []
     for rel in args.releases:
-        tf = eng.make_torrent(rel, piece_size=args.piece_size)
+        tf = (eng.parse_torrent(args.torrent.read_bytes()) if args.torrent
+              else eng.make_torrent(rel, piece_size=args.piece_size))
         ids.append(engine.add(tf, rel, file_paths=tf.release_layout(), seed_mode=args.seed_mode))
     for tid in ids:
         await asyncio.wait_for(engine.wait_finished(tid), 30)

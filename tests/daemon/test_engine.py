@@ -26,6 +26,8 @@ from p2pweights.errors import CorruptChunkError, FormatError, MissingChunkError
 from p2pweights.hashing import hash_file
 from p2pweights.manifest import Manifest
 
+from ..conftest import layer_state
+
 try:
     from p2pweightsd import engine as eng
 except ImportError:  # not installed under its package name yet: the source tree
@@ -47,10 +49,15 @@ def local(addr: str = LEECHER, **kw: Any) -> eng.EngineSettings:
 
 @contextlib.contextmanager
 def seeder(*releases: Path, addr: str = SEEDER, upload_limit: int = 0,
-           piece_size: int = eng.DEFAULT_PIECE_SIZE) -> Iterator[tuple[int, list[str]]]:
-    """A seeding peer process; yields (port, torrent ids) once it seeds everything."""
+           piece_size: int = eng.DEFAULT_PIECE_SIZE,
+           torrent: Path | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A seeding peer process; yields (port, torrent ids) once it seeds everything.
+
+    With ``torrent``, that .torrent is seeded from the one release dir unchecked.
+    """
     cmd = [sys.executable, str(PEER), "--listen", addr, "--upload-limit", str(upload_limit),
-           "--piece-size", str(piece_size), *map(str, releases)]
+           "--piece-size", str(piece_size),
+           *(["--torrent", str(torrent)] if torrent else []), *map(str, releases)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
     try:
@@ -71,18 +78,8 @@ def seeder(*releases: Path, addr: str = SEEDER, upload_limit: int = 0,
         proc.stdout.close()
 
 
-def big_state(layers: int = 4, hidden: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A decoder-shaped state dict (tests/conftest.py's ``layer_state`` is not importable
-    from this folder, whose conftest is loaded under a package-qualified name)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {"model.embed_tokens.weight": torch.randn(256, hidden, generator=g)}
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            state[f"{p}.self_attn.{proj}.weight"] = torch.randn(hidden, hidden, generator=g)
-        state[f"{p}.mlp.up_proj.weight"] = torch.randn(2 * hidden, hidden, generator=g)
-        state[f"{p}.mlp.down_proj.weight"] = torch.randn(hidden, 2 * hidden, generator=g)
-    return state
+def big_state(layers: int = 4, hidden: int = 256) -> dict[str, torch.Tensor]:
+    return layer_state(layers=layers, hidden=hidden)
 
 
 def store_layout(tf: eng.TorrentFile) -> dict[int, str]:

@@ -1,0 +1,262 @@
+"""Benchmark ``p2pweights.load`` against safetensors and against plain hashlib.
+
+Usage::
+
+    .venv/bin/python scripts/bench_load.py [--size-gib 1.0] [--model synthetic|minilm]
+        [--src DIR] [--workdir DIR] [--repeats N] [--json]
+
+The source is packed once (untimed) into a release in the work dir. Then two benchmarks:
+
+- fast: ``load(verify="fast")`` and then one pass that reads every byte of every tensor
+  (a uint8 sum of each tensor's bytes, see ``touch_all``), against
+  ``safetensors.torch.load_file`` on the original ``.safetensors`` files and the same
+  pass. Both sides memory-map, so the open-only latency (the load call alone) is printed
+  for both as well. The two passes must see the same bytes: their checksums are compared,
+  and a mismatch is an error.
+- full: ``load(verify="full")`` throughput (chunk bytes over the load call's time) against
+  the throughput of hashlib sha256 over the same chunk files, single-threaded, in 4 MiB
+  reads.
+
+Each side runs once untimed to warm the page cache, then the sides alternate and the median
+is taken. Tensors are dropped (and their maps closed) between runs.
+
+Targets (from the issue): fast <= 1.1x the safetensors time; full >= 0.8x hashlib's
+throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from _synthetic import (
+    GIB,
+    Stopwatch,
+    add_common_args,
+    bench_source,
+    median,
+    sha256_files,
+    work_dir,
+)
+from safetensors.torch import load_file
+
+import p2pweights
+
+FAST_TARGET = 1.1
+FULL_TARGET = 0.8
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRun:
+    """One timed open (and, for the fast benchmark, the pass after it)."""
+
+    open_s: float
+    total_s: float
+    cpu_s: float
+    others: float
+    checksum: int
+
+
+def touch_all(state: State) -> int:
+    """Read every byte of every tensor once, in the state's own order; a checksum of it all.
+
+    Each tensor's bytes are summed as uint8 into a uint8 (wrapping) total: one pass that
+    reads each byte and allocates nothing. A plain ``.sum()`` would widen every byte to
+    int64 first, a temporary 8x the tensor, which costs far more than the load itself.
+    The checksum does not depend on the order (this process's ``hash`` of the sorted sums).
+    """
+    sums = {
+        name: int(torch.sum(t.reshape(-1).view(torch.uint8), dtype=torch.uint8))
+        for name, t in state.items()
+    }
+    return hash(tuple(sorted(sums.items())))
+
+
+def _timed(open_fn: Callable[[], State], *, read: bool) -> LoadRun:
+    with Stopwatch() as watch:
+        state = open_fn()
+        opened = watch.elapsed()
+        checksum = touch_all(state) if read else 0
+    del state
+    gc.collect()
+    return LoadRun(opened, watch.seconds, watch.cpu_seconds, watch.others, checksum)
+
+
+def _alternate(
+    sides: dict[str, Callable[[], LoadRun]], repeats: int
+) -> dict[str, list[LoadRun]]:
+    """Warm each side once untimed, then run them in alternating order."""
+    for run in sides.values():
+        run()
+    names = list(sides)
+    runs: dict[str, list[LoadRun]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            runs[name].append(sides[name]())
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side's medians."""
+
+    open_ms: float
+    total_s: float
+    cpu_s: float
+    others: float
+    runs_s: list[float]
+
+
+def _side(runs: list[LoadRun]) -> Side:
+    return Side(
+        open_ms=median([r.open_s for r in runs]) * 1000,
+        total_s=median([r.total_s for r in runs]),
+        cpu_s=median([r.cpu_s for r in runs]),
+        others=median([r.others for r in runs]),
+        runs_s=[round(r.total_s, 4) for r in runs],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the benchmark prints."""
+
+    model: str
+    source: str
+    release: str
+    tensor_bytes: int
+    chunk_bytes: int
+    chunks: int
+    cpus: int
+    repeats: int
+    fast_baseline: Side
+    fast_p2pw: Side
+    fast_ratio: float
+    open_ratio: float
+    fast_target_met: bool
+    full_baseline: Side
+    full_p2pw: Side
+    full_baseline_gibps: float
+    full_p2pw_gibps: float
+    full_ratio: float
+    full_target_met: bool
+    benchmark: str = "bench_load"
+    fast_target: str = f"p2pw/safetensors time <= {FAST_TARGET}"
+    full_target: str = f"p2pw/hashlib throughput >= {FULL_TARGET}"
+
+
+def _fast(release: Path, trust: p2pweights.TrustStore, files: list[Path],
+          repeats: int) -> dict[str, list[LoadRun]]:
+    def baseline() -> State:
+        state: State = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+
+    def project() -> State:
+        return p2pweights.load(release, verify="fast", trust=trust)
+
+    runs = _alternate({"safetensors": lambda: _timed(baseline, read=True),
+                       "p2pw": lambda: _timed(project, read=True)}, repeats)
+    sums = {r.checksum for rs in runs.values() for r in rs}
+    if len(sums) != 1:
+        raise RuntimeError(f"the two sides read different bytes: checksums {sorted(sums)}")
+    return runs
+
+
+def _full(release: Path, trust: p2pweights.TrustStore, chunk_files: list[Path],
+          repeats: int) -> dict[str, list[LoadRun]]:
+    def baseline() -> State:
+        sha256_files(chunk_files)
+        return {}
+
+    def project() -> State:
+        return p2pweights.load(release, verify="full", trust=trust)
+
+    return _alternate({"hashlib": lambda: _timed(baseline, read=False),
+                       "p2pw": lambda: _timed(project, read=False)}, repeats)
+
+
+def _summary(label: str, src: Path, release: Path, trust: p2pweights.TrustStore,
+             repeats: int) -> Summary:
+    manifest = p2pweights.open_release(release, trust).manifest
+    files = sorted(src.rglob("*.safetensors"))
+    chunk_files = [release / c.path for c in manifest.chunks]
+    chunk_bytes = sum(c.size for c in manifest.chunks)
+    fast = _fast(release, trust, files, repeats)
+    full = _full(release, trust, chunk_files, repeats)
+    fb, fp = _side(fast["safetensors"]), _side(fast["p2pw"])
+    hb, hp = _side(full["hashlib"]), _side(full["p2pw"])
+    hb_gibps, hp_gibps = chunk_bytes / GIB / hb.total_s, chunk_bytes / GIB / hp.total_s
+    return Summary(
+        model=label, source=str(src), release=str(release),
+        tensor_bytes=sum(e.end - e.begin for e in manifest.tensors.values()),
+        chunk_bytes=chunk_bytes, chunks=len(manifest.chunks), cpus=os.cpu_count() or 1,
+        repeats=repeats, fast_baseline=fb, fast_p2pw=fp, fast_ratio=fp.total_s / fb.total_s,
+        open_ratio=fp.open_ms / fb.open_ms, fast_target_met=fp.total_s <= FAST_TARGET * fb.total_s,
+        full_baseline=hb, full_p2pw=hp, full_baseline_gibps=hb_gibps, full_p2pw_gibps=hp_gibps,
+        full_ratio=hp_gibps / hb_gibps, full_target_met=hp_gibps >= FULL_TARGET * hb_gibps,
+    )
+
+
+def _runs(side: Side) -> str:
+    return ", ".join(f"{x:.3f}" for x in side.runs_s)
+
+
+def _print(s: Summary) -> None:
+    print(f"bench_load: {s.model}, {s.tensor_bytes / GIB:.3f} GiB of tensors in {s.chunks} "
+          f"chunks, from {s.source}")
+    print(f"  {s.cpus} CPUs; median of {s.repeats} runs per side (alternating), "
+          "each side warmed once untimed")
+    print("  fast: open, then one pass reading every tensor byte")
+    for name, side in (("safetensors load_file", s.fast_baseline),
+                       ('p2pweights.load(fast)', s.fast_p2pw)):
+        print(f"    {name:<22}: open {side.open_ms:8.2f} ms  open+pass {side.total_s:7.3f} s  "
+              f"cpu {side.cpu_s:6.3f} s  other procs {side.others:4.0%}  runs {_runs(side)}")
+    verdict = "MET" if s.fast_target_met else "MISSED"
+    print(f"    ratio p2pw/safetensors: {s.fast_ratio:.3f}x (open only {s.open_ratio:.2f}x)   "
+          f"target <= {FAST_TARGET}x: {verdict}")
+    print(f"  full: verify every chunk, {s.chunk_bytes / GIB:.3f} GiB")
+    for name, side, gibps in (("hashlib sha256 (1 thr)", s.full_baseline, s.full_baseline_gibps),
+                              ("p2pweights.load(full)", s.full_p2pw, s.full_p2pw_gibps)):
+        print(f"    {name:<22}: {side.total_s:7.3f} s  {gibps:5.2f} GiB/s  cpu {side.cpu_s:6.3f} s"
+              f"  other procs {side.others:4.0%}  runs {_runs(side)}")
+    verdict = "MET" if s.full_target_met else "MISSED"
+    print(f"    ratio p2pw/hashlib throughput: {s.full_ratio:.2f}x   "
+          f"target >= {FULL_TARGET}x: {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    with work_dir(args.workdir) as work:
+        label, src = bench_source(args.model, args.src, args.size_gib, work)
+        key = p2pweights.generate_key(work / "bench-key.pem", overwrite=True)
+        trust = p2pweights.TrustStore.of_keys([key.public])
+        release = work / "release-load"
+        if release.exists():
+            shutil.rmtree(release)
+        p2pweights.pack(src, release, name="bench/model", version=1, key=key)
+        summary = _summary(label, src, release, trust, args.repeats)
+    if args.json:
+        print(json.dumps(asdict(summary)))
+    else:
+        _print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

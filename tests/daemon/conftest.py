@@ -1,0 +1,123 @@
+"""Real daemons in separate processes, each on its own loopback address."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pweights.client import DaemonClient, start_daemon
+
+# One loopback address per daemon, never reused within a run.
+_ADDRESSES = (f"127.0.{b}.{c}" for b, c in itertools.product(range(10, 250), range(2, 250)))
+
+
+def wait_pid_exit(pid: int, timeout: float) -> bool:
+    """Wait for a process to exit, on its pidfd (an event, not a poll)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        import select
+
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Daemon:
+    """A p2pweights daemon process with its own data dir and loopback address."""
+
+    home: Path
+    addr: str
+    args: list[str] = field(default_factory=list)
+    pid: int = 0
+
+    @property
+    def client(self) -> DaemonClient:
+        return DaemonClient(self.home)
+
+    def start(self) -> Daemon:
+        self.pid = start_daemon(
+            self.home,
+            extra_args=[
+                "--profile",
+                "local",
+                "--listen",
+                f"{self.addr}:0",
+                "--outgoing-interface",
+                self.addr,
+                "--log-level",
+                "INFO",
+                *self.args,
+            ],
+        )
+        return self
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(getattr(self.client, name)(*args, **kwargs))
+
+    @property
+    def port(self) -> int:
+        return int(self.call("status")["listen_port"])
+
+    @property
+    def peer(self) -> str:
+        return f"{self.addr}:{self.port}"
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the clean shutdown path."""
+        if self.pid and not wait_pid_exit(self.pid, 0):
+            os.kill(self.pid, signal.SIGTERM)
+            assert wait_pid_exit(self.pid, 60), f"daemon {self.pid} ignored SIGTERM"
+        self.pid = 0
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        assert wait_pid_exit(self.pid, 30)
+        self.pid = 0
+
+    def log(self) -> str:
+        path = self.home / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Make daemons; every one still running is stopped (SIGTERM, then SIGKILL) at the end."""
+    made: list[Daemon] = []
+
+    def make(*args: str, name: str | None = None) -> Daemon:
+        home = tmp_path / (name or f"d{len(made)}")
+        d = Daemon(home, next(_ADDRESSES), list(args)).start()
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.pid:
+            try:
+                d.stop()
+            except (AssertionError, ProcessLookupError):
+                os.kill(d.pid, signal.SIGKILL)
+
+
+def p2pw(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `p2pw` console script against a daemon's home."""
+    exe = Path(sys.executable).with_name("p2pw")
+    env = {**os.environ, "P2PW_HOME": str(home)}
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=300, env=env, check=False
+    )

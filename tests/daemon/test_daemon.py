@@ -1,0 +1,335 @@
+"""Integration: real daemons in separate processes, real libtorrent, loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import p2pweights
+from p2pweights import PrivateKey, TrustStore, UntrustedKeyError
+from p2pweights.client import DaemonClient
+
+from ..conftest import layer_state
+from .conftest import Daemon, p2pw
+
+pytestmark = pytest.mark.slow
+
+DaemonFactory = Callable[..., Daemon]
+
+
+def trust(d: Daemon, key: PrivateKey, name: str = "publisher") -> None:
+    TrustStore.load(d.home / "trust.json").add(key.public, name)
+
+
+def fetch_and_wait(
+    d: Daemon, uri: str, *, peers: list[str], timeout: float = 120, **kw: Any
+) -> dict[str, Any]:
+    started = d.call("fetch", uri, peers=peers, **kw)
+    info: dict[str, Any] = d.call("wait", started["id"], timeout)
+    assert not info["timed_out"], (info, d.log()[-3000:])
+    return info
+
+
+async def _progress(client: DaemonClient, rid: str, fraction: float) -> dict[str, Any]:
+    async for event in client.events():
+        wanted = event.get("wanted") or 0
+        if event.get("id") == rid and wanted and event["wanted_done"] >= fraction * wanted:
+            return event
+    raise AssertionError("event stream ended")
+
+
+def wait_progress(d: Daemon, rid: str, fraction: float, timeout: float = 60) -> dict[str, Any]:
+    return asyncio.run(asyncio.wait_for(_progress(d.client, rid, fraction), timeout))
+
+
+def test_publish_fetch_load_minilm(
+    daemons: DaemonFactory, key: PrivateKey, minilm_dir: Path, tmp_path: Path
+) -> None:
+    a, b = daemons(name="a"), daemons(name="b")
+    release = tmp_path / "release"
+    p2pweights.pack(
+        minilm_dir, release, name="sentence-transformers/all-MiniLM-L6-v2", version=1, key=key
+    )
+    published = a.call("publish", release)
+    assert published["state"] == "seeding"
+    assert published["magnet"].startswith("magnet:?xt=urn:btmh:1220")
+    assert Path(published["torrent_path"]).is_file()
+    trust(b, key)
+    info = fetch_and_wait(b, published["magnet"], peers=[a.peer])
+    assert info["state"] == "seeding" and info["id"] == published["id"]
+    assert info["transfer"]["downloaded"] >= info["total_bytes"]
+    # The library's own entry point: load by magnet through B's (running) daemon.
+    loaded = p2pweights.load(published["magnet"], home=b.home)
+    original = load_file(str(minilm_dir / "model.safetensors"))
+    assert set(loaded) == set(original)
+    for name, tensor in original.items():
+        assert torch.equal(loaded[name], tensor), name
+    # Loaded from B's store, not from A's files.
+    assert Path(info["path"]).is_relative_to(b.home)
+
+
+def test_fetch_from_two_seeders(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    release = make_release(make_model(layer_state(layers=8, hidden=384)))
+    limit = ["--upload-rate", "8000000", "--rate-limit-local"]
+    s1, s2 = daemons(*limit, name="s1"), daemons(*limit, name="s2")
+    magnet = s1.call("publish", release)["magnet"]
+    assert s2.call("publish", release)["magnet"] == magnet  # same bytes, same info-hash
+    leech = daemons(name="leech")
+    trust(leech, key)
+    info = fetch_and_wait(leech, magnet, peers=[s1.peer, s2.peer])
+    rid = info["id"]
+    up1 = s1.call("show", rid)["transfer"]["uploaded"]
+    up2 = s2.call("show", rid)["transfer"]["uploaded"]
+    assert up1 > 0 and up2 > 0, (up1, up2)
+    assert up1 + up2 >= info["total_bytes"]
+    assert len(p2pweights.load(info["path"], home=leech.home, verify="full")) > 0
+
+
+def test_kill9_mid_fetch_resumes_without_refetching(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    # ~200 MB in 26 chunks; the seeder's upload is capped so the kill lands mid-transfer.
+    state = layer_state(layers=24, hidden=512)
+    release = make_release(make_model(state))
+    seeder = daemons("--upload-rate", "25000000", "--rate-limit-local", name="seeder")
+    magnet = seeder.call("publish", release)["magnet"]
+    leech = daemons(name="leech")
+    trust(leech, key)
+    rid = leech.call("fetch", magnet, peers=[seeder.peer])["id"]
+    event = wait_progress(leech, rid, 0.5)
+    leech.kill9()
+    done_before, total = event["wanted_done"], event["wanted"]
+    assert total * 0.5 <= done_before < total
+
+    leech.start()  # same home: an unclean stop; it goes on from the saved progress
+    info = leech.call("wait", rid, 120)
+    assert info["state"] == "seeding", info
+    again = info["transfer"]["downloaded"]
+    refetched = again - (total - done_before)
+    print(
+        f"verified before kill {done_before}, downloaded after restart {again}, "
+        f"fetched again {refetched} ({100 * refetched / done_before:.1f}%)"
+    )
+    assert refetched < 0.10 * done_before, (again, done_before, total)
+    loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
+    assert all(torch.equal(loaded[n], t) for n, t in state.items())
+
+
+def test_restarted_seeder_seeds_without_rehash(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    release = make_release(make_model())
+    seeder = daemons(name="seeder")
+    rid = seeder.call("publish", release)["id"]
+    seeder.stop()  # clean: resume data saved on SIGTERM
+    seeder.start()
+    info = seeder.call("show", rid)
+    assert info["state"] == "seeding"
+    history = info["transfer"]["state_history"]
+    assert history and "checking_files" not in history, history
+    # The same restart without resume data does hash the files: the signal is real.
+    seeder.kill9()
+    import sqlite3
+
+    db = sqlite3.connect(seeder.home / "catalog.sqlite3")
+    with db:
+        db.execute("DELETE FROM resume")
+    db.close()
+    seeder.start()
+    info = seeder.call("wait", rid, 60)
+    assert "checking_files" in info["transfer"]["state_history"], info["transfer"]
+    # And it still serves a fetch.
+    leech = daemons(name="leech")
+    trust(leech, key)
+    assert fetch_and_wait(leech, info["magnet"], peers=[seeder.peer])["state"] == "seeding"
+
+
+def test_new_version_downloads_only_changed_chunks(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    state = layer_state(layers=8, hidden=256)
+    v1 = make_release(make_model(state))
+    changed = dict(state)
+    changed["model.layers.5.mlp.up_proj.weight"] = state["model.layers.5.mlp.up_proj.weight"] * 2
+    v2 = make_release(make_model(changed), version=2)
+    seeder = daemons(name="seeder")
+    m1 = seeder.call("publish", v1)["magnet"]
+    m2 = seeder.call("publish", v2)["magnet"]
+    leech = daemons(name="leech")
+    trust(leech, key)
+    first = fetch_and_wait(leech, m1, peers=[seeder.peer])
+    second = fetch_and_wait(leech, m2, peers=[seeder.peer])
+    man1 = p2pweights.open_release(Path(first["path"]), TrustStore.of_keys([key.public])).manifest
+    man2 = p2pweights.open_release(Path(second["path"]), TrustStore.of_keys([key.public])).manifest
+    new = {c.path: c.size for c in man2.chunks}.items() - {
+        c.path: c.size for c in man1.chunks
+    }.items()
+    new_bytes = sum(size for _, size in new)
+    assert len(new) == 1
+    manifest_bytes = len((Path(second["path"]) / "manifest.json").read_bytes()) + 64
+    downloaded = second["transfer"]["downloaded"]
+    assert new_bytes <= downloaded <= new_bytes + manifest_bytes + 4 * 1024 * 1024
+    assert downloaded < second["total_bytes"] / 4
+    # One file on disk per chunk, shared by both releases.
+    chunk_files = list((leech.home / "store" / "chunks").iterdir())
+    assert len(chunk_files) == len({c.path for c in man1.chunks} | {c.path for c in man2.chunks})
+    assert p2pweights.load(second["path"], home=leech.home, verify="full")[
+        "model.layers.5.mlp.up_proj.weight"
+    ].equal(changed["model.layers.5.mlp.up_proj.weight"])
+
+
+def test_untrusted_publisher_is_refused_before_any_chunk(
+    daemons: DaemonFactory, make_model: Callable[..., Path], make_release: Callable[..., Path]
+) -> None:
+    seeder = daemons(name="seeder")
+    magnet = seeder.call("publish", make_release(make_model()))["magnet"]
+    leech = daemons(name="leech")  # trusts nobody
+    started = leech.call("fetch", magnet, peers=[seeder.peer])
+    info = leech.call("wait", started["id"], 60)
+    assert info["state"] == "error" and info["error"].startswith("UntrustedKeyError"), info
+    assert list((leech.home / "store" / "chunks").iterdir()) == []
+    with pytest.raises(UntrustedKeyError):
+        p2pweights.load(magnet, home=leech.home)
+    with pytest.raises(UntrustedKeyError):
+        p2pweights.load(info["path"], home=leech.home)
+    # The CLI says so in one line, with the documented exit code.
+    proc = p2pw(leech.home, "fetch", magnet, "--peer", seeder.peer, "--timeout", "60")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "not in the trust store" in proc.stderr
+
+
+def test_trust_on_first_use_is_an_explicit_opt_in(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    seeder = daemons(name="seeder")
+    magnet = seeder.call("publish", make_release(make_model()))["magnet"]
+    leech = daemons(name="leech")
+    info = fetch_and_wait(leech, magnet, peers=[seeder.peer], trust_on_first_use=True)
+    assert info["state"] == "seeding"
+    assert TrustStore.load(leech.home / "trust.json").name_of(key.public) is not None
+
+
+def test_api_socket_is_private_and_tcp_needs_the_token(daemons: DaemonFactory) -> None:
+    import socket as socketlib
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = daemons("--tcp-port", str(port), name="api")
+    assert stat.S_IMODE((d.home / "daemon.sock").stat().st_mode) == 0o600
+    token_file = d.home / "api.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+
+    async def probe(
+        headers: dict[str, str], *, body: bytes | None = None, path: str = "/v1/status"
+    ) -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                "POST" if body is not None else "GET",
+                f"http://127.0.0.1:{port}{path}",
+                headers=headers,
+                data=body,
+            ) as resp,
+        ):
+            return resp.status, json.loads(await resp.text() or "{}")
+
+    def status(headers: dict[str, str], **kw: Any) -> int:
+        return asyncio.run(probe(headers, **kw))[0]
+
+    assert status({}) == 401
+    assert status({"Authorization": "Bearer wrong"}) == 401
+    assert status({"Authorization": f"Bearer {token}x"}) == 401
+    good = {"Authorization": f"Bearer {token}"}
+    assert status(good) == 200
+    assert status({**good, "Origin": "http://evil.example"}) == 403
+    assert status({**good, "Host": "evil.example"}) == 403
+    assert status(good, body=b"x" * 100_000, path="/v1/fetch") == 413
+    assert status(good, body=b'{"uri": "magnet:?x", "shell": 1}', path="/v1/fetch") == 400
+    code, err = asyncio.run(probe(good, body=b'{"path": "/etc"}', path="/v1/publish"))
+    assert code == 400 and err["type"] == "LoadError"
+    # The typed client speaks TCP with the token too.
+    tcp = DaemonClient(d.home, tcp_port=port, token=token)
+    assert asyncio.run(tcp.status())["pid"] == d.pid
+
+
+def _lying_torrent(release: Path, out: Path) -> Path:
+    """A v2 torrent of ``release`` as it is on disk, with no check against its manifest."""
+    import os
+    import tempfile
+
+    import libtorrent as lt
+
+    files = sorted(
+        p.relative_to(release).as_posix()
+        for p in release.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    entries = [lt.create_file_entry(f"evil/{rel}", (release / rel).stat().st_size) for rel in files]
+    ct = lt.create_torrent(entries, 4 * 1024 * 1024, lt.create_torrent.v2_only)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.symlink(release.resolve(), Path(tmp) / "evil")
+        lt.set_piece_hashes(ct, tmp)
+    out.write_bytes(lt.bencode(ct.generate()))
+    return out
+
+
+@pytest.mark.parametrize("lie", ["changed_chunk", "extra_file"])
+def test_torrent_that_disagrees_with_its_signed_manifest_is_refused(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+    tmp_path: Path,
+    lie: str,
+) -> None:
+    from p2pweights import ReleaseMismatchError
+
+    from .test_engine import seeder
+
+    release = make_release(make_model())
+    victim = sorted((release / "chunks").glob("*.safetensors"))[0]
+    if lie == "changed_chunk":  # same name, other bytes: another v2 root than the manifest's
+        data = bytearray(victim.read_bytes())
+        data[-1] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    else:  # a file the manifest does not list
+        (release / "chunks" / ("e" * 64)).write_bytes(b"not in the manifest")
+    torrent = _lying_torrent(release, tmp_path / "evil.torrent")
+    leech = daemons(name="leech")
+    trust(leech, key)  # the manifest itself is genuine and trusted
+    with seeder(release, addr="127.0.9.9", torrent=torrent) as (port, _):
+        started = leech.call("fetch", str(torrent), peers=[f"127.0.9.9:{port}"])
+        info = leech.call("wait", started["id"], 60)
+    assert info["state"] == "error", info
+    assert info["error"].startswith("ReleaseMismatchError"), info["error"]
+    assert list((leech.home / "store" / "chunks").iterdir()) == []
+    with pytest.raises(ReleaseMismatchError):
+        p2pweights.load(str(torrent), home=leech.home)
