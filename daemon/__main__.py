@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=["default", "local"])
     run.add_argument("--listen", help="libtorrent listen interfaces, e.g. 127.0.0.2:0")
     run.add_argument("--outgoing-interface")
+    run.add_argument("--dht", action=argparse.BooleanOptionalAction, default=None,
+                     help="use the DHT (on loopback in the local profile)")
+    run.add_argument("--lsd", action=argparse.BooleanOptionalAction, default=None,
+                     help="use local service discovery (multicast)")
     run.add_argument("--dht-bootstrap", help="comma-separated host:port list")
     run.add_argument("--upload-rate", type=int, help="bytes/s, 0 = unlimited")
     run.add_argument("--download-rate", type=int, help="bytes/s, 0 = unlimited")
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile,
         "listen": args.listen,
         "outgoing_interface": args.outgoing_interface,
+        "dht": args.dht,
+        "lsd": args.lsd,
         "dht_bootstrap": args.dht_bootstrap,
         "upload_rate": args.upload_rate,
         "download_rate": args.download_rate,

@@ -240,7 +240,9 @@ def _write_tensor_chunk(
         os.replace(tmp, out / rel)
     finally:
         tmp.unlink(missing_ok=True)
-    entries = [TensorEntry(p.name, rel, p.dtype, p.shape, p.begin, p.end) for p in layout.placements]
+    entries = [
+        TensorEntry(p.name, rel, p.dtype, p.shape, p.begin, p.end) for p in layout.placements
+    ]
     return ChunkEntry(rel, digest.size, digest.sha256, digest.v2_root, "tensors"), entries
 
 

@@ -61,8 +61,12 @@ class ChunkRecords:
 
     def record(self, path: Path, sha256: str) -> None:
         """Note that ``path`` was just hashed to ``sha256``."""
-        self._records[self._key(path)] = [*_stamp(path.stat()), sha256]
-        self._dirty = True
+        key, entry = self._key(path), [*_stamp(path.stat()), sha256]
+        # An unchanged record leaves the file alone: re-verifying intact chunks then costs
+        # no rewrite (and no fsync) of the records.
+        if self._records.get(key) != entry:
+            self._records[key] = entry
+            self._dirty = True
 
     def save(self) -> None:
         """Write the records if they changed; a read-only dir is not an error."""

@@ -18,7 +18,9 @@ The source is packed once (untimed) into a release in the work dir. Then two ben
   reads.
 
 Each side runs once untimed to warm the page cache, then the sides alternate and the median
-is taken. Tensors are dropped (and their maps closed) between runs.
+is taken. Tensors are dropped (and their maps closed) between runs. The pass runs on one
+torch thread: the same on both sides, and immune to OpenMP's stalls when another process
+holds one of the cores.
 
 Targets (from the issue): fast <= 1.1x the safetensors time; full >= 0.8x hashlib's
 throughput.
@@ -112,6 +114,8 @@ class Side:
 
     open_ms: float
     total_s: float
+    best_s: float
+    """Fastest run: the least disturbed by other processes."""
     cpu_s: float
     others: float
     runs_s: list[float]
@@ -121,6 +125,7 @@ def _side(runs: list[LoadRun]) -> Side:
     return Side(
         open_ms=median([r.open_s for r in runs]) * 1000,
         total_s=median([r.total_s for r in runs]),
+        best_s=min(r.total_s for r in runs),
         cpu_s=median([r.cpu_s for r in runs]),
         others=median([r.others for r in runs]),
         runs_s=[round(r.total_s, 4) for r in runs],
@@ -142,6 +147,8 @@ class Summary:
     fast_baseline: Side
     fast_p2pw: Side
     fast_ratio: float
+    """Of the medians: the figure the target is judged on."""
+    fast_best_ratio: float
     open_ratio: float
     fast_target_met: bool
     full_baseline: Side
@@ -149,6 +156,7 @@ class Summary:
     full_baseline_gibps: float
     full_p2pw_gibps: float
     full_ratio: float
+    full_best_ratio: float
     full_target_met: bool
     benchmark: str = "bench_load"
     fast_target: str = f"p2pw/safetensors time <= {FAST_TARGET}"
@@ -203,14 +211,16 @@ def _summary(label: str, src: Path, release: Path, trust: p2pweights.TrustStore,
         tensor_bytes=sum(e.end - e.begin for e in manifest.tensors.values()),
         chunk_bytes=chunk_bytes, chunks=len(manifest.chunks), cpus=os.cpu_count() or 1,
         repeats=repeats, fast_baseline=fb, fast_p2pw=fp, fast_ratio=fp.total_s / fb.total_s,
+        fast_best_ratio=fp.best_s / fb.best_s,
         open_ratio=fp.open_ms / fb.open_ms, fast_target_met=fp.total_s <= FAST_TARGET * fb.total_s,
         full_baseline=hb, full_p2pw=hp, full_baseline_gibps=hb_gibps, full_p2pw_gibps=hp_gibps,
-        full_ratio=hp_gibps / hb_gibps, full_target_met=hp_gibps >= FULL_TARGET * hb_gibps,
+        full_ratio=hp_gibps / hb_gibps, full_best_ratio=hb.best_s / hp.best_s,
+        full_target_met=hp_gibps >= FULL_TARGET * hb_gibps,
     )
 
 
 def _runs(side: Side) -> str:
-    return ", ".join(f"{x:.3f}" for x in side.runs_s)
+    return ", ".join(f"{x:.4f}" for x in side.runs_s)
 
 
 def _print(s: Summary) -> None:
@@ -221,19 +231,21 @@ def _print(s: Summary) -> None:
     print("  fast: open, then one pass reading every tensor byte")
     for name, side in (("safetensors load_file", s.fast_baseline),
                        ('p2pweights.load(fast)', s.fast_p2pw)):
-        print(f"    {name:<22}: open {side.open_ms:8.2f} ms  open+pass {side.total_s:7.3f} s  "
-              f"cpu {side.cpu_s:6.3f} s  other procs {side.others:4.0%}  runs {_runs(side)}")
+        print(f"    {name:<22}: open {side.open_ms:7.2f} ms  open+pass {side.total_s:7.4f} s  "
+              f"best {side.best_s:7.4f} s  cpu {side.cpu_s:6.3f} s  "
+              f"other procs {side.others:4.0%}  runs {_runs(side)}")
     verdict = "MET" if s.fast_target_met else "MISSED"
-    print(f"    ratio p2pw/safetensors: {s.fast_ratio:.3f}x (open only {s.open_ratio:.2f}x)   "
-          f"target <= {FAST_TARGET}x: {verdict}")
+    print(f"    ratio p2pw/safetensors: {s.fast_ratio:.3f}x   target <= {FAST_TARGET}x: {verdict}"
+          f"   (best runs: {s.fast_best_ratio:.3f}x; open only: {s.open_ratio:.2f}x)")
     print(f"  full: verify every chunk, {s.chunk_bytes / GIB:.3f} GiB")
     for name, side, gibps in (("hashlib sha256 (1 thr)", s.full_baseline, s.full_baseline_gibps),
                               ("p2pweights.load(full)", s.full_p2pw, s.full_p2pw_gibps)):
-        print(f"    {name:<22}: {side.total_s:7.3f} s  {gibps:5.2f} GiB/s  cpu {side.cpu_s:6.3f} s"
-              f"  other procs {side.others:4.0%}  runs {_runs(side)}")
+        print(f"    {name:<22}: {side.total_s:7.4f} s  {gibps:5.2f} GiB/s  "
+              f"best {side.best_s:7.4f} s  cpu {side.cpu_s:6.3f} s  "
+              f"other procs {side.others:4.0%}  runs {_runs(side)}")
     verdict = "MET" if s.full_target_met else "MISSED"
     print(f"    ratio p2pw/hashlib throughput: {s.full_ratio:.2f}x   "
-          f"target >= {FULL_TARGET}x: {verdict}")
+          f"target >= {FULL_TARGET}x: {verdict}   (best runs: {s.full_best_ratio:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    torch.set_num_threads(1)
     with work_dir(args.workdir) as work:
         label, src = bench_source(args.model, args.src, args.size_gib, work)
         key = p2pweights.generate_key(work / "bench-key.pem", overwrite=True)

@@ -162,6 +162,8 @@ class Side:
 
     seconds: float
     """Median wall time."""
+    best_s: float
+    """Fastest run: the least disturbed by other processes."""
     runs_s: list[float]
     cpu_seconds: float
     """Median CPU time, all threads."""
@@ -175,6 +177,7 @@ class Side:
 def _side(runs: list[Run]) -> Side:
     return Side(
         seconds=median([r.seconds for r in runs]),
+        best_s=min(r.seconds for r in runs),
         runs_s=[round(r.seconds, 4) for r in runs],
         cpu_seconds=median([r.cpu_seconds for r in runs]),
         others=median([r.others for r in runs]),
@@ -196,6 +199,9 @@ class Summary:
     baseline: Side
     pack: Side
     ratio: float
+    """Of the medians: the figure the target is judged on."""
+    best_ratio: float
+    """Of the fastest runs, for context on a busy machine."""
     target_met: bool
     largest_chunk_bytes: int
     chunks: int
@@ -209,6 +215,7 @@ def _summary(label: str, src: Path, runs: dict[str, list[Run]]) -> Summary:
     return Summary(
         model=label, source=str(src), source_bytes=source_bytes(src), cpus=os.cpu_count() or 1,
         repeats=len(runs["pack"]), baseline=base, pack=pack, ratio=ratio,
+        best_ratio=pack.best_s / base.best_s,
         target_met=ratio <= TARGET, largest_chunk_bytes=runs["pack"][0].largest_chunk,
         chunks=runs["pack"][0].chunks,
     )
@@ -225,10 +232,11 @@ def _print(s: Summary) -> None:
           "each side warmed once untimed")
     for name, side in (("baseline cp + sha256", s.baseline), ("p2pweights.pack", s.pack)):
         print(f"  {name:<21}: {side.seconds:7.3f} s  {gib / side.seconds:5.2f} GiB/s  "
-              f"cpu {side.cpu_seconds:6.3f} s  other procs {side.others:4.0%}  "
-              f"runs {', '.join(f'{x:.3f}' for x in side.runs_s)}")
+              f"best {side.best_s:6.3f} s  cpu {side.cpu_seconds:6.3f} s  "
+              f"other procs {side.others:4.0%}  runs {', '.join(f'{x:.3f}' for x in side.runs_s)}")
     verdict = "MET" if s.target_met else "MISSED"
-    print(f"  ratio pack/baseline  : {s.ratio:.2f}x   target <= {TARGET}x: {verdict}")
+    print(f"  ratio pack/baseline  : {s.ratio:.2f}x   target <= {TARGET}x: {verdict}   "
+          f"(best runs: {s.best_ratio:.2f}x)")
     print(f"  largest chunk        : {s.largest_chunk_bytes / _MIB:.1f} MiB ({s.chunks} chunks)")
     for name, side in (("pack", s.pack), ("baseline", s.baseline)):
         grew = side.work_peak_kib - side.rss_before_kib if side.work_peak_kib >= 0 else -1

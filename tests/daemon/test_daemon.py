@@ -333,3 +333,18 @@ def test_torrent_that_disagrees_with_its_signed_manifest_is_refused(
     assert list((leech.home / "store" / "chunks").iterdir()) == []
     with pytest.raises(ReleaseMismatchError):
         p2pweights.load(str(torrent), home=leech.home)
+
+
+def test_peers_found_through_a_dht_on_loopback(daemons: DaemonFactory, key: PrivateKey,
+                                               make_model: Callable[..., Path],
+                                               make_release: Callable[..., Path]) -> None:
+    """No explicit peer: the leecher finds the seeder through a DHT of loopback nodes."""
+    seeder = daemons("--dht", name="seeder")
+    leech = daemons("--dht", "--dht-bootstrap", seeder.peer, name="leech")
+    # A third node that knows both, so each side's routing table is not just the other.
+    daemons("--dht", "--dht-bootstrap", f"{seeder.peer},{leech.peer}", name="router")
+    magnet = seeder.call("publish", make_release(make_model()))["magnet"]
+    trust(leech, key)
+    info = fetch_and_wait(leech, magnet, peers=[], timeout=90)
+    assert info["state"] == "seeding"
+    assert info["transfer"]["downloaded"] >= info["total_bytes"]
