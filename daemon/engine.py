@@ -1053,7 +1053,14 @@ class Engine:
             fut = self._expect(t, "resume_data")
             handle.save_resume_data(lt.torrent_handle.flush_disk_cache
                                     | lt.torrent_handle.save_info_dict)
-            data: bytes = await fut
+            try:
+                data: bytes = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # The alert carries no request id: hold the lock until libtorrent answers,
+                # so this answer cannot be taken for the next caller's request.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fut, 30)
+                raise
             if paused_here and not keep_paused:
                 handle.resume()
             return data

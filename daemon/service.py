@@ -364,13 +364,23 @@ class Service:
             prios[tf.file(path).index] = _PRIO_CHUNK
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
-        saver = asyncio.create_task(self._save_resume_on_progress(tid))
+        stop_saver = asyncio.Event()
+        saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
             await self._want(tid, prios, peers)
             await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
-        finally:
+        except BaseException:
             saver.cancel()
+            raise
+        finally:
             self._progressed.pop(tid, None)
+        # Let a save in flight finish: its alert must not answer the next request.
+        stop_saver.set()
+        await saver
+        # A piece counts as done once it passed the hash check, which can be before
+        # libtorrent's disk thread wrote it out. Saving resume data flushes that cache
+        # (and must succeed), so from here on the files hold the bytes.
+        self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         # libtorrent accepted every block against the v2 roots the signed manifest lists,
         # so these bytes are the publisher's: record them for fast-mode loads.
         records = ChunkRecords(release.root)
@@ -379,19 +389,22 @@ class Service:
             records.record(release.root / path, by_path[path].sha256)
         records.save()
         self.catalog.set_state(rid, "seeding")
-        with contextlib.suppress(P2PWeightsError):
-            self.catalog.save_resume(rid, await self.engine.save_resume_data(tid))
         self._notify(rid, "complete")
 
-    async def _save_resume_on_progress(self, tid: str) -> None:
+    async def _save_resume_on_progress(self, tid: str, stop: asyncio.Event) -> None:
         """Save resume data after every verified piece (coalesced while a save runs).
 
         A ``kill -9`` then loses at most the pieces verified during one save, instead of
-        everything since the last timer tick.
+        everything since the last timer tick. Returns once ``stop`` is set, between saves.
         """
         progressed = self._progressed.setdefault(tid, asyncio.Event())
         while True:
-            await progressed.wait()
+            waits = [asyncio.ensure_future(progressed.wait()), asyncio.ensure_future(stop.wait())]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in pending:
+                fut.cancel()
+            if stop.is_set():
+                return
             progressed.clear()
             with contextlib.suppress(P2PWeightsError):
                 data = await self.engine.save_resume_data(tid, pause=False)

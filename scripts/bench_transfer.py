@@ -61,6 +61,12 @@ _HTTP_HOST = "127.0.0.1"
 _HTTP_READ = 4 * _MIB
 """aiohttp read buffer and the size of each hashed/written piece of the HTTP side."""
 _FETCH_TIMEOUT = 1800.0
+_ATTEMPTS = 3
+"""A fetch that ends in state ``error`` is reported and tried again, at most this often."""
+
+
+class FetchFailedError(RuntimeError):
+    """Daemon B's fetch ended in state ``error`` (the daemon's reason is the message)."""
 
 
 # ---- daemons -------------------------------------------------------------------------------
@@ -224,7 +230,14 @@ class P2pRun:
 
     seconds: float
     downloaded: int
-    """B's ``transfer.downloaded`` (payload bytes received this session)."""
+    """B's ``transfer.downloaded``: payload bytes since the torrent last (re)started. The
+    daemon pauses the torrent to save resume data at the end, which resets it, so it can
+    read 0 once the release is complete."""
+    all_time_download: int
+    """B's ``transfer.all_time_download`` (libtorrent can leave the last second out)."""
+    a_uploaded: int
+    """Payload bytes daemon A sent during the run (its ``transfer.uploaded`` before and
+    after; A's torrent is never paused, so this counter is reliable)."""
     failed_bytes: int
     cpu_a: float
     """CPU seconds of daemon A (the seeder) during the run."""
@@ -300,11 +313,19 @@ def _split(events: list[dict[str, Any]], t0: float) -> dict[str, float]:
     return out
 
 
-async def _p2p_once(home_b: Path, magnet: str, peer: str) -> tuple[float, dict[str, Any],
-                                                                      dict[str, float]]:
+async def _uploaded(home_a: Path, rid: str) -> int:
+    from p2pweights.client import DaemonClient
+
+    info = await DaemonClient(home_a).show(rid)
+    return int((info.get("transfer") or {}).get("uploaded", -1))
+
+
+async def _p2p_once(home_b: Path, magnet: str, peer: str, home_a: Path, rid_a: str,
+                    ) -> tuple[float, dict[str, Any], dict[str, float], int]:
     from p2pweights.client import DaemonClient
 
     client = DaemonClient(home_b, timeout=_FETCH_TIMEOUT)
+    up0 = await _uploaded(home_a, rid_a)
     events: list[dict[str, Any]] = []
 
     async def watch() -> None:
@@ -319,18 +340,22 @@ async def _p2p_once(home_b: Path, magnet: str, peer: str) -> tuple[float, dict[s
         started = await client.fetch(magnet, peers=[peer])
         info = await client.wait(str(started["id"]), _FETCH_TIMEOUT)
         seconds = time.perf_counter() - t0
-        await asyncio.sleep(0.05)  # the last events
+        await asyncio.sleep(0.5)  # the last events; the byte counters settle (untimed)
+        if info.get("state") == "seeding":
+            info = await client.show(str(started["id"]))
+        sent = await _uploaded(home_a, rid_a) - up0
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
     if info.get("state") != "seeding":
-        raise RuntimeError(f"fetch ended in state {info.get('state')}: {info.get('error')}")
+        raise FetchFailedError(f"fetch ended in state {info.get('state')}: {info.get('error')}")
     split = _split(events, t_wall)
     split["wait_returned"] = round(seconds, 3)
-    return seconds, info, split
+    return seconds, info, split, sent
 
 
-def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int) -> P2pRun:
+def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int,
+            home_a: Path, rid_a: str) -> P2pRun:
     """One fetch by a fresh daemon B; B is stopped and its data dir removed afterwards."""
     from p2pweights import TrustStore
     from p2pweights.client import start_daemon
@@ -343,7 +368,8 @@ def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int) ->
     try:
         os.sync()
         with Meter(pid_a, pid) as meter:
-            seconds, info, split = asyncio.run(_p2p_once(home_b, magnet, peer))
+            seconds, info, split, sent = asyncio.run(
+                _p2p_once(home_b, magnet, peer, home_a, rid_a))
     except BaseException:
         tail = _log_tail(home_b)
         if tail:
@@ -354,6 +380,8 @@ def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int) ->
     transfer = info.get("transfer") or {}
     shutil.rmtree(home_b)
     return P2pRun(seconds=seconds, downloaded=int(transfer.get("downloaded", -1)),
+                  all_time_download=int(transfer.get("all_time_download", -1)),
+                  a_uploaded=sent,
                   failed_bytes=int(transfer.get("failed_bytes", -1)),
                   cpu_a=meter.helper_cpu[0], cpu_b=meter.helper_cpu[1], others=meter.others,
                   split=split)
@@ -381,11 +409,15 @@ class Summary:
     http_runs_s: list[float]
     p2pw_runs_s: list[float]
     p2pw_downloaded: list[int]
+    p2pw_all_time_download: list[int]
+    p2pw_a_uploaded: list[int]
     p2pw_failed_bytes: list[int]
     p2pw_split_median: dict[str, float]
     p2pw_splits: list[dict[str, float]]
     warmup_http_s: list[float]
     warmup_p2pw_s: list[float]
+    p2pw_failed_fetches: list[str]
+    """Fetches that ended in state error and were tried again (a daemon bug, not noise)."""
     http_client_cpu_s: float
     http_server_cpu_s: float
     p2pw_cpu_a_s: float
@@ -413,13 +445,23 @@ def _print(s: Summary) -> None:
               f"runs {', '.join(f'{x:.3f}' for x in runs)} s")
     verdict = "MET" if s.target_met else "MISSED"
     print(f"  ratio p2pw/(HTTP+sha256): {s.ratio:.2f}x   target >= {TARGET}x: {verdict}")
-    print(f"  B downloaded (transfer.downloaded): {', '.join(str(d) for d in s.p2pw_downloaded)}"
-          f" bytes (payload {s.payload_bytes}); failed bytes "
+    print(f"  A sent (delta of A's transfer.uploaded): "
+          f"{', '.join(str(d) for d in s.p2pw_a_uploaded)} bytes (payload {s.payload_bytes})")
+    print(f"  B transfer.downloaded {', '.join(str(d) for d in s.p2pw_downloaded)}; "
+          f"all_time_download {', '.join(str(d) for d in s.p2pw_all_time_download)} "
+          f"(payload {s.payload_bytes}; read 0.5 s after completion, the final resume-data "
+          f"pause can reset the first); failed bytes "
           f"{', '.join(str(d) for d in s.p2pw_failed_bytes)}")
+    if s.p2pw_failed_fetches:
+        print(f"  FAILED p2pw fetches (tried again): {len(s.p2pw_failed_fetches)}")
+        for msg in s.p2pw_failed_fetches:
+            print(f"    {msg}")
     if s.p2pw_split_median:
         print("  p2pw time split (median s after the fetch request, from B's events):")
         for k, v in s.p2pw_split_median.items():
             print(f"    {k:<26} {v:7.3f}")
+        print("    (events: manifest/downloading/complete are the service's stages; progress "
+              "events come once a second, so first_progress_* is coarse)")
         sp = s.p2pw_split_median
         if "downloading" in sp and "last_chunk_done" in sp:
             body = sp["last_chunk_done"] - sp["downloading"]
@@ -469,12 +511,14 @@ def bench(work: Path, size_gib: float, repeats: int, warmup: int) -> Summary:
     for d in (home_a, home_b, http_out):
         if d.exists():
             shutil.rmtree(d)
+    failures: list[str] = []
     pid_a = start_daemon(home_a, extra_args=_local_args(_HOST_A))
     try:
         client_a = DaemonClient(home_a)
         port_a = int(asyncio.run(client_a.status())["listen_port"])
         published = asyncio.run(client_a.publish(release))
         magnet, peer = str(published["magnet"]), f"{_HOST_A}:{port_a}"
+        rid_a = str(published["id"])
         import libtorrent as lt
 
         piece = int(lt.torrent_info(Path(published["torrent_path"]).read_bytes())
@@ -485,7 +529,17 @@ def bench(work: Path, size_gib: float, repeats: int, warmup: int) -> Summary:
                 return run_http(port, server_pid, payload, http_out)
 
             def p2p() -> P2pRun:
-                return run_p2p(home_b, magnet, peer, key.public, pid_a)
+                for attempt in range(1, _ATTEMPTS + 1):
+                    try:
+                        return run_p2p(home_b, magnet, peer, key.public, pid_a, home_a,
+                                       rid_a)
+                    except FetchFailedError as exc:
+                        failures.append(str(exc))
+                        print(f"warning: p2pw fetch failed (attempt {attempt}): {exc}",
+                              file=sys.stderr)
+                        if attempt == _ATTEMPTS:
+                            raise
+                raise AssertionError("unreachable")
 
             warm_h = [http().seconds for _ in range(warmup)]
             warm_p = [p2p().seconds for _ in range(warmup)]
@@ -519,9 +573,12 @@ def bench(work: Path, size_gib: float, repeats: int, warmup: int) -> Summary:
         http_runs_s=[round(h.seconds, 3) for h in https],
         p2pw_runs_s=[round(p.seconds, 3) for p in p2ps],
         p2pw_downloaded=[p.downloaded for p in p2ps],
+        p2pw_all_time_download=[p.all_time_download for p in p2ps],
+        p2pw_a_uploaded=[p.a_uploaded for p in p2ps],
         p2pw_failed_bytes=[p.failed_bytes for p in p2ps],
         p2pw_split_median=_median_split([p.split for p in p2ps]),
         p2pw_splits=[p.split for p in p2ps],
+        p2pw_failed_fetches=failures,
         warmup_http_s=[round(x, 3) for x in warm_h], warmup_p2pw_s=[round(x, 3) for x in warm_p],
         http_client_cpu_s=round(median([h.cpu_seconds for h in https]), 3),
         http_server_cpu_s=round(median([h.server_cpu_seconds for h in https]), 3),
