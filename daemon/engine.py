@@ -144,6 +144,8 @@ class EngineSettings:
     """Put every address in the global peer class, so limits bite on loopback and LAN too."""
     allow_multiple_connections_per_ip: bool = False
     close_redundant_connections: bool = True
+    disk_io: Literal["mmap", "pread", "posix"] = "mmap"
+    """libtorrent's disk back end; mmap measured lowest CPU per byte here."""
     """Drop a connection when neither side wants anything; off keeps seeds connected to a
     torrent that wants nothing *yet* (a magnet fetched in stages)."""
     min_reconnect_time: int = 60
@@ -698,7 +700,10 @@ class Engine:
 
         """
         loop = asyncio.get_running_loop()
-        session: Any = lt.session(cast(Any, settings.settings_pack()))
+        params = lt.session_params(cast(Any, settings.settings_pack()))
+        # Only these exact strings select a back end; anything else silently means pread.
+        params.disk_io_constructor = f"{settings.disk_io}_disk_io_constructor"
+        session: Any = lt.session(params)
         engine = cls(session, settings, loop)
         if settings.apply_limits_to_local:
             flt = lt.ip_filter()
@@ -978,7 +983,11 @@ class Engine:
         return tf
 
     async def wait_files(self, tid: str, indices: Iterable[int]) -> None:
-        """Wait until every file in ``indices`` is complete and hash-checked."""
+        """Wait until every file in ``indices`` is complete, hash-checked and written.
+
+        A piece passes its hash check before libtorrent's disk thread has necessarily
+        written it, so this ends with a cache flush: afterwards the files hold the bytes.
+        """
         t = self._get(tid)
         wanted = sorted(set(indices))
 
@@ -991,6 +1000,14 @@ class Engine:
             return all(done[i] == fs.file_size(i) for i in wanted)
 
         await self._wait(t, ready)
+        await self.flush(tid)
+
+    async def flush(self, tid: str) -> None:
+        """Write out whatever libtorrent still holds in memory for the torrent."""
+        t = self._get(tid)
+        fut = self._expect(t, "flushed")
+        t.handle.flush_cache()
+        await fut
 
     async def wait_finished(self, tid: str) -> None:
         """Wait until every wanted piece is there (state finished or seeding)."""
@@ -1256,6 +1273,8 @@ class Engine:
             self._emit(EngineEvent("renamed", tid, file_index=int(a.index), message=new_name))
         elif isinstance(a, lt.file_rename_failed_alert):
             self._fail_key(t, f"renamed:{a.index}", EngineError(f"torrent {tid}: {a.message()}"))
+        elif isinstance(a, lt.cache_flushed_alert):
+            self._fire(t, "flushed")
         elif isinstance(a, lt.file_prio_alert):
             self._fire(t, "file_prio")
         elif isinstance(a, lt.hash_failed_alert):

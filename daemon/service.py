@@ -80,6 +80,7 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _TERMINAL = ("seeding", "complete", "error")
 _PRIO_META = 7
 _PRIO_CHUNK = 4
+_RESUME_EVERY = 0.25
 
 
 def parse_peer(text: str) -> tuple[str, int]:
@@ -377,9 +378,7 @@ class Service:
         # Let a save in flight finish: its alert must not answer the next request.
         stop_saver.set()
         await saver
-        # A piece counts as done once it passed the hash check, which can be before
-        # libtorrent's disk thread wrote it out. Saving resume data flushes that cache
-        # (and must succeed), so from here on the files hold the bytes.
+        # wait_files flushed libtorrent's cache, so the files hold the bytes now.
         self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         # libtorrent accepted every block against the v2 roots the signed manifest lists,
         # so these bytes are the publisher's: record them for fast-mode loads.
@@ -392,10 +391,12 @@ class Service:
         self._notify(rid, "complete")
 
     async def _save_resume_on_progress(self, tid: str, stop: asyncio.Event) -> None:
-        """Save resume data after every verified piece (coalesced while a save runs).
+        """Save resume data as verified pieces arrive: at most every ``_RESUME_EVERY`` s.
 
-        A ``kill -9`` then loses at most the pieces verified during one save, instead of
-        everything since the last timer tick. Returns once ``stop`` is set, between saves.
+        A ``kill -9`` then loses at most the pieces verified in that window, instead of
+        everything since the last timer tick; the floor keeps the cost (each save encodes
+        the whole torrent's state, hash trees included) to a few saves per second.
+        Returns once ``stop`` is set, between saves.
         """
         progressed = self._progressed.setdefault(tid, asyncio.Event())
         while True:
@@ -409,6 +410,8 @@ class Service:
             with contextlib.suppress(P2PWeightsError):
                 data = await self.engine.save_resume_data(tid, pause=False)
                 self.catalog.save_resume(tid, data)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RESUME_EVERY)
 
     async def _want(self, tid: str, prios: list[int], peers: Sequence[tuple[str, int]]) -> None:
         """Set file priorities, then dial the explicit peers again.
