@@ -661,10 +661,12 @@ class Service:
                 self._notify(event.torrent, event.kind, **_event_fields(event))
 
     async def _periodic_resume(self) -> None:
+        """Every ``resume_interval`` s, save every torrent's state (upload totals too)."""
         while True:
             await asyncio.sleep(self.config.resume_interval)
-            for rid in list(self._tasks):
-                if rid in self.engine.torrents():
+            for rid in self.engine.torrents():
+                row = self.catalog.get(rid)
+                if row is not None and row.state not in ("error", "metadata"):
                     with contextlib.suppress(P2PWeightsError):
                         data = await self.engine.save_resume_data(rid, pause=False)
                         self.catalog.save_resume(rid, data)
