@@ -1,0 +1,51 @@
+"""The `p2pw` command line: one click group, a subcommand per verb.
+
+Only p2pweights' own errors are caught; each maps to its documented exit code with a
+one-line message (``--debug`` shows the traceback). Every command takes ``--json`` for
+scripts; progress bars go to stderr, and only when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import P2PWeightsError
+from . import _daemon, _local  # noqa: F401 - importing registers their commands
+from ._base import cli
+
+__all__ = ["cli", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="p2pw", standalone_mode=False)
+    except P2PWeightsError as exc:
+        if debug:
+            raise
+        as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code}
+                )
+            )
+        click.echo(f"p2pw: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("p2pw: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Shared pieces of the `p2pw` CLI: the group, the context, --json, progress, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .. import __version__
+from ..client import DaemonClient
+from ..errors import KeyFileError
+from ..keys import PrivateKey, load_private_key
+from ..paths import data_dir, trust_path
+from ..remote import ensure_daemon
+from ..trust import TrustStore
+
+__all__ = [
+    "Ctx",
+    "cli",
+    "client_for",
+    "emit",
+    "json_option",
+    "load_key",
+    "pass_ctx",
+    "passphrase_from",
+    "progress_bar",
+    "run",
+]
+
+ENV_PASSPHRASE = "P2PW_KEY_PASSPHRASE"  # noqa: S105 - the variable name, not a secret
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class Ctx:
+    """Options shared by all commands, built once at the entry point."""
+
+    def __init__(self, home: Path | None, debug: bool) -> None:
+        self.home = data_dir(home)
+        self.debug = debug
+        self.json = False
+
+    def trust(self) -> TrustStore:
+        return TrustStore.load(trust_path(self.home))
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def json_option(fn: F) -> F:
+    """Add ``--json`` to a command; the flag is stored on the shared context."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+        click.get_current_context().find_object(Ctx).json = as_json  # type: ignore[union-attr]
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(ctx: Ctx, data: dict[str, Any], lines: list[str]) -> None:
+    """Print ``data`` as JSON with ``--json``, else the human ``lines``."""
+    if ctx.json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@contextmanager
+def progress_bar(ctx: Ctx, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A byte-progress callback: a bar on a terminal, nothing otherwise."""
+    if ctx.json or not sys.stderr.isatty() or total <= 0:
+        yield lambda _n: None
+        return
+    with click.progressbar(
+        length=total, label=label, file=sys.stderr, show_eta=True, show_percent=True
+    ) as bar:
+        yield bar.update
+
+
+def passphrase_from(
+    passphrase_file: Path | None, *, prompt: str, confirm: bool = False, ask: bool = False
+) -> bytes | None:
+    if passphrase_file is not None:
+        try:
+            return passphrase_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from exc
+    env = os.environ.get(ENV_PASSPHRASE)
+    if env:
+        return env.encode("utf-8")
+    if ask:
+        return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)).encode()
+    return None
+
+
+def load_key(path: Path, passphrase_file: Path | None) -> PrivateKey:
+    try:
+        return load_private_key(
+            path, passphrase=passphrase_from(passphrase_file, prompt="Passphrase")
+        )
+    except KeyFileError as exc:
+        if "needs a passphrase" in str(exc) and sys.stdin.isatty():
+            secret = passphrase_from(None, prompt=f"Passphrase for {path}", ask=True)
+            return load_private_key(path, passphrase=secret)
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    envvar="P2PW_HOME",
+    help="Data dir (default: $P2PW_HOME, else the per-user data dir).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="p2pw")
+@click.pass_context
+def cli(click_ctx: click.Context, home: Path | None, debug: bool) -> None:
+    """Publish, verify and load signed model weights."""
+    click_ctx.obj = Ctx(home, debug)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine to completion (each CLI verb is one short event loop)."""
+    return asyncio.run(coro)
+
+
+def client_for(ctx: Ctx, *, autostart: bool = True) -> DaemonClient:
+    """A client whose daemon answers, started on demand."""
+    return run(ensure_daemon(ctx.home, autostart=autostart))

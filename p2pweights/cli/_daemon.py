@@ -1,0 +1,313 @@
+"""`p2pw` verbs that talk to the daemon: daemon, publish, fetch, ls, show, rm, load."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..client import DaemonClient, daemon_log_path, start_daemon
+from ..errors import DaemonError, LoadError
+from ..loader import load as load_tensors
+from ..pack import pack as pack_release
+from ..paths import default_key_path
+from ..release import is_release_dir
+from ..remote import fetch_async
+from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
+from ._local import source_size
+
+__all__: list[str] = []
+
+# ------------------------------------------------------------------------------ daemon
+
+
+@cli.group()
+def daemon() -> None:
+    """The background daemon that seeds and fetches."""
+
+
+@daemon.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
+    """Run the daemon in the foreground (flags go to p2pweightsd run)."""
+    argv = [sys.executable, "-m", "p2pweightsd", "run", "--home", str(ctx.home), *args]
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+
+
+@daemon.command("start", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@json_option
+@pass_ctx
+def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
+    """Start the daemon in the background (flags go to p2pweightsd run)."""
+    client = DaemonClient(ctx.home)
+    if client.is_running():
+        info = run(client.status())
+        emit(ctx, {"started": False, **info}, [f"daemon already running (pid {info['pid']})"])
+        return
+    pid = start_daemon(ctx.home, extra_args=args)
+    info = run(client.status())
+    emit(
+        ctx,
+        {"started": True, **info},
+        [
+            f"daemon started (pid {pid}), peer port {info['listen_port']}, log "
+            f"{daemon_log_path(ctx.home)}"
+        ],
+    )
+
+
+@daemon.command("stop")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@json_option
+@pass_ctx
+def daemon_stop(ctx: Ctx, timeout: float) -> None:
+    """Stop the daemon cleanly (SIGTERM; it saves resume data first)."""
+    pid_path = ctx.home / "daemon.pid"
+    try:
+        pid = int(pid_path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        emit(ctx, {"stopped": False, "running": False}, ["daemon is not running"])
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        emit(ctx, {"stopped": False, "running": False}, ["daemon is not running"])
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], timeout)  # readable when it exits
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise DaemonError(f"daemon {pid} did not stop within {timeout:.0f}s")
+    emit(ctx, {"stopped": True, "pid": pid}, [f"daemon {pid} stopped"])
+
+
+@daemon.command("status")
+@json_option
+@pass_ctx
+def daemon_status(ctx: Ctx) -> None:
+    """Report on the daemon (exit code 15 when none runs)."""
+    info = run(DaemonClient(ctx.home).status())
+    emit(
+        ctx,
+        info,
+        [
+            f"running: pid {info['pid']}, peer port {info['listen_port']}, "
+            f"{info['releases']} releases, profile {info['profile']}, "
+            f"up {info['uptime']:.0f}s"
+        ],
+    )
+
+
+def _release_line(r: dict[str, Any]) -> str:
+    t = r.get("transfer") or {}
+    prog = f"{100 * float(t.get('progress', 1.0 if r['state'] == 'seeding' else 0)):.0f}%"
+    name = f"{r.get('name') or '?'} v{r.get('version') if r.get('version') is not None else '?'}"
+    return (
+        f"{r['id'][:16]}  {name:<40} {r['state']:<11} {prog:>5}  {r['total_bytes'] / 1e6:9.1f} MB"
+    )
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.option("--name", help="Pack first: release name ORG/MODEL.")
+@click.option("--version", "version", type=click.IntRange(min=0), help="Pack first: version.")
+@click.option("--label", default="")
+@click.option("--key", "key_path", type=click.Path(path_type=Path))
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Pack first: release dir (default DATA/published/ORG--MODEL-vN).",
+)
+@click.option("--hybrid", is_flag=True, help="Make a hybrid v1+v2 torrent (default v2 only).")
+@json_option
+@pass_ctx
+def publish(
+    ctx: Ctx,
+    src: Path,
+    name: str | None,
+    version: int | None,
+    label: str,
+    key_path: Path | None,
+    passphrase_file: Path | None,
+    out: Path | None,
+    hybrid: bool,
+) -> None:
+    """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version)."""
+    if not is_release_dir(src):
+        if name is None or version is None:
+            raise LoadError(f"{src} is not a release dir; give --name and --version to pack it")
+        priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
+        out = out or ctx.home / "published" / f"{name.replace('/', '--')}-v{version}"
+        with progress_bar(ctx, source_size(src), "packing") as bar:
+            pack_release(src, out, name=name, version=version, key=priv, label=label, progress=bar)
+        src = out
+    info = run(client_for(ctx).publish(src, hybrid=hybrid))
+    emit(
+        ctx,
+        info,
+        [
+            f"seeding {info['name']} v{info['version']} ({info['id'][:16]})",
+            f"magnet  {info['magnet']}",
+            f"torrent {info['torrent_path']}",
+        ],
+    )
+
+
+def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
+    bar: Any = None
+    done = 0
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal bar, done
+        if ctx.json or not sys.stderr.isatty() or "wanted" not in event:
+            return
+        if bar is None:
+            bar = click.progressbar(
+                length=max(int(event["wanted"]), 1),
+                label="fetching",
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+            )
+            bar.__enter__()
+        now = int(event.get("wanted_done", 0))
+        bar.label = (
+            f"fetching {event.get('download_rate', 0) / 1e6:6.1f} MB/s "
+            f"{event.get('peers', 0)} peers"
+        )
+        bar.update(max(now - done, 0))
+        done = now
+
+    try:
+        return run(fetch_async(uri, home=ctx.home, on_event=on_event, **kw))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+@cli.command()
+@click.argument("uri")
+@click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to connect to.")
+@click.option("--tracker", "trackers", multiple=True, help="Tracker announce URL.")
+@click.option("--include", multiple=True, help="Only chunks holding tensors matching GLOB.")
+@click.option(
+    "--trust-on-first-use",
+    is_flag=True,
+    help="Trust the publisher key of this release if it is not trusted yet.",
+)
+@click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@json_option
+@pass_ctx
+def fetch(
+    ctx: Ctx,
+    uri: str,
+    peers: tuple[str, ...],
+    trackers: tuple[str, ...],
+    include: tuple[str, ...],
+    trust_on_first_use: bool,
+    no_wait: bool,
+    timeout: float,
+) -> None:
+    """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it."""
+    kw: dict[str, Any] = {
+        "peers": peers,
+        "trackers": trackers,
+        "include": include,
+        "trust_on_first_use": trust_on_first_use,
+    }
+    if no_wait:
+        info = run(client_for(ctx).fetch(uri, **kw))
+    else:
+        info = _fetch_with_progress(ctx, uri, timeout=timeout, **kw)
+    emit(
+        ctx,
+        info,
+        [
+            f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} "
+            f"({info['id'][:16]})",
+            f"release {info['path']}",
+        ],
+    )
+
+
+@cli.command("ls")
+@json_option
+@pass_ctx
+def ls(ctx: Ctx) -> None:
+    """List the daemon's releases."""
+    rows = run(client_for(ctx).releases())
+    emit(ctx, {"releases": rows}, [_release_line(r) for r in rows] or ["(no releases)"])
+
+
+@cli.command()
+@click.argument("release_id")
+@json_option
+@pass_ctx
+def show(ctx: Ctx, release_id: str) -> None:
+    """Show one release (id or a unique id prefix of 6+ characters)."""
+    info = run(client_for(ctx).show(release_id))
+    lines = [_release_line(info)] + [
+        f"  {k}: {v}"
+        for k, v in sorted(info.items())
+        if k not in ("transfer",) and v not in (None, [], "")
+    ]
+    lines += [f"  transfer.{k}: {v}" for k, v in sorted((info.get("transfer") or {}).items())]
+    emit(ctx, info, lines)
+
+
+@cli.command("rm")
+@click.argument("release_id")
+@click.option("--delete-data", is_flag=True, help="Also delete chunks no other release uses.")
+@json_option
+@pass_ctx
+def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
+    """Stop seeding a release, optionally deleting its data."""
+    info = run(client_for(ctx).remove(release_id, delete_data=delete_data))
+    emit(
+        ctx,
+        info,
+        [
+            f"removed {info['id'][:16]}"
+            + (f", deleted {info['deleted_chunks']} chunks" if delete_data else "")
+        ],
+    )
+
+
+@cli.command("load")
+@click.argument("source")
+@click.option("--include", multiple=True)
+@click.option("--full", is_flag=True, help="Re-hash every chunk.")
+@click.option("--peer", "peers", multiple=True)
+@json_option
+@pass_ctx
+def load_cmd(
+    ctx: Ctx, source: str, include: tuple[str, ...], full: bool, peers: tuple[str, ...]
+) -> None:
+    """Fetch (if remote) and load a release into torch; prints what was loaded."""
+    started = time.perf_counter()
+    state = load_tensors(
+        source,
+        home=ctx.home,
+        include=include or None,
+        peers=peers,
+        verify="full" if full else "fast",
+    )
+    seconds = time.perf_counter() - started
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    emit(
+        ctx,
+        {"tensors": len(state), "bytes": nbytes, "seconds": round(seconds, 3)},
+        [f"loaded {len(state)} verified tensors, {nbytes / 1e6:.1f} MB in {seconds:.2f}s"],
+    )

@@ -1,0 +1,307 @@
+"""`p2pw` verbs that work offline: keys, trust, pack, verify, export."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import click
+
+from ..export import export as export_release
+from ..keys import PublicKey, generate_key
+from ..pack import pack as pack_release
+from ..paths import default_key_path
+from ..release import MANIFEST_NAME, resolve_source
+from ..trust import TrustStore
+from ..verify import verify_release
+from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
+
+__all__ = ["source_size"]
+
+# ------------------------------------------------------------------------------ keys
+
+
+@cli.group()
+def key() -> None:
+    """Publisher signing keys (Ed25519)."""
+
+
+@key.command("generate")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Key file (default: DATA/keys/publisher.pem)."
+)
+@click.option("--passphrase", "ask", is_flag=True, help="Encrypt the key; asks for a passphrase.")
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Encrypt the key with the passphrase in this file.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key file.")
+@json_option
+@pass_ctx
+def key_generate(
+    ctx: Ctx, out: Path | None, ask: bool, passphrase_file: Path | None, force: bool
+) -> None:
+    """Create a new signing key, written with mode 0600."""
+    path = out or default_key_path(ctx.home)
+    secret = passphrase_from(passphrase_file, prompt="New passphrase", confirm=True, ask=ask)
+    priv = generate_key(path, passphrase=secret, overwrite=force)
+    emit(
+        ctx,
+        {
+            "path": str(path),
+            "public_key": priv.public.text,
+            "fingerprint": priv.public.fingerprint,
+            "encrypted": bool(secret),
+        },
+        [f"wrote {path}", priv.public.text, f"fingerprint {priv.public.fingerprint}"],
+    )
+
+
+@key.command("show")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    help="Key file (default: DATA/keys/publisher.pem).",
+)
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+@pass_ctx
+def key_show(ctx: Ctx, key_path: Path | None, passphrase_file: Path | None) -> None:
+    """Print the public key, for others to trust."""
+    priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
+    emit(
+        ctx,
+        {"public_key": priv.public.text, "fingerprint": priv.public.fingerprint},
+        [priv.public.text, f"fingerprint {priv.public.fingerprint}"],
+    )
+
+
+# ------------------------------------------------------------------------------ trust
+
+
+@cli.group()
+def trust() -> None:
+    """The publisher keys you trust."""
+
+
+@trust.command("add")
+@click.argument("public_key")
+@click.option("--name", required=True, help="A name for this publisher, e.g. the org.")
+@json_option
+@pass_ctx
+def trust_add(ctx: Ctx, public_key: str, name: str) -> None:
+    """Trust PUBLIC_KEY (ed25519:...) under NAME."""
+    pub = PublicKey.parse(public_key)
+    store = ctx.trust()
+    store.add(pub, name)
+    emit(
+        ctx,
+        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint},
+        [f"trusted {name}: {pub.text} ({pub.fingerprint})"],
+    )
+
+
+@trust.command("list")
+@json_option
+@pass_ctx
+def trust_list(ctx: Ctx) -> None:
+    """List trusted publisher keys."""
+    entries = ctx.trust().entries
+    emit(
+        ctx,
+        {
+            "keys": [
+                {"name": e.name, "public_key": e.key.text, "fingerprint": e.key.fingerprint}
+                for e in entries
+            ]
+        },
+        [f"{e.name}\t{e.key.text}\t{e.key.fingerprint}" for e in entries] or ["(no trusted keys)"],
+    )
+
+
+@trust.command("remove")
+@click.argument("name_or_key")
+@json_option
+@pass_ctx
+def trust_remove(ctx: Ctx, name_or_key: str) -> None:
+    """Stop trusting a key, by name or by key."""
+    entry = ctx.trust().remove(name_or_key)
+    emit(
+        ctx,
+        {"removed": entry.name, "public_key": entry.key.text},
+        [f"removed {entry.name} ({entry.key.fingerprint})"],
+    )
+
+
+# ------------------------------------------------------------------------------ releases
+
+
+def source_size(src: Path) -> int:
+    if src.is_file():
+        return src.stat().st_size
+    return sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
+@click.option("--name", required=True, help="Release name, ORG/MODEL.")
+@click.option(
+    "--version",
+    "version",
+    required=True,
+    type=click.IntRange(min=0),
+    help="Integer version; increase it for every release.",
+)
+@click.option("--label", default="", help="Free-text label, e.g. a tag.")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    help="Signing key (default: DATA/keys/publisher.pem).",
+)
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Release dir to create."
+)
+@click.option(
+    "--previous",
+    type=click.Path(path_type=Path, exists=True),
+    help="The previous release dir, to chain its manifest hash.",
+)
+@click.option("--expires-in-days", type=click.IntRange(min=1), help="Refuse loads after this.")
+@click.option("--max-chunk-mib", type=click.IntRange(min=1), default=256, show_default=True)
+@json_option
+@pass_ctx
+def pack(
+    ctx: Ctx,
+    src: Path,
+    name: str,
+    version: int,
+    label: str,
+    key_path: Path | None,
+    passphrase_file: Path | None,
+    out: Path,
+    previous: Path | None,
+    expires_in_days: int | None,
+    max_chunk_mib: int,
+) -> None:
+    """Pack SRC (HF dir, .safetensors, .bin/.pt) into a signed release dir."""
+    priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
+    prev_hash = None
+    if previous is not None:
+        prev_hash = hashlib.sha256(
+            (resolve_source(previous) / MANIFEST_NAME).read_bytes()
+        ).hexdigest()
+    expires = int(time.time()) + expires_in_days * 86400 if expires_in_days else None
+    with progress_bar(ctx, source_size(src), "packing") as bar:
+        result = pack_release(
+            src,
+            out,
+            name=name,
+            version=version,
+            key=priv,
+            label=label,
+            previous=prev_hash,
+            expires=expires,
+            max_chunk_bytes=max_chunk_mib * 1024 * 1024,
+            progress=bar,
+        )
+    m = result.manifest
+    for skipped in result.skipped:
+        click.echo(f"p2pw: note: left out {skipped}", err=True)
+    emit(
+        ctx,
+        {
+            "release": str(out),
+            "name": m.name,
+            "version": m.version,
+            "chunks": len(m.chunks),
+            "tensors": len(m.tensors),
+            "bytes": result.total_bytes,
+            "manifest_sha256": result.manifest_sha256,
+            "seconds": round(result.seconds, 3),
+            "skipped": list(result.skipped),
+        },
+        [
+            f"packed {m.name} v{m.version}: {len(m.tensors)} tensors in {len(m.chunks)} chunks, "
+            f"{result.total_bytes / 1e6:.1f} MB in {result.seconds:.2f}s",
+            f"release {out}",
+            f"manifest sha256 {result.manifest_sha256}",
+        ],
+    )
+
+
+def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
+    if key_text is None:
+        return ctx.trust()
+    if key_text.startswith("ed25519:"):
+        return TrustStore.of_keys([PublicKey.parse(key_text)])
+    return TrustStore.of_keys([load_key(Path(key_text), None).public])
+
+
+@cli.command()
+@click.argument("release", type=click.Path(path_type=Path))
+@click.option("--full", is_flag=True, help="Re-hash every chunk (default: size + stored records).")
+@click.option("--key", "key_text", help="Trust only this key (ed25519:... or a key file).")
+@json_option
+@pass_ctx
+def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
+    """Check a release's signature, manifest and chunks."""
+    store = _trust_for(ctx, key_text)
+    total = 0
+    root = resolve_source(release)
+    if full:
+        total = sum(p.stat().st_size for p in (root / "chunks").glob("*") if p.is_file())
+    with progress_bar(ctx, total, "verifying") as bar:
+        rel = verify_release(root, store, mode="full" if full else "fast", progress=bar)
+    m = rel.manifest
+    emit(
+        ctx,
+        {
+            "ok": True,
+            "name": m.name,
+            "version": m.version,
+            "label": m.label,
+            "publisher": m.publisher.text,
+            "publisher_name": rel.publisher_name,
+            "chunks": len(m.chunks),
+            "tensors": len(m.tensors),
+            "mode": "full" if full else "fast",
+            "manifest_sha256": rel.manifest_sha256,
+        },
+        [
+            f"ok: {m.name} v{m.version} signed by {rel.publisher_name} "
+            f"({m.publisher.fingerprint}), {len(m.chunks)} chunks "
+            f"{'re-hashed' if full else 'checked'}"
+        ],
+    )
+
+
+@cli.command()
+@click.argument("release", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--exact", is_flag=True, help="Rebuild the original files byte for byte.")
+@click.option("--full", is_flag=True, help="Re-hash every chunk first.")
+@click.option("--key", "key_text", help="Trust only this key (ed25519:... or a key file).")
+@json_option
+@pass_ctx
+def export(
+    ctx: Ctx, release: Path, out: Path, exact: bool, full: bool, key_text: str | None
+) -> None:
+    """Write an HF-layout dir for `from_pretrained` (links; --exact copies)."""
+    store = _trust_for(ctx, key_text)
+    with progress_bar(ctx, 0, "exporting") as bar:
+        result = export_release(
+            release, out, exact=exact, verify="full" if full else "fast", trust=store, progress=bar
+        )
+    emit(
+        ctx,
+        {"out": str(result.root), "files": list(result.files), "exact": exact},
+        [
+            f"exported {len(result.files)} files to {result.root}"
+            + (" (byte-identical originals)" if exact else " (linked, no copy)")
+        ],
+    )
