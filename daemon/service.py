@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
-import ipaddress
 import logging
 import os
 import re
@@ -37,12 +35,10 @@ from p2pweights.errors import (
     FormatError,
     LoadError,
     P2PWeightsError,
-    ReleaseMismatchError,
     UnknownReleaseError,
-    UntrustedKeyError,
 )
 from p2pweights.keys import load_private_key
-from p2pweights.manifest import LIMITS, publisher_of
+from p2pweights.manifest import publisher_of
 from p2pweights.pack import pack
 from p2pweights.paths import trust_path
 from p2pweights.release import (
@@ -55,6 +51,14 @@ from p2pweights.release import (
 from p2pweights.trust import TrustStore
 from p2pweights.verify import ChunkRecords, verify_chunks
 
+from .admission import (
+    PRIO_CHUNK,
+    authenticate,
+    manifest_only,
+    parse_peer,
+    store_layout,
+    wanted_chunks,
+)
 from .catalog import Catalog, ReleaseRow
 from .config import DaemonConfig
 from .engine import (
@@ -75,29 +79,9 @@ __all__ = ["NotFoundError", "Service"]
 log = logging.getLogger(__name__)
 
 NotFoundError = UnknownReleaseError
-_CHUNK_NAME = re.compile(r"chunks/[0-9a-f]{64}(\.safetensors)?")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _TERMINAL = ("seeding", "complete", "error")
-_PRIO_META = 7
-_PRIO_CHUNK = 4
 _RESUME_EVERY = 0.25
-
-
-def parse_peer(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` with an IP literal host (``[v6]:port`` for IPv6).
-
-    Raises:
-        FormatError: anything else.
-    """
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(host)
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(text)
-    except ValueError:
-        raise FormatError(f"peer {text[:80]!r} is not IP:PORT") from None
-    return host, int(port)
 
 
 class Service:
@@ -167,7 +151,7 @@ class Service:
             self.engine.add(
                 target,
                 self.store.root,
-                file_paths=self._layout(row.id, target),
+                file_paths=store_layout(row.id, target, self.store, self.catalog),
                 resume_data=resume,
                 paused=row.state == "complete",
             )
@@ -207,7 +191,12 @@ class Service:
         self.catalog.add_release(rid, source=str(root), state="seeding", torrent=tf.data)
         self._record_manifest(rid, release, tf)
         self.catalog.set_state(rid, "seeding")
-        self.engine.add(tf, self.store.root, file_paths=self._layout(rid, tf), seed_mode=True)
+        self.engine.add(
+            tf,
+            self.store.root,
+            file_paths=store_layout(rid, tf, self.store, self.catalog),
+            seed_mode=True,
+        )
         self._notify(rid, "published")
         return self.show(rid)
 
@@ -313,12 +302,12 @@ class Service:
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
         if isinstance(target, TorrentFile):
-            layout = self._layout(rid, target)
+            layout = store_layout(rid, target, self.store, self.catalog)
             tid = self.engine.add(
                 target,
                 self.store.root,
                 file_paths=layout,
-                file_priorities=self._meta_only(target),
+                file_priorities=manifest_only(target),
                 peers=peers,
                 trackers=row.trackers,
                 resume_data=resume,
@@ -332,7 +321,7 @@ class Service:
                 target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
             )
             tf = await self.engine.wait_metadata(tid)
-            layout = self._layout(rid, tf)
+            layout = store_layout(rid, tf, self.store, self.catalog)
             await self.engine.remove(tid)
             self.catalog.add_release(
                 rid,
@@ -348,21 +337,23 @@ class Service:
                 tf,
                 self.store.root,
                 file_paths=layout,
-                file_priorities=self._meta_only(tf),
+                file_priorities=manifest_only(tf),
                 peers=peers,
                 trackers=row.trackers,
             )
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
-        await self._want(tid, self._meta_only(tf), peers)
+        await self._want(tid, manifest_only(tf), peers)
         meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
         await self.engine.wait_files(tid, meta)
-        release = self._authenticate(rid, tf, tofu=row.tofu)
+        release = authenticate(
+            self.store.release_dir(rid), tf, trust_path(self.config.home), tofu=row.tofu
+        )
         self._record_manifest(rid, release, tf)
-        wanted = self._wanted_chunks(release, row.include)
-        prios = self._meta_only(tf)
+        wanted = wanted_chunks(release, row.include)
+        prios = manifest_only(tf)
         for path in wanted:
-            prios[tf.file(path).index] = _PRIO_CHUNK
+            prios[tf.file(path).index] = PRIO_CHUNK
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
         stop_saver = asyncio.Event()
@@ -423,84 +414,6 @@ class Service:
         await self.engine.set_file_priorities(tid, prios)
         for host, port in peers:
             self.engine.connect_peer(tid, host, port)
-
-    def _meta_only(self, tf: TorrentFile) -> list[int]:
-        prios = [0] * tf.num_files
-        prios[tf.file(MANIFEST_NAME).index] = _PRIO_META
-        prios[tf.file(SIGNATURE_NAME).index] = _PRIO_META
-        return prios
-
-    def _layout(self, rid: str, tf: TorrentFile) -> dict[int, str]:
-        """Where each torrent file goes in the store; refuses anything not of a release."""
-        layout: dict[int, str] = {}
-        names = {f.path for f in tf.files}
-        if MANIFEST_NAME not in names or SIGNATURE_NAME not in names:
-            raise ReleaseMismatchError("the torrent has no manifest.json and manifest.sig")
-        for f in tf.files:
-            if f.path == MANIFEST_NAME:
-                if f.size > LIMITS.manifest_bytes:
-                    raise ReleaseMismatchError("the torrent's manifest.json is over the limit")
-                layout[f.index] = self.store.manifest_path(rid)
-            elif f.path == SIGNATURE_NAME:
-                if f.size != 64:
-                    raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
-                layout[f.index] = self.store.signature_path(rid)
-            elif _CHUNK_NAME.fullmatch(f.path):
-                known = self.catalog.chunk_identity(f.path)
-                if known is not None and known != (f.size, f.v2_root):
-                    # Same name, other bytes: a lie. Mapping it would let libtorrent
-                    # overwrite a verified chunk that other releases use.
-                    raise ReleaseMismatchError(
-                        f"torrent file {f.path} claims other bytes than the store's verified "
-                        "chunk of that name"
-                    )
-                layout[f.index] = f.path
-            else:
-                raise ReleaseMismatchError(
-                    f"torrent file {f.path[:80]!r} is not part of a p2pweights release"
-                )
-        self.store.release_dir(rid)
-        return layout
-
-    def _authenticate(self, rid: str, tf: TorrentFile, *, tofu: bool) -> Release:
-        root = self.store.release_dir(rid)
-        trust = TrustStore.load(trust_path(self.config.home))
-        try:
-            release = open_release(root, trust)
-        except UntrustedKeyError:
-            if not tofu:
-                raise
-            key = publisher_of((root / MANIFEST_NAME).read_bytes())
-            trust.add(key, f"tofu-{key.fingerprint.replace(':', '')}")
-            log.warning("trusting publisher %s on first use", key.fingerprint)
-            release = open_release(root, trust)
-        chunks = {c.path: c for c in release.manifest.chunks}
-        files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
-        if set(chunks) != set(files):
-            extra = sorted(set(files) ^ set(chunks))[:3]
-            raise ReleaseMismatchError(
-                f"the torrent's files differ from the signed chunk list (e.g. {extra})"
-            )
-        for path, chunk in chunks.items():
-            f = files[path]
-            if f.size != chunk.size or f.v2_root != chunk.v2_root:
-                raise ReleaseMismatchError(
-                    f"torrent file {path} has another size or v2 root than the signed manifest"
-                )
-        return release
-
-    def _wanted_chunks(self, release: Release, include: Sequence[str]) -> list[str]:
-        manifest = release.manifest
-        if not include:
-            return [c.path for c in manifest.chunks]
-        wanted = {
-            t.chunk
-            for t in manifest.tensors.values()
-            if any(fnmatch.fnmatchcase(t.name, pat) for pat in include)
-        }
-        if not wanted:
-            raise LoadError(f"include patterns {list(include)[:5]} match no tensor")
-        return sorted(wanted)
 
     def _record_manifest(self, rid: str, release: Release, tf: TorrentFile) -> None:
         m = release.manifest

@@ -1,0 +1,147 @@
+"""Admission: what a torrent must be before any of it touches the store.
+
+Three checks, in the order a fetch meets them:
+
+1. :func:`store_layout` — on metadata: the torrent holds only ``manifest.json``, a 64-byte
+   ``manifest.sig`` and ``chunks/<sha256>[.safetensors]`` files, and a chunk name the store
+   already has carries the same size and v2 root (else libtorrent could be made to
+   overwrite a verified chunk that other releases share).
+2. :func:`authenticate` — once the manifest files are in: trusted publisher (or trust on
+   first use, when asked), good signature, valid schema, and a chunk list equal to the
+   torrent's files, size and v2 root for each.
+3. :func:`wanted_chunks` — which chunks an ``include`` selection needs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from p2pweights.errors import FormatError, LoadError, ReleaseMismatchError, UntrustedKeyError
+from p2pweights.manifest import LIMITS, publisher_of
+from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, Release, open_release
+from p2pweights.trust import TrustStore
+
+from .catalog import Catalog
+from .engine import TorrentFile
+from .store import Store
+
+__all__ = [
+    "PRIO_CHUNK",
+    "authenticate",
+    "manifest_only",
+    "parse_peer",
+    "store_layout",
+    "wanted_chunks",
+]
+
+log = logging.getLogger(__name__)
+
+_CHUNK_NAME = re.compile(r"chunks/[0-9a-f]{64}(\.safetensors)?")
+PRIO_META = 7
+PRIO_CHUNK = 4
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` with an IP literal host (``[v6]:port`` for IPv6).
+
+    Raises:
+        FormatError: anything else.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(text)
+    except ValueError:
+        raise FormatError(f"peer {text[:80]!r} is not IP:PORT") from None
+    return host, int(port)
+
+
+def manifest_only(tf: TorrentFile) -> list[int]:
+    """File priorities that want only manifest.json and manifest.sig."""
+    prios = [0] * tf.num_files
+    prios[tf.file(MANIFEST_NAME).index] = PRIO_META
+    prios[tf.file(SIGNATURE_NAME).index] = PRIO_META
+    return prios
+
+
+def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> dict[int, str]:
+    """Where each torrent file goes in the store; refuses anything not of a release."""
+    layout: dict[int, str] = {}
+    names = {f.path for f in tf.files}
+    if MANIFEST_NAME not in names or SIGNATURE_NAME not in names:
+        raise ReleaseMismatchError("the torrent has no manifest.json and manifest.sig")
+    for f in tf.files:
+        if f.path == MANIFEST_NAME:
+            if f.size > LIMITS.manifest_bytes:
+                raise ReleaseMismatchError("the torrent's manifest.json is over the limit")
+            layout[f.index] = store.manifest_path(rid)
+        elif f.path == SIGNATURE_NAME:
+            if f.size != 64:
+                raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
+            layout[f.index] = store.signature_path(rid)
+        elif _CHUNK_NAME.fullmatch(f.path):
+            known = catalog.chunk_identity(f.path)
+            if known is not None and known != (f.size, f.v2_root):
+                # Same name, other bytes: a lie. Mapping it would let libtorrent
+                # overwrite a verified chunk that other releases use.
+                raise ReleaseMismatchError(
+                    f"torrent file {f.path} claims other bytes than the store's verified "
+                    "chunk of that name"
+                )
+            layout[f.index] = f.path
+        else:
+            raise ReleaseMismatchError(
+                f"torrent file {f.path[:80]!r} is not part of a p2pweights release"
+            )
+    store.release_dir(rid)
+    return layout
+
+
+def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -> Release:
+    """The release at ``root``, authenticated and checked against the torrent ``tf``."""
+    trust = TrustStore.load(trust_file)
+    try:
+        release = open_release(root, trust)
+    except UntrustedKeyError:
+        if not tofu:
+            raise
+        key = publisher_of((root / MANIFEST_NAME).read_bytes())
+        trust.add(key, f"tofu-{key.fingerprint.replace(':', '')}")
+        log.warning("trusting publisher %s on first use", key.fingerprint)
+        release = open_release(root, trust)
+    chunks = {c.path: c for c in release.manifest.chunks}
+    files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
+    if set(chunks) != set(files):
+        extra = sorted(set(files) ^ set(chunks))[:3]
+        raise ReleaseMismatchError(
+            f"the torrent's files differ from the signed chunk list (e.g. {extra})"
+        )
+    for path, chunk in chunks.items():
+        f = files[path]
+        if f.size != chunk.size or f.v2_root != chunk.v2_root:
+            raise ReleaseMismatchError(
+                f"torrent file {path} has another size or v2 root than the signed manifest"
+            )
+    return release
+
+
+def wanted_chunks(release: Release, include: Sequence[str]) -> list[str]:
+    """Chunk paths holding tensors that match ``include`` (all chunks when empty)."""
+    manifest = release.manifest
+    if not include:
+        return [c.path for c in manifest.chunks]
+    wanted = {
+        t.chunk
+        for t in manifest.tensors.values()
+        if any(fnmatch.fnmatchcase(t.name, pat) for pat in include)
+    }
+    if not wanted:
+        raise LoadError(f"include patterns {list(include)[:5]} match no tensor")
+    return sorted(wanted)
