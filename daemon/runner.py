@@ -50,9 +50,10 @@ def engine_settings(config: DaemonConfig) -> EngineSettings:
         download_rate_limit=config.download_rate,
         apply_limits_to_local=config.rate_limit_local,
         allow_multiple_connections_per_ip=config.profile == "local",
-        # A fetch raises priorities after the manifest stage; the seeder has dropped the
-        # then upload-only connection, and libtorrent's 60 s default would stall it.
-        min_reconnect_time=1 if config.profile == "local" else 5,
+        # A fetch raises priorities after the manifest stage and redials its peers;
+        # libtorrent's 60 s default would stall that. 0 only on loopback: elsewhere a
+        # failing peer would be redialled without any back-off.
+        min_reconnect_time=0 if config.profile == "local" else 5,
         # Keep the link to a seeder while we are briefly upload-only (manifest stage):
         # closing it costs a reconnect of a second or more per fetch.
         close_redundant_connections=False,

@@ -359,7 +359,7 @@ class Service:
         stop_saver = asyncio.Event()
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
-            await self._want(tid, prios, peers)
+            await self._want(tid, prios, peers, after_pause=True)
             await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
         except BaseException:
             saver.cancel()
@@ -404,14 +404,20 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _RESUME_EVERY)
 
-    async def _want(self, tid: str, prios: list[int], peers: Sequence[tuple[str, int]]) -> None:
+    async def _want(self, tid: str, prios: list[int], peers: Sequence[tuple[str, int]], *,
+                    after_pause: bool = False) -> None:
         """Set file priorities, then dial the explicit peers again.
 
-        While a torrent wants nothing it is upload-only, and a seeder drops the
-        connection (two seeds have nothing to trade); when it wants data again, it must
-        reconnect rather than wait for the next announce.
+        A torrent that wanted nothing was upload-only: a peer may have dropped it, and one
+        that stayed is in libtorrent's slow start (a two-block request queue that takes
+        about a second to grow). With ``after_pause``, where redialling is instant
+        (``min_reconnect_time`` 0, the local profile), the peers are reconnected afresh;
+        elsewhere a redial could wait seconds, so the slow start is the cheaper path.
         """
         await self.engine.set_file_priorities(tid, prios)
+        instant = self.engine.settings.min_reconnect_time == 0
+        if after_pause and instant and self.engine.status(tid).num_peers:
+            await self.engine.reconnect(tid)
         for host, port in peers:
             self.engine.connect_peer(tid, host, port)
 
