@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._canonical import dumps, loads_strict
+from ._canonical import dumps, encode_parsed, loads_strict
 from ._paths import check_relative
 from ._safetensors import DTYPES, MAX_RANK, expected_nbytes
 from .errors import KeyFileError, ManifestError, UnsafePathError
@@ -39,6 +39,8 @@ __all__ = [
     "Limits",
     "Manifest",
     "TensorEntry",
+    "publisher_in",
+    "publisher_of",
 ]
 
 FORMAT = "p2pweights.manifest/1"
@@ -172,9 +174,19 @@ class Manifest:
             UnsafePathError: a chunk or file path that could escape its directory.
 
         """
-        doc = loads_strict(data, max_bytes=limits.manifest_bytes)
+        return cls.from_parsed(loads_strict(data, max_bytes=limits.manifest_bytes), data,
+                               limits=limits)
+
+    @classmethod
+    def from_parsed(cls, doc: object, data: bytes, *, limits: Limits = LIMITS) -> Manifest:
+        """Validate ``doc``, which :func:`loads_strict` parsed from exactly ``data``.
+
+        Raises:
+            ManifestError: schema, limits, or non-canonical encoding.
+            UnsafePathError: a chunk or file path that could escape its directory.
+        """
         manifest = _parse(doc, limits)
-        if dumps(doc) != data:
+        if encode_parsed(doc) != data:
             raise ManifestError("manifest is not in canonical form (sorted keys, no whitespace)")
         return manifest
 
@@ -186,7 +198,15 @@ def publisher_of(data: bytes, *, limits: Limits = LIMITS) -> PublicKey:
         ManifestError: if the bytes are not a manifest with a well-formed publisher key.
 
     """
-    doc = loads_strict(data, max_bytes=limits.manifest_bytes)
+    return publisher_in(loads_strict(data, max_bytes=limits.manifest_bytes))
+
+
+def publisher_in(doc: object) -> PublicKey:
+    """The publisher key of a parsed (not yet validated) manifest document.
+
+    Raises:
+        ManifestError: not an object, or no well-formed publisher key.
+    """
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ._canonical import loads_strict
 from .errors import LoadError, ManifestError, ReleaseExpiredError, SignatureError
 from .keys import SIGNATURE_BYTES
-from .manifest import LIMITS, Manifest, publisher_of
+from .manifest import LIMITS, Manifest, publisher_in
 from .trust import TrustStore
 
 __all__ = [
@@ -118,10 +118,11 @@ def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> 
         sig = _read_limited(root / SIGNATURE_NAME, SIGNATURE_BYTES, "signature")
     except ManifestError as exc:
         raise SignatureError(str(exc)) from exc
-    key = publisher_of(data)
+    doc = loads_strict(data, max_bytes=LIMITS.manifest_bytes)  # parsed once, used twice
+    key = publisher_in(doc)
     name = trust.require(key)
     key.verify(sig, data)
-    manifest = Manifest.from_bytes(data)
+    manifest = Manifest.from_parsed(doc, data)
     when = time.time() if now is None else now
     if manifest.expires is not None and when > manifest.expires:
         raise ReleaseExpiredError(
