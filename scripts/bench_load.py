@@ -22,10 +22,11 @@ the cache (``posix_fadvise(DONTNEED)``, these files only) and read back sequenti
 they would be from disk. How a file came into the cache (written by ``save_file``, by pack,
 or read back through readahead) changes its page-cache folios and so the number of page
 faults a mapped pass takes, by several times on recent kernels; ``--no-recache`` skips
-this and keeps whatever the files were created with. Each side then runs once untimed to
-warm up, then the sides alternate and the median is taken. Tensors are dropped (and their
-maps closed) between runs. The pass runs on one torch thread: the same on both sides, and
-immune to OpenMP's stalls when another process holds one of the cores.
+this and leaves the cache as it is (as the files were written, in a fresh work dir; as an
+earlier run re-read them, otherwise). Each side then runs once untimed to warm up, then the
+sides alternate and the median is taken. Tensors are dropped (and their maps closed)
+between runs. The pass runs on one torch thread: the same on both sides, and immune to
+OpenMP's stalls when another process holds one of the cores.
 
 Targets (from the issue): fast <= 1.1x the safetensors time; full >= 0.8x hashlib's
 throughput.
@@ -264,7 +265,7 @@ def _print(s: Summary) -> None:
     print(f"  {s.cpus} CPUs; median of {s.repeats} runs per side (alternating), "
           "each side warmed once untimed")
     cache = ("all files dropped from the page cache and read back first" if s.recached
-             else "page cache as the files were written (--no-recache)")
+             else "page cache left as it was (--no-recache)")
     print(f"  fast: open, then one pass reading every tensor byte; {cache}")
     for name, side in (("safetensors load_file", s.fast_baseline),
                        ('p2pweights.load(fast)', s.fast_p2pw)):
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--no-recache", action="store_true",
-                        help="keep the page cache as the files were written (see above)")
+                        help="leave the page cache as it is (see the module docstring)")
     args = parser.parse_args(argv)
     check_common_args(parser, args)
     torch.set_num_threads(1)

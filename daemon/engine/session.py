@@ -1,609 +1,36 @@
-"""The daemon's BitTorrent engine: the one module that imports libtorrent.
-
-It does three things:
-
-* **Torrents from releases.** :func:`make_torrent` turns a release directory into a
-  BitTorrent v2 torrent (v2-only by default, hybrid on request) whose files are exactly
-  ``manifest.json``, ``manifest.sig`` and the manifest's chunks, never local state such as
-  the verify records. :func:`parse_torrent` and :func:`parse_magnet` read hostile input
-  strictly.
-* **A session in asyncio.** :class:`Engine` owns one ``libtorrent.session``. Alerts reach
-  the event loop through ``session.set_alert_fd`` on a socket pair watched with
-  ``loop.add_reader``: libtorrent writes one byte from its own thread and never touches
-  Python, so there is no busy polling and no GIL deadlock (``set_alert_notify`` calls a
-  Python callback from the network thread, which the libtorrent docs warn can deadlock).
-* **Awaitable milestones.** Metadata, file completion, finishing, renames, rechecks,
-  pauses and resume data are futures resolved from alerts. Waiters never time out on
-  their own; wrap them in :func:`asyncio.wait_for`. A ``torrent_error_alert`` or
-  ``file_error_alert`` fails every waiter of that torrent with :class:`TorrentFailedError`.
-  Hash failures are not fatal (libtorrent bans the peer and fetches the piece again);
-  they are counted in :attr:`TorrentStatus.failed_bytes` and reported as events.
-
-Torrent layout. Every file of a release torrent sits under one root directory, the
-torrent's name, derived from the manifest: ``ORG/MODEL`` version ``N`` gives
-``ORG--MODEL-vN``. :attr:`TorrentFileEntry.path` is the path *below* that root, i.e. the
-path inside the release directory (``manifest.json``, ``chunks/<sha256>.safetensors``).
-libtorrent itself would place file ``i`` at ``save_path/<name>/<path>``; pass
-``file_paths`` (libtorrent's ``renamed_files``) to put any file anywhere below
-``save_path``. ``TorrentFile.release_layout()`` maps a torrent onto a release directory
-(``save_path`` = the release dir), which is how a publisher seeds in place.
-
-Torrents are identified by their v2 info-hash in hex (64 characters). v1-only torrents
-and magnets are refused: the chain of trust needs the v2 per-file roots.
-"""
+"""One libtorrent session driven from asyncio: alerts, waiters, torrents."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
-import os
 import socket
-import tempfile
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Self, cast
+from typing import Any, Self, cast
 
 import libtorrent as lt
 
 from p2pweights._paths import check_relative
-from p2pweights.errors import (
-    ChunkError,
-    CorruptChunkError,
-    FormatError,
-    ManifestError,
-    MissingChunkError,
-    SwarmError,
-)
-from p2pweights.manifest import LIMITS, Manifest
-from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME
+from p2pweights.errors import FormatError
 
-__all__ = [
-    "DEFAULT_DHT_BOOTSTRAP",
-    "DEFAULT_PIECE_SIZE",
-    "Engine",
-    "EngineError",
-    "EngineEvent",
-    "EngineSettings",
-    "EventStream",
-    "MagnetLink",
-    "TorrentFailedError",
-    "TorrentFile",
-    "TorrentFileEntry",
-    "TorrentStatus",
-    "make_torrent",
-    "parse_magnet",
-    "parse_torrent",
-    "torrent_name",
-]
+from .settings import EngineSettings
+from .torrents import parse_magnet, torrent_from_info
+from .values import (
+    EngineError,
+    EngineEvent,
+    MagnetLink,
+    TorrentFailedError,
+    TorrentFile,
+    TorrentFileEntry,
+    TorrentState,
+    TorrentStatus,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
-"""Piece size of release torrents. It is part of the info dict, so part of the info-hash."""
-
-DEFAULT_DHT_BOOTSTRAP = (
-    "dht.libtorrent.org:25401,router.bittorrent.com:6881,router.utorrent.com:6881,"
-    "dht.transmissionbt.com:6881,dht.aelitis.com:6881"
-)
-"""libtorrent's own default bootstrap list, spelled out so the real-world profile is explicit."""
-
-MAX_TORRENT_BYTES = 64 * 1024 * 1024
-"""Largest .torrent accepted (v2 piece layers cost 32 bytes per piece)."""
-
-MAX_MAGNET_CHARS = 64 * 1024
-
-_MIN_PIECE = 16 * 1024
-_MAX_PIECE = 64 * 1024 * 1024
-_ZERO_ROOT = "0" * 64
-_CREATOR = "p2pweights"
-
-_ALERT_MASK = (
-    lt.alert.category_t.error_notification
-    | lt.alert.category_t.status_notification
-    | lt.alert.category_t.storage_notification
-    | lt.alert.category_t.file_progress_notification
-    | lt.alert.category_t.piece_progress_notification
-)
-
-
-class EngineError(SwarmError):
-    """The BitTorrent engine failed: a session, torrent or operation that did not work."""
-
-
-class TorrentFailedError(EngineError):
-    """A torrent stopped on an error (disk, file or torrent error reported by libtorrent)."""
-
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    """The libtorrent settings the daemon exposes; everything else keeps libtorrent's default."""
-
-    listen_interfaces: str = "0.0.0.0:6881,[::]:6881"
-    outgoing_interface: str = ""
-    enable_dht: bool = True
-    dht_bootstrap_nodes: str = DEFAULT_DHT_BOOTSTRAP
-    dht_allow_local: bool = False
-    """Let the DHT route through private/loopback addresses (a loopback test swarm)."""
-    enable_lsd: bool = True
-    enable_upnp: bool = True
-    enable_natpmp: bool = True
-    enable_utp: bool = True
-    upload_rate_limit: int = 0
-    """Bytes per second, 0 = unlimited."""
-    download_rate_limit: int = 0
-    """Bytes per second, 0 = unlimited."""
-    apply_limits_to_local: bool = False
-    """Put every address in the global peer class, so limits bite on loopback and LAN too."""
-    allow_multiple_connections_per_ip: bool = False
-    close_redundant_connections: bool = True
-    disk_io: Literal["mmap", "pread", "posix"] = "mmap"
-    """libtorrent's disk back end; mmap measured lowest CPU per byte here."""
-    """Drop a connection when neither side wants anything; off keeps seeds connected to a
-    torrent that wants nothing *yet* (a magnet fetched in stages)."""
-    min_reconnect_time: int = 60
-    """Seconds before libtorrent dials a peer again, ``connect_peer`` included. A recheck
-    disconnects every peer, so a staged fetch on a quiet swarm wants this small."""
-    status_interval: float = 1.0
-    """Seconds between progress events, while someone subscribes to events."""
-
-    @classmethod
-    def default(cls) -> EngineSettings:
-        """The real-world profile: DHT with public bootstrap, LSD, uTP, UPnP and NAT-PMP."""
-        return cls()
-
-    @classmethod
-    def local_only(
-        cls, addr: str, *, port: int = 0, dht_bootstrap_nodes: str = "", **overrides: Any
-    ) -> EngineSettings:
-        """A session bound to one loopback address that contacts nothing else.
-
-        DHT, LSD, UPnP, NAT-PMP and uTP are off, and ``min_reconnect_time`` is 1 s.
-        Passing ``dht_bootstrap_nodes`` (loopback ``host:port`` pairs) turns on a DHT that
-        may route only among local nodes.
-
-        Raises:
-            EngineError: ``addr`` is not a loopback address.
-
-        """
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError as exc:
-            raise EngineError(f"{addr!r} is not an IP address") from exc
-        if not ip.is_loopback:
-            raise EngineError(f"local_only needs a loopback address, not {addr}")
-        host = f"[{addr}]" if ip.version == 6 else addr
-        values: dict[str, Any] = {
-            "listen_interfaces": f"{host}:{port}",
-            "outgoing_interface": addr,
-            "enable_dht": bool(dht_bootstrap_nodes),
-            "dht_bootstrap_nodes": dht_bootstrap_nodes,
-            "dht_allow_local": bool(dht_bootstrap_nodes),
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "enable_utp": False,
-            "allow_multiple_connections_per_ip": True,
-            # A quiet test swarm has one seeder; do not wait a minute to dial it again
-            # after a recheck or after the torrent wanted nothing for a while.
-            "min_reconnect_time": 1,
-        }
-        values.update(overrides)
-        return cls(**values)
-
-    def settings_pack(self) -> dict[str, Any]:
-        """The libtorrent ``settings_pack`` dict for these settings."""
-        return {
-            "listen_interfaces": self.listen_interfaces,
-            "outgoing_interfaces": self.outgoing_interface,
-            "enable_dht": self.enable_dht,
-            "dht_bootstrap_nodes": self.dht_bootstrap_nodes,
-            "dht_restrict_routing_ips": not self.dht_allow_local,
-            "dht_restrict_search_ips": not self.dht_allow_local,
-            "dht_prefer_verified_node_ids": not self.dht_allow_local,
-            "enable_lsd": self.enable_lsd,
-            "enable_upnp": self.enable_upnp,
-            "enable_natpmp": self.enable_natpmp,
-            "enable_outgoing_utp": self.enable_utp,
-            "enable_incoming_utp": self.enable_utp,
-            "upload_rate_limit": self.upload_rate_limit,
-            "download_rate_limit": self.download_rate_limit,
-            "allow_multiple_connections_per_ip": self.allow_multiple_connections_per_ip,
-            "close_redundant_connections": self.close_redundant_connections,
-            "min_reconnect_time": self.min_reconnect_time,
-            "alert_mask": _ALERT_MASK,
-            "alert_queue_size": 10_000,
-            # libtorrent's high_performance_seed send buffers: measured +8-25 % on a
-            # loopback fetch, with less seeder CPU.
-            "send_buffer_watermark": 4 * 1024 * 1024,
-            "send_buffer_low_watermark": 1024 * 1024,
-            "send_buffer_watermark_factor": 150,
-            "send_not_sent_low_watermark": 512 * 1024,
-            "user_agent": f"{_CREATOR}/libtorrent {lt.__version__}",
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentFileEntry:
-    """One real (non-pad) file of a torrent."""
-
-    index: int
-    """libtorrent's file index (pad files take indices too, so these are not contiguous)."""
-    path: str
-    """Path below the torrent's root directory, e.g. ``chunks/<sha256>.safetensors``."""
-    size: int
-    v2_root: str
-    """Hex BEP 52 file root; the empty string for an empty file (as in the manifest)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentFile:
-    """A parsed, validated v2 (or hybrid) torrent."""
-
-    data: bytes
-    """The bencoded .torrent."""
-    name: str
-    """The torrent's root directory name."""
-    info_hash_v2: str
-    info_hash_v1: str | None
-    """Set for hybrid torrents only."""
-    piece_size: int
-    magnet: str
-    """A ``magnet:?xt=urn:btmh:1220…`` link (plus ``btih`` for hybrids)."""
-    files: tuple[TorrentFileEntry, ...]
-    num_files: int
-    """libtorrent's file count, pad files included: the length of a priority list."""
-
-    @property
-    def id(self) -> str:
-        """The engine's id for this torrent: the v2 info-hash in hex."""
-        return self.info_hash_v2
-
-    def file(self, path: str) -> TorrentFileEntry:
-        """The entry for ``path`` (below the root).
-
-        Raises:
-            KeyError: no such file.
-
-        """
-        for f in self.files:
-            if f.path == path:
-                return f
-        raise KeyError(path)
-
-    def release_layout(self, prefix: str = "") -> dict[int, str]:
-        """``file_paths`` that lay the torrent out as a release dir at ``save_path/prefix``."""
-        base = prefix.strip("/")
-        return {f.index: f"{base}/{f.path}" if base else f.path for f in self.files}
-
-
-@dataclass(frozen=True, slots=True)
-class MagnetLink:
-    """A validated magnet link that names a v2 torrent."""
-
-    uri: str
-    info_hash_v2: str
-    info_hash_v1: str | None
-    name: str | None
-    peers: tuple[tuple[str, int], ...]
-    trackers: tuple[str, ...]
-
-    @property
-    def id(self) -> str:
-        """The engine's id for this torrent: the v2 info-hash in hex."""
-        return self.info_hash_v2
-
-
-TorrentState = Literal[
-    "queued_for_checking", "checking_files", "downloading_metadata", "downloading",
-    "finished", "seeding", "allocating", "checking_resume_data", "unknown",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentStatus:
-    """A snapshot of one torrent."""
-
-    id: str
-    name: str
-    state: TorrentState
-    paused: bool
-    has_metadata: bool
-    is_finished: bool
-    """All wanted pieces are there (state finished or seeding)."""
-    is_seeding: bool
-    progress: float
-    """0.0-1.0 of the wanted bytes."""
-    total_done: int
-    total_wanted: int
-    total_wanted_done: int
-    total_payload_download: int
-    """Payload bytes downloaded in this session (since add)."""
-    total_payload_upload: int
-    all_time_download: int
-    all_time_upload: int
-    download_rate: int
-    """Payload bytes per second."""
-    upload_rate: int
-    num_peers: int
-    num_seeds: int
-    failed_bytes: int
-    """Bytes that failed the hash check (``total_failed_bytes``)."""
-    redundant_bytes: int
-    error: str | None
-
-
-EventKind = Literal[
-    "added", "metadata", "state", "file_completed", "finished", "checked", "paused",
-    "resumed", "hash_failed", "error", "removed", "renamed", "resume_rejected", "progress",
-    "piece",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class EngineEvent:
-    """Something that happened to a torrent; what a daemon forwards to an event stream."""
-
-    kind: EventKind
-    torrent: str
-    status: TorrentStatus | None = None
-    """Set for ``progress`` events (periodic, only for torrents that changed)."""
-    file_index: int | None = None
-    message: str = ""
-
-
-# --------------------------------------------------------------------------- torrents
-
-
-def torrent_name(manifest: Manifest) -> str:
-    """The root directory name of a release's torrent: ``ORG--MODEL-vN``."""
-    return f"{manifest.name.replace('/', '--')}-v{manifest.version}"
-
-
-def _read_manifest(release_dir: Path) -> Manifest:
-    path = release_dir / MANIFEST_NAME
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(LIMITS.manifest_bytes + 1)
-    except FileNotFoundError:
-        raise ManifestError(f"{path} is missing: not a release directory") from None
-    except OSError as exc:
-        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(data) > LIMITS.manifest_bytes:
-        raise ManifestError(f"{path} is over the limit of {LIMITS.manifest_bytes} bytes")
-    return Manifest.from_bytes(data)
-
-
-def _file_size(path: Path, rel: str) -> int:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        raise MissingChunkError(f"{rel} is missing from the release at {path.parent}") from None
-    if not path.is_file():
-        raise ChunkError(f"{rel} in the release is not a regular file")
-    return st.st_size
-
-
-def make_torrent(
-    release_dir: Path,
-    *,
-    hybrid: bool = False,
-    piece_size: int = DEFAULT_PIECE_SIZE,
-    trackers: Sequence[str] = (),
-) -> TorrentFile:
-    """Build the torrent of a release directory.
-
-    The torrent holds ``manifest.json``, ``manifest.sig`` and every chunk the manifest
-    lists, under the root directory :func:`torrent_name`. The bytes are reproducible:
-    the creation date is the manifest's ``created`` and no mtimes are stored, so anyone
-    holding the release makes the same torrent and the same info-hash.
-
-    Args:
-        release_dir: the release.
-        hybrid: also make v1 piece hashes (for v1-only clients); default v2-only.
-        piece_size: a power of two from 16 KiB to 64 MiB. Part of the info-hash.
-        trackers: announce URLs to put in the torrent.
-
-    Returns:
-        The torrent.
-
-    Raises:
-        ManifestError: the manifest is missing or malformed.
-        MissingChunkError: a file the manifest names is not there.
-        CorruptChunkError: a chunk's size or v2 root differs from the manifest.
-        FormatError: a bad piece size.
-
-    """
-    if piece_size < _MIN_PIECE or piece_size > _MAX_PIECE or piece_size & (piece_size - 1):
-        raise FormatError(f"piece size {piece_size} is not a power of two in 16 KiB..64 MiB")
-    manifest = _read_manifest(release_dir)
-    name = torrent_name(manifest)
-    sizes = {
-        MANIFEST_NAME: _file_size(release_dir / MANIFEST_NAME, MANIFEST_NAME),
-        SIGNATURE_NAME: _file_size(release_dir / SIGNATURE_NAME, SIGNATURE_NAME),
-    }
-    for chunk in manifest.chunks:
-        size = _file_size(release_dir / chunk.path, chunk.path)
-        if size != chunk.size:
-            raise CorruptChunkError(
-                f"chunk {chunk.path} has {size} bytes, the manifest says {chunk.size}"
-            )
-        sizes[chunk.path] = size
-    entries = [lt.create_file_entry(f"{name}/{rel}", size) for rel, size in sorted(sizes.items())]
-    flags = 0 if hybrid else lt.create_torrent.v2_only
-    ct = lt.create_torrent(entries, piece_size, flags)
-    # set_piece_hashes reads `<base>/<name>/<path>`; a symlink named after the torrent
-    # lets it read the release dir in place, whatever that dir is called.
-    with tempfile.TemporaryDirectory(prefix="p2pw-torrent-") as tmp:
-        os.symlink(release_dir.resolve(), Path(tmp) / name)
-        try:
-            lt.set_piece_hashes(ct, tmp)
-        except RuntimeError as exc:
-            raise ChunkError(f"cannot hash the release at {release_dir}: {exc}") from exc
-    ct.set_creation_date(manifest.created)
-    ct.set_creator(_CREATOR)
-    for tier, url in enumerate(trackers):
-        ct.add_tracker(url, tier)
-    torrent = parse_torrent(lt.bencode(ct.generate()))
-    roots = {f.path: f.v2_root for f in torrent.files}
-    for chunk in manifest.chunks:
-        if roots.get(chunk.path) != chunk.v2_root:
-            raise CorruptChunkError(
-                f"chunk {chunk.path} hashes to v2 root {roots.get(chunk.path)}, "
-                f"the manifest says {chunk.v2_root}"
-            )
-    return torrent
-
-
-def parse_torrent(data: bytes) -> TorrentFile:
-    """Parse and validate a .torrent (hostile input).
-
-    Raises:
-        FormatError: not a torrent, not v2, or odd paths (absolute, ``..``, symlinks).
-
-    """
-    if len(data) > MAX_TORRENT_BYTES:
-        raise FormatError(f"torrent is over the limit of {MAX_TORRENT_BYTES} bytes")
-    try:
-        ti = lt.torrent_info(data)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise FormatError(f"not a valid torrent: {exc}") from exc
-    return _torrent_from_info(ti, data)
-
-
-def _torrent_from_info(ti: Any, data: bytes) -> TorrentFile:
-    hashes = ti.info_hashes()
-    if not hashes.has_v2():
-        raise FormatError("not a BitTorrent v2 torrent (no v2 info-hash)")
-    fs = ti.layout()
-    name = fs.name()
-    check_relative(name, what="torrent name")
-    if "/" in name:
-        raise FormatError(f"torrent name {name[:80]!r} has a '/'")
-    files = tuple(_files_of(fs, name))
-    return TorrentFile(
-        data=data,
-        name=name,
-        info_hash_v2=str(hashes.v2),
-        info_hash_v1=str(hashes.v1) if hashes.has_v1() else None,
-        piece_size=ti.piece_length(),
-        magnet=lt.make_magnet_uri(ti),
-        files=files,
-        num_files=fs.num_files(),
-    )
-
-
-def _files_of(fs: Any, name: str) -> Iterable[TorrentFileEntry]:
-    pad = lt.file_storage.flag_pad_file
-    symlink = lt.file_storage.flag_symlink
-    for i in range(fs.num_files()):
-        flags = fs.file_flags(i)
-        if flags & pad:
-            continue
-        path = fs.file_path(i)
-        if flags & symlink:
-            raise FormatError(f"torrent file {path[:80]!r} is a symlink")
-        if fs.num_files() == 1 and path == name:
-            rel = name
-        elif path.startswith(name + "/"):
-            rel = path[len(name) + 1 :]
-        else:
-            raise FormatError(f"torrent file {path[:80]!r} is outside the root {name!r}")
-        check_relative(rel, what="torrent file path")
-        root = str(fs.root(i))
-        yield TorrentFileEntry(i, rel, fs.file_size(i), "" if root == _ZERO_ROOT else root)
-
-
-def parse_magnet(uri: str) -> MagnetLink:
-    """Parse and validate a magnet link naming a v2 torrent (hostile input).
-
-    Accepted: one ``xt=urn:btmh:1220<64 hex>``, optionally one ``xt=urn:btih:<40 hex>``
-    (hybrids), ``dn``, ``tr`` (http, https, udp), ``x.pe`` (``ip:port`` or
-    ``[ipv6]:port`` or ``host:port``). Other keys are ignored.
-
-    Raises:
-        FormatError: anything malformed, or no v2 info-hash.
-
-    """
-    if not isinstance(uri, str) or len(uri) > MAX_MAGNET_CHARS:
-        raise FormatError("magnet link is not a string or is too long")
-    if not uri.startswith("magnet:?"):
-        raise FormatError(f"{uri[:40]!r} is not a magnet link")
-    try:
-        pairs = urllib.parse.parse_qsl(uri[len("magnet:?"):], strict_parsing=True,
-                                       keep_blank_values=True, max_num_fields=1000)
-    except ValueError as exc:
-        raise FormatError(f"malformed magnet link: {exc}") from exc
-    v2: str | None = None
-    v1: str | None = None
-    name: str | None = None
-    peers: list[tuple[str, int]] = []
-    trackers: list[str] = []
-    for key, value in pairs:
-        if any(ord(c) < 0x20 for c in value):
-            raise FormatError(f"magnet {key} holds control characters")
-        if key == "xt":
-            if value.startswith("urn:btmh:"):
-                mh = value[len("urn:btmh:"):].lower()
-                if v2 is not None or len(mh) != 68 or not mh.startswith("1220") or not _is_hex(mh):
-                    raise FormatError("magnet has a malformed or repeated urn:btmh info-hash")
-                v2 = mh[4:]
-            elif value.startswith("urn:btih:"):
-                ih = value[len("urn:btih:"):].lower()
-                if v1 is not None or len(ih) != 40 or not _is_hex(ih):
-                    raise FormatError("magnet has a malformed or repeated urn:btih info-hash")
-                v1 = ih
-            else:
-                raise FormatError(f"magnet xt {value[:40]!r} is neither btmh nor btih")
-        elif key == "dn":
-            if name is not None or len(value) > 255:
-                raise FormatError("magnet dn is repeated or too long")
-            name = value
-        elif key == "tr":
-            scheme = urllib.parse.urlsplit(value).scheme
-            if scheme not in ("http", "https", "udp") or len(value) > 2048:
-                raise FormatError(f"magnet tracker {value[:60]!r} is not an http/https/udp URL")
-            trackers.append(value)
-        elif key == "x.pe":
-            peers.append(_parse_peer(value))
-    if v2 is None:
-        raise FormatError("magnet link has no v2 info-hash (xt=urn:btmh:1220…)")
-    try:
-        params = lt.parse_magnet_uri(uri)
-    except RuntimeError as exc:
-        raise FormatError(f"libtorrent rejects the magnet link: {exc}") from exc
-    if str(params.info_hashes.v2) != v2:
-        raise FormatError("libtorrent reads another info-hash from the magnet link")
-    return MagnetLink(uri, v2, v1, name, tuple(peers), tuple(trackers))
-
-
-def _is_hex(s: str) -> bool:
-    return all(c in "0123456789abcdef" for c in s)
-
-
-def _parse_peer(value: str) -> tuple[str, int]:
-    host, sep, port_s = value.rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise FormatError(f"magnet peer {value[:60]!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError as exc:
-            raise FormatError(f"magnet peer {value[:60]!r} has a bad IPv6 address") from exc
-    elif not host or len(host) > 253 or not all(c.isalnum() or c in ".-" for c in host):
-        raise FormatError(f"magnet peer {value[:60]!r} has a bad host")
-    return host, int(port_s)
-
-
-# --------------------------------------------------------------------------- engine
 
 
 @dataclass(eq=False)
@@ -693,8 +120,9 @@ class Engine:
     Every method must be called from the event loop that started the engine.
     """
 
-    def __init__(self, session: Any, settings: EngineSettings,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, session: Any, settings: EngineSettings, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._ses: Any = session
         self.settings = settings
         self._loop = loop
@@ -759,8 +187,9 @@ class Engine:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self, *, save_resume: bool = True,
-                    resume_timeout: float = 30.0) -> dict[str, bytes]:
+    async def close(
+        self, *, save_resume: bool = True, resume_timeout: float = 30.0
+    ) -> dict[str, bytes]:
         """Save resume data of every torrent (pausing each first), then end the session.
 
         Returns:
@@ -774,8 +203,10 @@ class Engine:
         if save_resume and self._torrents:
             ids = [t.id for t in self._torrents.values() if t.error is None]
             results = await asyncio.gather(
-                *(asyncio.wait_for(self.save_resume_data(i, keep_paused=True), resume_timeout)
-                  for i in ids),
+                *(
+                    asyncio.wait_for(self.save_resume_data(i, keep_paused=True), resume_timeout)
+                    for i in ids
+                ),
                 return_exceptions=True,
             )
             for tid, res in zip(ids, results, strict=True):
@@ -880,8 +311,12 @@ class Engine:
         extra_trackers = list(trackers)
         if extra_trackers:
             atp.trackers = list(atp.trackers) + extra_trackers
-        flags = atp.flags & ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed
-                              | lt.torrent_flags.seed_mode | lt.torrent_flags.default_dont_download)
+        flags = atp.flags & ~(
+            lt.torrent_flags.paused
+            | lt.torrent_flags.auto_managed
+            | lt.torrent_flags.seed_mode
+            | lt.torrent_flags.default_dont_download
+        )
         if paused:
             flags |= lt.torrent_flags.paused
         if seed_mode:
@@ -926,7 +361,7 @@ class Engine:
         if ti is None:
             return None
         data = lt.bencode({b"info": lt.bdecode(ti.info_section())})
-        return _torrent_from_info(ti, data)
+        return torrent_from_info(ti, data)
 
     def torrent_files(self, tid: str) -> tuple[TorrentFileEntry, ...]:
         """The torrent's real files (paths below the root), once metadata is known.
@@ -949,8 +384,11 @@ class Engine:
         fs = ti.layout()
         renamed = handle.get_renamed_files()
         pad = lt.file_storage.flag_pad_file
-        return {i: str(renamed.file_path(fs, i))
-                for i in range(fs.num_files()) if not fs.file_flags(i) & pad}
+        return {
+            i: str(renamed.file_path(fs, i))
+            for i in range(fs.num_files())
+            if not fs.file_flags(i) & pad
+        }
 
     def file_progress(self, tid: str) -> list[int]:
         """Bytes of each file that passed the hash check (pad files included)."""
@@ -1052,8 +490,7 @@ class Engine:
 
         def ready() -> bool:
             st = t.handle.status()
-            return bool(st.has_metadata and st.is_finished
-                        and st.state not in _CHECKING_STATES)
+            return bool(st.has_metadata and st.is_finished and st.state not in _CHECKING_STATES)
 
         await self._wait(t, ready)
 
@@ -1085,8 +522,9 @@ class Engine:
         t.handle.force_recheck()
         await fut
 
-    async def save_resume_data(self, tid: str, *, pause: bool = True,
-                               keep_paused: bool = False) -> bytes:
+    async def save_resume_data(
+        self, tid: str, *, pause: bool = True, keep_paused: bool = False
+    ) -> bytes:
         """The torrent's resume data (with its info dict), as bytes.
 
         With ``pause`` (the default) the torrent is paused first and the save waits for
@@ -1105,8 +543,9 @@ class Engine:
                 await fut
                 paused_here = True
             fut = self._expect(t, "resume_data")
-            handle.save_resume_data(lt.torrent_handle.flush_disk_cache
-                                    | lt.torrent_handle.save_info_dict)
+            handle.save_resume_data(
+                lt.torrent_handle.flush_disk_cache | lt.torrent_handle.save_info_dict
+            )
             try:
                 data: bytes = await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -1331,18 +770,26 @@ class Engine:
             log.debug("%s", a.message())
 
 
-_CHECKING_STATES = frozenset({
-    lt.torrent_status.states.checking_files,
-    lt.torrent_status.states.checking_resume_data,
-    lt.torrent_status.states.queued_for_checking,
-})
+_CHECKING_STATES = frozenset(
+    {
+        lt.torrent_status.states.checking_files,
+        lt.torrent_status.states.checking_resume_data,
+        lt.torrent_status.states.queued_for_checking,
+    }
+)
 
 
 def _state_name(state: Any) -> TorrentState:
     name = getattr(state, "name", "unknown")
     known: tuple[TorrentState, ...] = (
-        "queued_for_checking", "checking_files", "downloading_metadata", "downloading",
-        "finished", "seeding", "allocating", "checking_resume_data",
+        "queued_for_checking",
+        "checking_files",
+        "downloading_metadata",
+        "downloading",
+        "finished",
+        "seeding",
+        "allocating",
+        "checking_resume_data",
     )
     for k in known:
         if k == name:
