@@ -22,10 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=["default", "local"])
     run.add_argument("--listen", help="libtorrent listen interfaces, e.g. 127.0.0.2:0")
     run.add_argument("--outgoing-interface")
-    run.add_argument("--dht", action=argparse.BooleanOptionalAction, default=None,
-                     help="use the DHT (on loopback in the local profile)")
-    run.add_argument("--lsd", action=argparse.BooleanOptionalAction, default=None,
-                     help="use local service discovery (multicast)")
+    run.add_argument(
+        "--dht",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use the DHT (on loopback in the local profile)",
+    )
+    run.add_argument(
+        "--lsd",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use local service discovery (multicast)",
+    )
     run.add_argument("--dht-bootstrap", help="comma-separated host:port list")
     run.add_argument("--upload-rate", type=int, help="bytes/s, 0 = unlimited")
     run.add_argument("--download-rate", type=int, help="bytes/s, 0 = unlimited")

@@ -105,17 +105,24 @@ def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> d
 
 
 def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -> Release:
-    """The release at ``root``, authenticated and checked against the torrent ``tf``."""
+    """The release at ``root``, authenticated and checked against the torrent ``tf``.
+
+    With ``tofu`` an unknown publisher is trusted, but only once the signature, schema,
+    expiry and the torrent's file list all check out under its key.
+
+    Raises:
+        UntrustedKeyError, SignatureError, ManifestError, ReleaseExpiredError: the manifest.
+        ReleaseMismatchError: the torrent's files differ from the signed chunk list.
+    """
     trust = TrustStore.load(trust_file)
     try:
         release = open_release(root, trust)
+        new_key = None
     except UntrustedKeyError:
         if not tofu:
             raise
-        key = publisher_of((root / MANIFEST_NAME).read_bytes())
-        trust.add(key, f"tofu-{key.fingerprint.replace(':', '')}")
-        log.warning("trusting publisher %s on first use", key.fingerprint)
-        release = open_release(root, trust)
+        new_key = publisher_of((root / MANIFEST_NAME).read_bytes())
+        release = open_release(root, TrustStore.of_keys([new_key]))
     chunks = {c.path: c for c in release.manifest.chunks}
     files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
     if set(chunks) != set(files):
@@ -129,6 +136,9 @@ def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -
             raise ReleaseMismatchError(
                 f"torrent file {path} has another size or v2 root than the signed manifest"
             )
+    if new_key is not None:
+        trust.add(new_key, f"tofu-{new_key.fingerprint.replace(':', '')}")
+        log.warning("trusting publisher %s on first use", new_key.fingerprint)
     return release
 
 

@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -110,9 +111,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(f"request body over {MAX_BODY} bytes", status=413, exit_code=15)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError(f"request body over {MAX_BODY} bytes", status=413, exit_code=15)
+    raw = await request.read()  # the whole body; client_max_size caps it (413)
     try:
         doc = json.loads(raw.decode("utf-8") or "{}")
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -223,6 +222,8 @@ async def wait(request: web.Request) -> web.Response:
         timeout = float(request.query.get("timeout", "60"))
     except ValueError:
         raise ApiError("timeout must be a number", status=400, exit_code=15) from None
+    if not math.isfinite(timeout):
+        raise ApiError("timeout must be a finite number", status=400, exit_code=15)
     timeout = min(max(timeout, 0.0), 3600.0)
     info = await request.app[SERVICE].wait(request.match_info["id"], timeout)
     return web.json_response(info)

@@ -212,8 +212,14 @@ class Catalog:
         rows = self._db.execute(query).fetchall()
         return [_row(r) for r in rows]
 
-    def remove(self, rid: str) -> list[str]:
-        """Forget a release; returns its chunk paths that no other release uses."""
+    def remove(self, rid: str, *, forget_chunks: bool) -> list[str]:
+        """Forget a release; returns its chunk paths that no other release uses.
+
+        Args:
+            rid: the release.
+            forget_chunks: also drop those chunks' signed identities (only when their
+                files are deleted: while a file stays, its identity guards its name).
+        """
         with self._tx():
             orphans = [
                 r[0]
@@ -224,18 +230,14 @@ class Catalog:
                 )
             ]
             self._db.execute("DELETE FROM releases WHERE id=?", (rid,))
-            self._db.executemany("DELETE FROM chunks WHERE path=?", [(p,) for p in orphans])
+            if forget_chunks:
+                self._db.executemany("DELETE FROM chunks WHERE path=?", [(p,) for p in orphans])
         return orphans
 
     def chunk_identity(self, path: str) -> tuple[int, str] | None:
         """(size, v2 root) a signed manifest gave the store's chunk at ``path``, if any."""
         row = self._db.execute("SELECT size, v2_root FROM chunks WHERE path=?", (path,)).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
-
-    def chunk_users(self, path: str) -> list[str]:
-        """Releases that use a chunk."""
-        rows = self._db.execute("SELECT release_id FROM release_chunks WHERE path=?", (path,))
-        return [r[0] for r in rows]
 
 
 _COLUMNS = (

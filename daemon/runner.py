@@ -144,5 +144,6 @@ async def serve(config: DaemonConfig, *, ready_fd: int | None = None) -> None:
         catalog.close()
         config.socket_path.unlink(missing_ok=True)
         dirty.unlink(missing_ok=True)
-        os.close(pid_fd)
+        # Unlink while the lock is held: a new daemon cannot lock a file we then delete.
         config.pid_path.unlink(missing_ok=True)
+        os.close(pid_fd)

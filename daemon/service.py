@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
@@ -137,7 +138,8 @@ class Service:
         for rid, data in saved.items():
             self.catalog.save_resume(rid, data)
         for q in self._subscribers:
-            q.put_nowait(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(None)
 
     async def _restore(self, row: ReleaseRow) -> None:
         resume = self.catalog.resume_data(row.id)
@@ -185,7 +187,7 @@ class Service:
         target = await asyncio.to_thread(self.store.import_release, release, rid)
         self.store.save_torrent(rid, tf.data)
         records = ChunkRecords(target)
-        for chunk in release.manifest.chunks:  # the same inodes we just verified
+        for chunk in release.manifest.chunks:  # import_release checked each store file
             records.record(target / chunk.path, chunk.sha256)
         records.save()
         self.catalog.add_release(rid, source=str(root), state="seeding", torrent=tf.data)
@@ -248,8 +250,19 @@ class Service:
             parse_peer(p)
         rid = target.id
         row = self.catalog.get(rid)
-        if row is not None and (row.state in ("seeding", "complete") or rid in self._tasks):
+        if row is not None and rid in self._tasks:
             return self.show(rid)
+        if row is not None and row.state in ("seeding", "complete"):
+            # An empty selection means every tensor; a wider one fetches what is missing.
+            merged = (
+                ()
+                if not (row.include and include)
+                else tuple(sorted(set(row.include) | set(include)))
+            )
+            if merged == row.include or row.torrent is None:
+                return self.show(rid)
+            include = merged
+            target = parse_torrent(row.torrent)
         if rid in self.engine.torrents():
             await self.engine.remove(rid)
         self.catalog.add_release(
@@ -398,14 +411,20 @@ class Service:
             if stop.is_set():
                 return
             progressed.clear()
-            with contextlib.suppress(P2PWeightsError):
+            with contextlib.suppress(P2PWeightsError, sqlite3.Error):
                 data = await self.engine.save_resume_data(tid, pause=False)
                 self.catalog.save_resume(tid, data)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _RESUME_EVERY)
 
-    async def _want(self, tid: str, prios: list[int], peers: Sequence[tuple[str, int]], *,
-                    after_pause: bool = False) -> None:
+    async def _want(
+        self,
+        tid: str,
+        prios: list[int],
+        peers: Sequence[tuple[str, int]],
+        *,
+        after_pause: bool = False,
+    ) -> None:
         """Set file priorities, then dial the explicit peers again.
 
         A torrent that wanted nothing was upload-only: a peer may have dropped it, and one
@@ -542,7 +561,7 @@ class Service:
                 await task
         if row.id in self.engine.torrents():
             await self.engine.remove(row.id)
-        orphans = self.catalog.remove(row.id)
+        orphans = self.catalog.remove(row.id, forget_chunks=delete_data)
         if delete_data:
             self.store.remove_release(row.id, orphans)
         self._notify(row.id, "removed")
@@ -586,7 +605,8 @@ class Service:
             for rid in self.engine.torrents():
                 row = self.catalog.get(rid)
                 if row is not None and row.state not in ("error", "metadata"):
-                    with contextlib.suppress(P2PWeightsError):
+                    # A release removed meanwhile must not end this loop for good.
+                    with contextlib.suppress(P2PWeightsError, sqlite3.Error):
                         data = await self.engine.save_resume_data(rid, pause=False)
                         self.catalog.save_resume(rid, data)
 
@@ -598,7 +618,10 @@ class Service:
             for row in self.catalog.releases():
                 if row.state != "seeding" or row.id not in self.engine.torrents():
                     continue
-                st = self.engine.status(row.id)
+                try:
+                    st = self.engine.status(row.id)
+                except EngineError:
+                    continue  # removed meanwhile
                 done_ratio = st.all_time_upload / max(row.total_bytes, 1)
                 seeded = time.time() - (row.completed or time.time())
                 if (ratio and done_ratio >= ratio) or (seconds and seeded >= seconds):

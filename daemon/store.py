@@ -22,6 +22,7 @@ from pathlib import Path
 
 from p2pweights._atomic import TMP_SUFFIX, atomic_write_bytes
 from p2pweights.errors import FormatError
+from p2pweights.hashing import sha256_file
 from p2pweights.release import CHUNKS_DIR, MANIFEST_NAME, SIGNATURE_NAME, Release
 
 __all__ = ["TORRENT_NAME", "Store"]
@@ -71,7 +72,11 @@ class Store:
         return path
 
     def import_release(self, release: Release, rid: str) -> Path:
-        """Bring a local release into the store: hard links where possible, else copies.
+        """Bring a verified local release into the store: hard links, else copies.
+
+        A chunk file the store already holds is kept only when it is the release's own
+        file or hashes to the signed sha256; anything else there is replaced. So every
+        store chunk of the release is verified when this returns.
 
         Returns:
             The store's release dir.
@@ -79,9 +84,10 @@ class Store:
         target = self.release_dir(rid)
         for chunk in release.manifest.chunks:
             dest = self.root / chunk.path
-            if dest.exists():
-                continue
             src = release.chunk_path(chunk.path)
+            if dest.exists() and (os.path.samefile(src, dest) or sha256_file(dest) == chunk.sha256):
+                continue  # the verified file itself, or a file with the same bytes
+            # Absent, partial (an interrupted fetch) or damaged: replace it.
             tmp = dest.with_name(f".{dest.name}{TMP_SUFFIX}")
             try:
                 os.link(src, tmp)

@@ -8,6 +8,7 @@ as a process (``python -m p2pweightsd run``), the way ``docker`` or ``ollama`` u
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import select
@@ -20,8 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from .errors import ApiError, DaemonUnavailableError
-from .paths import data_dir
+from . import errors
+from .errors import ApiError, DaemonError, DaemonUnavailableError, P2PWeightsError
 
 __all__ = ["DaemonClient", "daemon_log_path", "socket_path", "start_daemon"]
 
@@ -36,6 +37,23 @@ def socket_path(home: Path) -> Path:
 def daemon_log_path(home: Path) -> Path:
     """Where a background daemon writes its log."""
     return home / "daemon.log"
+
+
+def _remote_error(status: int, data: dict[str, Any]) -> P2PWeightsError:
+    """The daemon's error as the same exception class it raised, where that is ours."""
+    message = str(data.get("error", f"HTTP {status}"))
+    kind = str(data.get("type", "ApiError"))
+    exit_code = data.get("exit_code")
+    cls = getattr(errors, kind, None)
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, P2PWeightsError)
+        and cls not in (ApiError, P2PWeightsError)
+    ):
+        return cls(message)
+    return ApiError(
+        message, status=status, kind=kind, exit_code=exit_code if isinstance(exit_code, int) else 15
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +71,6 @@ class DaemonClient:
     tcp_port: int | None = None
     token: str | None = None
     timeout: float = 120.0
-
-    @classmethod
-    def for_home(cls, home: Path | str | None = None) -> DaemonClient:
-        """A client for the daemon of ``home`` (default: the usual data dir)."""
-        return cls(data_dir(home))
 
     def _session(self, timeout: float) -> aiohttp.ClientSession:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -87,7 +100,9 @@ class DaemonClient:
 
         Raises:
             DaemonUnavailableError: nothing answers.
-            ApiError: the daemon refused; carries the remote error type and exit code.
+            DaemonError: no answer in time, or the connection broke.
+            P2PWeightsError: the daemon refused, re-raised as the class it raised (or
+                ``ApiError`` with the remote type and exit code).
         """
         try:
             async with (
@@ -100,12 +115,7 @@ class DaemonClient:
                 except json.JSONDecodeError:
                     data = {"error": text[:200]}
                 if resp.status >= 400:
-                    raise ApiError(
-                        str(data.get("error", f"HTTP {resp.status}")),
-                        status=resp.status,
-                        kind=str(data.get("type", "ApiError")),
-                        exit_code=int(data.get("exit_code", 15)),
-                    )
+                    raise _remote_error(resp.status, data)
                 if not isinstance(data, dict):
                     raise ApiError("daemon answered with a non-object", status=resp.status)
                 return data
@@ -117,15 +127,27 @@ class DaemonClient:
         ) as exc:
             where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
             raise DaemonUnavailableError(f"no daemon answers at {where}") from exc
+        except TimeoutError as exc:
+            raise DaemonError(
+                f"the daemon did not answer {method} {path} within "
+                f"{timeout or self.timeout:.0f}s (it may still be working)"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise DaemonError(f"talking to the daemon failed: {exc}") from exc
 
     async def status(self) -> dict[str, Any]:
         """GET /status."""
         return await self.request("GET", "/status")
 
-    async def publish(self, path: Path, *, hybrid: bool = False) -> dict[str, Any]:
-        """Seed a release dir."""
+    async def publish(
+        self, path: Path, *, hybrid: bool = False, timeout: float = 6 * 3600
+    ) -> dict[str, Any]:
+        """Seed a release dir (the daemon checks and hashes it first: allow for its size)."""
         return await self.request(
-            "POST", "/publish", body={"path": str(path.resolve()), "hybrid": hybrid}
+            "POST",
+            "/publish",
+            body={"path": str(path.resolve()), "hybrid": hybrid},
+            timeout=timeout,
         )
 
     async def fetch(
@@ -194,6 +216,28 @@ class DaemonClient:
         except DaemonUnavailableError:
             return False
         return True
+
+
+def running_daemon_pid(home: Path) -> int | None:
+    """The pid of the daemon that holds ``home``'s lock, or None.
+
+    A pid file left by a crash names a process that may since be something else; only a
+    file whose lock is held belongs to a live daemon.
+    """
+    try:
+        fd = os.open(home / "daemon.pid", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None  # nobody holds it: stale
+    finally:
+        os.close(fd)
 
 
 def start_daemon(

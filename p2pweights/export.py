@@ -88,9 +88,15 @@ def export(
             )
     verify_chunks(release.root, manifest.chunks, verify, progress=None if exact else progress)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        written = _write_exact(release, out, progress) if exact else _write_linked(release, out)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            written = _write_exact(release, out, progress) if exact else _write_linked(release, out)
+        except OSError as exc:
+            raise ExportError(f"cannot write the export in {out}: {exc.strerror or exc}") from exc
         pointer = {
             "release": str(release.root.resolve()),
             "manifest_sha256": release.manifest_sha256,

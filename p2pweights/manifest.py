@@ -158,13 +158,6 @@ class Manifest:
         Manifest.from_bytes(data)
         return data
 
-    def chunk(self, path: str) -> ChunkEntry:
-        """The chunk entry for ``path``."""
-        for c in self.chunks:
-            if c.path == path:
-                return c
-        raise KeyError(path)
-
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: Limits = LIMITS) -> Manifest:
         """Parse and fully validate manifest bytes.
@@ -174,8 +167,9 @@ class Manifest:
             UnsafePathError: a chunk or file path that could escape its directory.
 
         """
-        return cls.from_parsed(loads_strict(data, max_bytes=limits.manifest_bytes), data,
-                               limits=limits)
+        return cls.from_parsed(
+            loads_strict(data, max_bytes=limits.manifest_bytes), data, limits=limits
+        )
 
     @classmethod
     def from_parsed(cls, doc: object, data: bytes, *, limits: Limits = LIMITS) -> Manifest:

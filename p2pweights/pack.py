@@ -104,20 +104,36 @@ def pack(
         out.mkdir(parents=True, exist_ok=True)
         (out / CHUNKS_DIR).mkdir()
         manifest = _write_release(
-            source, out, name=name, version=version, label=label, key=key, expires=expires,
-            previous=previous, max_chunk_bytes=max_chunk_bytes, workers=workers,
-            progress=progress, created=int(time.time()) if now is None else now,
+            source,
+            out,
+            name=name,
+            version=version,
+            label=label,
+            key=key,
+            expires=expires,
+            previous=previous,
+            max_chunk_bytes=max_chunk_bytes,
+            workers=workers,
+            progress=progress,
+            created=int(time.time()) if now is None else now,
         )
-    except BaseException:
+    except BaseException as exc:
         if created_out:
             shutil.rmtree(out, ignore_errors=True)
-        else:
+        elif out.is_dir():
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if isinstance(exc, OSError):  # disk full, permissions, a bad --out: one clear line
+            raise SourceError(f"cannot write the release in {out}: {exc.strerror or exc}") from exc
         raise
     data = (out / MANIFEST_NAME).read_bytes()
-    return PackResult(out, manifest, hashlib.sha256(data).hexdigest(), tuple(source.skipped),
-                      time.monotonic() - started)
+    return PackResult(
+        out,
+        manifest,
+        hashlib.sha256(data).hexdigest(),
+        tuple(source.skipped),
+        time.monotonic() - started,
+    )
 
 
 def _write_release(
@@ -159,8 +175,9 @@ def _write_release(
         }
         # Then the chunks, largest first, so the pool does not end on one big chunk while
         # the other workers sit idle; the results are still taken in plan order.
-        by_size = sorted(range(len(plan)),
-                         key=lambda i: -sum(source.tensors[n].nbytes for n in plan[i]))
+        by_size = sorted(
+            range(len(plan)), key=lambda i: -sum(source.tensors[n].nbytes for n in plan[i])
+        )
         tensor_jobs = {i: pool.submit(write_group, plan[i]) for i in by_size}
         blob_jobs = [pool.submit(write_blob, i) for i in range(len(blobs))]
         chunk_results = [tensor_jobs[i].result() for i in range(len(plan))]
@@ -187,11 +204,15 @@ def _write_release(
                 files.append(FileEntry(f.name, c.size, c.sha256, "blob", c.path))
         else:
             header = f.header.header_bytes.decode("utf-8") if f.header else None
-            files.append(FileEntry(f.name, f.size, file_sha[f.name], f.kind, None, header,
-                                   f.order))
+            files.append(FileEntry(f.name, f.size, file_sha[f.name], f.kind, None, header, f.order))
     manifest = Manifest(
-        name=name, version=version, label=label, publisher=key.public, created=created,
-        expires=expires, previous=previous,
+        name=name,
+        version=version,
+        label=label,
+        publisher=key.public,
+        created=created,
+        expires=expires,
+        previous=previous,
         chunks=tuple(chunks[p] for p in sorted(chunks)),
         tensors={n: tensors[n] for n in sorted(tensors)},
         files=tuple(sorted(files, key=lambda f: f.name)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,13 @@ async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
     except DaemonUnavailableError:
         if not autostart:
             raise
-        await asyncio.to_thread(start_daemon, home)
+        try:
+            await asyncio.to_thread(start_daemon, home)
+        except DaemonUnavailableError:
+            # Another process may have started one first (ours then exits because the
+            # data dir is locked): use it if it answers, else report our failure.
+            await client.status()
+            return client
         await client.status()
     return client
 
@@ -92,8 +99,12 @@ async def fetch_async(
                     callback(event)
 
         watcher = asyncio.create_task(watch())
+    deadline = time.monotonic() + timeout
     try:
-        info = await client.wait(rid, timeout)
+        while True:  # the daemon answers a wait within an hour at most
+            info = await client.wait(rid, max(0.0, min(deadline - time.monotonic(), 3600.0)))
+            if not info.get("timed_out") or time.monotonic() >= deadline:
+                break
     finally:
         if watcher is not None:
             watcher.cancel()

@@ -22,7 +22,7 @@ from typing import Literal
 
 from ._atomic import atomic_write_bytes
 from ._canonical import dumps, loads_strict
-from .errors import CorruptChunkError, ManifestError, MissingChunkError
+from .errors import CorruptChunkError, LoadError, ManifestError, MissingChunkError
 from .hashing import sha256_file
 from .manifest import ChunkEntry
 from .release import Release, open_release, resolve_source
@@ -114,11 +114,11 @@ def verify_chunks(
     Raises:
         MissingChunkError: a chunk file is absent.
         CorruptChunkError: wrong size or wrong sha256.
-        ValueError: an unknown mode.
+        LoadError: an unknown mode.
 
     """
     if mode not in ("fast", "full"):
-        raise ValueError(f"verify must be 'fast' or 'full', not {mode!r}")
+        raise LoadError(f"verify must be 'fast' or 'full', not {mode!r}")
     records = ChunkRecords(root)
     to_hash: list[ChunkEntry] = []
     for chunk in chunks:
@@ -151,8 +151,10 @@ def _hash_all(root: Path, chunks: Iterable[ChunkEntry], workers: int | None) -> 
         return
     # Largest first, so one big chunk does not run alone at the end.
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="p2pw-verify") as pool:
-        futures = {c.path: pool.submit(sha256_file, root / c.path)
-                   for c in sorted(items, key=lambda c: -c.size)}
+        futures = {
+            c.path: pool.submit(sha256_file, root / c.path)
+            for c in sorted(items, key=lambda c: -c.size)
+        }
         for c in items:
             try:
                 yield futures[c.path].result()

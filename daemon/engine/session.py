@@ -561,8 +561,9 @@ class Engine:
     async def remove(self, tid: str, *, delete_files: bool = False) -> None:
         """Remove the torrent; with ``delete_files`` also its files (shared ones too!)."""
         t = self._get(tid)
-        removed = self._expect(t, "removed")
-        deleted = self._expect(t, "deleted") if delete_files else None
+        # A torrent that failed must still be removable.
+        removed = self._expect(t, "removed", even_failed=True)
+        deleted = self._expect(t, "deleted", even_failed=True) if delete_files else None
         self._ses.remove_torrent(t.handle, lt.options_t.delete_files if delete_files else 0)
         await removed
         if deleted is not None:
@@ -590,8 +591,8 @@ class Engine:
         except KeyError:
             raise EngineError(f"no torrent {tid[:64]!r} in this engine") from None
 
-    def _expect(self, t: _Torrent, key: str) -> asyncio.Future[Any]:
-        if t.error is not None:
+    def _expect(self, t: _Torrent, key: str, *, even_failed: bool = False) -> asyncio.Future[Any]:
+        if t.error is not None and not even_failed:
             raise TorrentFailedError(f"torrent {t.id}: {t.error}")
         fut: asyncio.Future[Any] = self._loop.create_future()
         t.once.setdefault(key, []).append(fut)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..client import DaemonClient, daemon_log_path, start_daemon
+from ..client import DaemonClient, daemon_log_path, running_daemon_pid, start_daemon
 from ..errors import DaemonError, LoadError
 from ..loader import load as load_tensors
 from ..pack import pack as pack_release
@@ -70,10 +70,8 @@ def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
 @pass_ctx
 def daemon_stop(ctx: Ctx, timeout: float) -> None:
     """Stop the daemon cleanly (SIGTERM; it saves resume data first)."""
-    pid_path = ctx.home / "daemon.pid"
-    try:
-        pid = int(pid_path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+    pid = running_daemon_pid(ctx.home)
+    if pid is None:
         emit(ctx, {"stopped": False, "running": False}, ["daemon is not running"])
         return
     try:

@@ -12,9 +12,9 @@ from ..export import export as export_release
 from ..keys import PublicKey, generate_key
 from ..pack import pack as pack_release
 from ..paths import default_key_path
-from ..release import MANIFEST_NAME, resolve_source
+from ..release import MANIFEST_NAME, open_release, resolve_source
 from ..trust import TrustStore
-from ..verify import verify_release
+from ..verify import verify_chunks
 from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
 
 __all__ = ["source_size"]
@@ -251,12 +251,10 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
 def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
     """Check a release's signature, manifest and chunks."""
     store = _trust_for(ctx, key_text)
-    total = 0
-    root = resolve_source(release)
-    if full:
-        total = sum(p.stat().st_size for p in (root / "chunks").glob("*") if p.is_file())
-    with progress_bar(ctx, total, "verifying") as bar:
-        rel = verify_release(root, store, mode="full" if full else "fast", progress=bar)
+    rel = open_release(resolve_source(release), store)
+    chunks = rel.manifest.chunks
+    with progress_bar(ctx, sum(c.size for c in chunks) if full else 0, "verifying") as bar:
+        verify_chunks(rel.root, chunks, "full" if full else "fast", progress=bar)
     m = rel.manifest
     emit(
         ctx,

@@ -75,7 +75,7 @@ def test_catalog_is_wal_and_round_trips(tmp_path: Path) -> None:
     assert row.peers == ("127.0.0.2:1",) and row.version == 3 and row.torrent == b"t"
     assert again.resume_data(rid) == b"resume"
     assert again.chunk_identity("chunks/" + "c" * 64) == (10, "d" * 64)
-    assert again.remove(rid) == ["chunks/" + "c" * 64]
+    assert again.remove(rid, forget_chunks=True) == ["chunks/" + "c" * 64]
     assert again.get(rid) is None and again.chunk_identity("chunks/" + "c" * 64) is None
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
