@@ -1,6 +1,8 @@
 """The daemon's configuration: a TOML file, then the environment, then flags; built once.
 
-File: ``$P2PW_CONFIG``, else ``config.toml`` in the data dir. Keys (all optional)::
+File: ``$P2PW_CONFIG``; else ``config.toml`` in the data dir, if there is one (handy
+for a data dir per daemon); else ``config.toml`` in the per-user config dir
+(platformdirs). Keys (all optional)::
 
     profile = "default"            # or "local": loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP
     listen = "0.0.0.0:6881"        # libtorrent listen interface(s)
@@ -32,6 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import platformdirs
 
 from p2pweights.errors import ConfigError
 from p2pweights.paths import data_dir
@@ -180,7 +184,12 @@ def load_config(
     env = os.environ if environ is None else environ
     root = data_dir(home)
     layers: list[dict[str, Any]] = []
-    cfg_file = Path(env["P2PW_CONFIG"]) if env.get("P2PW_CONFIG") else root / "config.toml"
+    if env.get("P2PW_CONFIG"):
+        cfg_file = Path(env["P2PW_CONFIG"])
+    elif (root / "config.toml").is_file():
+        cfg_file = root / "config.toml"
+    else:
+        cfg_file = Path(platformdirs.user_config_dir("p2pweights", appauthor=False)) / "config.toml"
     if cfg_file.is_file():
         try:
             layers.append(tomllib.loads(cfg_file.read_text("utf-8")))

@@ -21,6 +21,8 @@ def _isolated_home(
     """Every test gets its own data dir, so nothing reads or writes the user's."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("P2PW_HOME", str(home))
+    # Nor any config file of the user's: daemons read only what a test writes.
+    monkeypatch.setenv("P2PW_CONFIG", str(home / "no-config.toml"))
     return home
 
 

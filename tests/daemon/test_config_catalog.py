@@ -13,7 +13,7 @@ from p2pweightsd.config import PUBLIC_BOOTSTRAP, load_config
 
 
 def test_defaults_suit_real_users(tmp_path: Path) -> None:
-    cfg = load_config(tmp_path, environ={})
+    cfg = load_config(tmp_path, environ={"P2PW_CONFIG": str(tmp_path / "absent.toml")})
     assert cfg.profile == "default"
     assert cfg.dht and cfg.lsd and cfg.upnp and cfg.natpmp and cfg.utp
     assert cfg.dht_bootstrap == PUBLIC_BOOTSTRAP
