@@ -348,3 +348,43 @@ def test_peers_found_through_a_dht_on_loopback(daemons: DaemonFactory, key: Priv
     info = fetch_and_wait(leech, magnet, peers=[], timeout=90)
     assert info["state"] == "seeding"
     assert info["transfer"]["downloaded"] >= info["total_bytes"]
+
+
+def test_lying_peer_is_outvoted_by_an_honest_one(
+        daemons: DaemonFactory, key: PrivateKey, make_model: Callable[..., Path],
+        make_release: Callable[..., Path], tmp_path: Path) -> None:
+    """A peer serving altered bytes next to a (slower) honest seeder: the fetch completes
+    with the publisher's bytes, and the hash failures prove the liar really lied."""
+    import selectors
+    import shutil
+    import subprocess
+    import sys
+
+    state = layer_state(layers=4, hidden=384)
+    release = make_release(make_model(state))
+    honest = daemons("--upload-rate", "4000000", "--rate-limit-local", name="honest")
+    published = honest.call("publish", release)
+    liar_copy = tmp_path / "liar-release"
+    shutil.copytree(release, liar_copy)
+    liar = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_lying_peer.py")), "--listen",
+         "127.0.8.8", published["torrent_path"], str(liar_copy)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert liar.stdout is not None and liar.stdin is not None
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(liar.stdout, selectors.EVENT_READ)
+            assert sel.select(timeout=30), "the lying peer did not start"
+        liar_port = json.loads(liar.stdout.readline())["port"]
+        leech = daemons(name="leech")
+        trust(leech, key)
+        info = fetch_and_wait(leech, published["magnet"],
+                              peers=[f"127.0.8.8:{liar_port}", honest.peer])
+    finally:
+        liar.stdin.close()
+        liar.wait(timeout=30)
+        liar.stdout.close()
+    assert info["state"] == "seeding", info
+    assert info["transfer"]["failed_bytes"] > 0, info["transfer"]  # the liar was heard
+    loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
+    assert all(torch.equal(loaded[n], t) for n, t in state.items())
