@@ -97,8 +97,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             return _error(401, ApiError("a valid bearer token is required"), 15)
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        # aiohttp's own refusals (no such route, wrong method, a chunked body over
+        # client_max_size) get the same JSON error shape as ours.
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, ApiError(exc.reason), 15)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except P2PWeightsError as exc:
         return _error(_status_for(exc), exc, exc.exit_code)
     except asyncio.CancelledError:
@@ -114,7 +121,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # the whole body; client_max_size caps it (413)
     try:
         doc = json.loads(raw.decode("utf-8") or "{}")
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError covers JSONDecodeError and UnicodeDecodeError, and also integers past
+    # Python's digit limit ({"version": 99…9} with 4301+ digits), which was a 500.
+    except (ValueError, RecursionError) as exc:
         raise ApiError(f"request body is not JSON: {exc}", status=400, exit_code=15) from None
     if not isinstance(doc, dict):
         raise ApiError("request body must be a JSON object", status=400, exit_code=15)

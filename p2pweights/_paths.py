@@ -33,6 +33,10 @@ def check_relative(path: object, *, what: str) -> str:
         raise UnsafePathError(f"{what} {path[:80]!r} is not a plain relative path")
     if any(ord(c) < 0x20 for c in path):
         raise UnsafePathError(f"{what} {path[:80]!r} holds control characters")
+    try:
+        path.encode("utf-8")  # a lone surrogate names no file: os calls would fail on it
+    except UnicodeEncodeError:
+        raise UnsafePathError(f"{what} {path[:80]!r} holds an unpaired surrogate") from None
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise UnsafePathError(f"{what} {path[:80]!r} has an empty, '.' or '..' component")

@@ -219,6 +219,10 @@ def parse_magnet(uri: str) -> MagnetLink:
     if not uri.startswith("magnet:?"):
         raise FormatError(f"{uri[:40]!r} is not a magnet link")
     try:
+        uri.encode("utf-8")  # libtorrent takes UTF-8; lone surrogates have no encoding
+    except UnicodeEncodeError:
+        raise FormatError("magnet link holds an unpaired UTF-16 surrogate") from None
+    try:
         pairs = urllib.parse.parse_qsl(
             uri[len("magnet:?") :], strict_parsing=True, keep_blank_values=True, max_num_fields=1000
         )
@@ -250,7 +254,10 @@ def parse_magnet(uri: str) -> MagnetLink:
                 raise FormatError("magnet dn is repeated or too long")
             name = value
         elif key == "tr":
-            scheme = urllib.parse.urlsplit(value).scheme
+            try:
+                scheme = urllib.parse.urlsplit(value).scheme
+            except ValueError as exc:  # e.g. an unclosed "[" IPv6 host
+                raise FormatError(f"magnet tracker {value[:60]!r} is not a URL") from exc
             if scheme not in ("http", "https", "udp") or len(value) > 2048:
                 raise FormatError(f"magnet tracker {value[:60]!r} is not an http/https/udp URL")
             trackers.append(value)
@@ -273,7 +280,8 @@ def _is_hex(s: str) -> bool:
 
 def _parse_peer(value: str) -> tuple[str, int]:
     host, sep, port_s = value.rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    # isdigit() alone admits digits int() refuses, such as "²"
+    if not sep or not (port_s.isascii() and port_s.isdigit()) or not 0 < int(port_s) < 65536:
         raise FormatError(f"magnet peer {value[:60]!r} is not host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
