@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 
 from p2pweights.errors import P2PWeightsError
 
+from . import doctor
 from .config import load_config
 from .runner import serve
 
@@ -42,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--resume-interval", type=float)
     run.add_argument("--ready-fd", type=int, help="write 'ready' to this fd when serving")
     run.add_argument("--log-level", default="INFO")
+    doc = sub.add_parser("doctor", help="check the data dir; --repair rebuilds the catalog")
+    doc.add_argument("--home")
+    doc.add_argument("--repair", action="store_true")
+    doc.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args.home, repair=args.repair, as_json=args.json)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -69,6 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _doctor(home: str | None, *, repair: bool, as_json: bool) -> int:
+    """Run the doctor; exit 0 when nothing is wrong, 13 when something is."""
+    try:
+        config = load_config(home)
+        findings = doctor.repair(config) if repair else doctor.diagnose(config)
+    except P2PWeightsError as exc:
+        print(f"p2pw: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    bad = any(f.severity == "error" for f in findings)
+    if as_json:
+        print(json.dumps({"ok": not bad, "findings": [f.as_dict() for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            print(f"{f.severity:<8} {f.message}")
+    return 13 if bad else 0
 
 
 if __name__ == "__main__":

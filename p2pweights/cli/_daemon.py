@@ -89,6 +89,17 @@ def daemon_stop(ctx: Ctx, timeout: float) -> None:
     emit(ctx, {"stopped": True, "pid": pid}, [f"daemon {pid} stopped"])
 
 
+@cli.command("doctor")
+@click.option("--repair", is_flag=True, help="Rebuild the catalog from the store (daemon stopped).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for scripts.")
+@pass_ctx
+def doctor(ctx: Ctx, repair: bool, as_json: bool) -> None:
+    """Check the catalog and the store; --repair rebuilds a damaged catalog."""
+    argv = [sys.executable, "-m", "p2pweightsd", "doctor", "--home", str(ctx.home)]
+    argv += ["--repair"] * repair + ["--json"] * as_json
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+
+
 @daemon.command("status")
 @json_option
 @pass_ctx

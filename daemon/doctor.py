@@ -1,0 +1,157 @@
+"""`p2pw doctor`: check a data dir offline, and rebuild a damaged catalog from the store.
+
+The store is the source of truth for bytes; the catalog only records what the daemon
+knows. So a lost or damaged catalog can be rebuilt: every ``store/releases/<id>`` that
+holds its torrent, manifest and signature is checked again (info-hash, signature, every
+chunk re-hashed) and recorded as seeding, or, when chunks are missing or damaged, as a
+download to finish. The damaged database is kept aside, never deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from p2pweights._atomic import TMP_SUFFIX
+from p2pweights.client import running_daemon_pid
+from p2pweights.errors import CatalogError, DaemonError, P2PWeightsError
+from p2pweights.manifest import publisher_of
+from p2pweights.release import MANIFEST_NAME, open_release
+from p2pweights.trust import TrustStore
+from p2pweights.verify import verify_chunks
+
+from .catalog import Catalog
+from .config import DaemonConfig
+from .engine import parse_torrent
+from .store import TORRENT_NAME, Store
+
+__all__ = ["Finding", "diagnose", "repair"]
+
+Severity = Literal["ok", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing the doctor saw."""
+
+    severity: Severity
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        """For ``--json``."""
+        return asdict(self)
+
+
+def _temp_files(store: Store) -> list[Path]:
+    return sorted(store.root.rglob(f"*{TMP_SUFFIX}")) if store.root.exists() else []
+
+
+def diagnose(config: DaemonConfig) -> list[Finding]:
+    """Check the catalog and the store without changing anything."""
+    findings: list[Finding] = []
+    store = Store(config.store_dir)
+    if not config.catalog_path.exists():
+        findings.append(Finding("warning", f"no catalog at {config.catalog_path}"))
+        known: set[str] = set()
+    else:
+        try:
+            catalog = Catalog(config.catalog_path)
+        except CatalogError as exc:
+            return [Finding("error", f"{exc}; run `p2pw doctor --repair` to rebuild it")]
+        try:
+            rows = catalog.releases()
+        finally:
+            catalog.close()
+        known = {r.id for r in rows}
+        for row in rows:
+            root = store.releases / row.id
+            if row.state in ("seeding", "complete") and not (root / MANIFEST_NAME).is_file():
+                findings.append(
+                    Finding(
+                        "error",
+                        f"release {row.id[:16]} is in the catalog, "
+                        "but its manifest is missing from the store",
+                    )
+                )
+        findings.append(Finding("ok", f"catalog readable: {len(rows)} releases"))
+    if store.releases.exists():
+        for root in sorted(store.releases.iterdir()):
+            if root.name not in known and (root / TORRENT_NAME).is_file():
+                findings.append(
+                    Finding(
+                        "warning",
+                        f"release {root.name[:16]} is in the store "
+                        "but not in the catalog (--repair adds it)",
+                    )
+                )
+    temps = _temp_files(store)
+    if temps:
+        findings.append(
+            Finding("warning", f"{len(temps)} temp files left by a crash (--repair removes them)")
+        )
+    return findings
+
+
+def repair(config: DaemonConfig) -> list[Finding]:
+    """Rebuild the catalog from the store, re-verifying every chunk.
+
+    Raises:
+        DaemonError: a daemon is running on this data dir (stop it first).
+    """
+    if running_daemon_pid(config.home) is not None:
+        raise DaemonError("a daemon is running on this data dir; stop it before --repair")
+    findings: list[Finding] = []
+    path = config.catalog_path
+    if path.exists():
+        aside = path.with_name(f"{path.name}.replaced-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(f"{path}{suffix}")
+            if old.exists():
+                old.rename(Path(f"{aside}{suffix}"))
+        findings.append(Finding("warning", f"old catalog kept as {aside.name}"))
+    store = Store(config.store_dir)
+    for temp in _temp_files(store):
+        temp.unlink(missing_ok=True)
+    store.open()
+    catalog = Catalog(path)
+    try:
+        for root in sorted(store.releases.iterdir()):
+            findings.append(_readmit(catalog, store, root))
+    finally:
+        catalog.close()
+    return findings
+
+
+def _readmit(catalog: Catalog, store: Store, root: Path) -> Finding:
+    rid = root.name
+    try:
+        tf = parse_torrent((root / TORRENT_NAME).read_bytes())
+        if tf.id != rid:
+            return Finding("error", f"{rid[:16]}: its torrent has another info-hash; left out")
+        data = (root / MANIFEST_NAME).read_bytes()
+        release = open_release(root, TrustStore.of_keys([publisher_of(data)]))
+    except (OSError, P2PWeightsError) as exc:
+        return Finding("error", f"{rid[:16]}: not a usable release ({exc}); left out")
+    m = release.manifest
+    catalog.add_release(rid, source=tf.magnet, state="manifest", torrent=tf.data)
+    catalog.set_manifest(
+        rid,
+        name=m.name,
+        version=m.version,
+        label=m.label,
+        publisher=m.publisher.text,
+        manifest_sha256=release.manifest_sha256,
+        total_bytes=sum(c.size for c in m.chunks),
+        chunks=[(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
+        torrent=tf.data,
+    )
+    try:
+        verify_chunks(root, m.chunks, "full")  # records each chunk it hashed
+    except P2PWeightsError as exc:
+        # The daemon finishes it on its next start, as a download of what is missing.
+        catalog.set_state(rid, "downloading")
+        return Finding("warning", f"{m.name} v{m.version}: {exc}; will be fetched again")
+    catalog.set_state(rid, "seeding")
+    return Finding("ok", f"{m.name} v{m.version} ({rid[:16]}): all chunks verified, seeding")
