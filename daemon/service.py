@@ -251,6 +251,23 @@ class Service:
         rid = target.id
         row = self.catalog.get(rid)
         if row is not None and rid in self._tasks:
+            # A fetch under way: new peers join it now (the old ones may be gone), and
+            # are remembered for a restart.
+            fresh = [p for p in peers if p not in row.peers]
+            if fresh:
+                self.catalog.add_release(
+                    rid,
+                    source=row.source,
+                    state=row.state,
+                    torrent=row.torrent,
+                    include=row.include,
+                    peers=[*row.peers, *fresh],
+                    trackers=row.trackers,
+                    tofu=row.tofu,
+                )
+                if rid in self.engine.torrents():
+                    for host, port in map(parse_peer, fresh):
+                        self.engine.connect_peer(rid, host, port)
             return self.show(rid)
         if row is not None and row.state in ("seeding", "complete"):
             # An empty selection means every tensor; a wider one fetches what is missing.

@@ -388,3 +388,31 @@ def test_lying_peer_is_outvoted_by_an_honest_one(
     assert info["transfer"]["failed_bytes"] > 0, info["transfer"]  # the liar was heard
     loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
     assert all(torch.equal(loaded[n], t) for n, t in state.items())
+
+
+@pytest.mark.parametrize("comeback", ["another_seeder", "same_seeder_new_port"])
+def test_the_only_seeder_vanishes_mid_fetch_and_another_appears(
+        daemons: DaemonFactory, key: PrivateKey, make_model: Callable[..., Path],
+        make_release: Callable[..., Path], comeback: str) -> None:
+    state = layer_state(layers=8, hidden=512)
+    release = make_release(make_model(state))
+    limit = ("--upload-rate", "15000000", "--rate-limit-local")
+    first = daemons(*limit, name="first")
+    magnet = first.call("publish", release)["magnet"]
+    leech = daemons(name="leech")
+    trust(leech, key)
+    rid = leech.call("fetch", magnet, peers=[first.peer])["id"]
+    wait_progress(leech, rid, 0.3)
+    first.kill9()
+    if comeback == "another_seeder":
+        second = daemons(*limit, name="second")
+        assert second.call("publish", release)["magnet"] == magnet
+    else:
+        first.start()  # same data dir, new port
+        second = first
+    # Telling the running fetch about the peer that is there now is enough.
+    leech.call("fetch", magnet, peers=[second.peer])
+    info = leech.call("wait", rid, 120)
+    assert info["state"] == "seeding", info
+    loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
+    assert all(torch.equal(loaded[n], t) for n, t in state.items())
