@@ -22,8 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from p2pweights.errors import FormatError, LoadError, ReleaseMismatchError, UntrustedKeyError
-from p2pweights.manifest import LIMITS, publisher_of
-from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, Release, open_release
+from p2pweights.manifest import LIMITS
+from p2pweights.release import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Release,
+    open_release,
+    open_self_signed,
+)
 from p2pweights.trust import TrustStore
 
 from .catalog import Catalog
@@ -121,8 +127,8 @@ def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -
     except UntrustedKeyError:
         if not tofu:
             raise
-        new_key = publisher_of((root / MANIFEST_NAME).read_bytes())
-        release = open_release(root, TrustStore.of_keys([new_key]))
+        release = open_self_signed(root)
+        new_key = release.manifest.publisher
     chunks = {c.path: c for c in release.manifest.chunks}
     files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
     if set(chunks) != set(files):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from p2pweights.errors import CatalogError
+from p2pweights.release import Release
 
 __all__ = ["Catalog", "ReleaseRow", "ReleaseState"]
 
@@ -174,6 +175,21 @@ class Catalog:
                 "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c[0]) for c in chunks]
             )
             self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", chunks)
+
+    def record_release(self, rid: str, release: Release, torrent: bytes | None) -> None:
+        """:meth:`set_manifest` with the fields an authenticated release gives."""
+        m = release.manifest
+        self.set_manifest(
+            rid,
+            name=m.name,
+            version=m.version,
+            label=m.label,
+            publisher=m.publisher.text,
+            manifest_sha256=release.manifest_sha256,
+            total_bytes=sum(c.size for c in m.chunks),
+            chunks=[(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
+            torrent=torrent,
+        )
 
     def set_state(self, rid: str, state: ReleaseState, error: str | None = None) -> None:
         """Move a release to ``state``; ``complete``/``seeding`` stamp the completion time."""

@@ -17,9 +17,7 @@ from typing import Literal
 from p2pweights._atomic import TMP_SUFFIX
 from p2pweights.client import running_daemon_pid
 from p2pweights.errors import CatalogError, DaemonError, P2PWeightsError
-from p2pweights.manifest import publisher_of
-from p2pweights.release import MANIFEST_NAME, open_release
-from p2pweights.trust import TrustStore
+from p2pweights.release import MANIFEST_NAME, open_self_signed
 from p2pweights.verify import verify_chunks
 
 from .catalog import Catalog
@@ -130,23 +128,12 @@ def _readmit(catalog: Catalog, store: Store, root: Path) -> Finding:
         tf = parse_torrent((root / TORRENT_NAME).read_bytes())
         if tf.id != rid:
             return Finding("error", f"{rid[:16]}: its torrent has another info-hash; left out")
-        data = (root / MANIFEST_NAME).read_bytes()
-        release = open_release(root, TrustStore.of_keys([publisher_of(data)]))
+        release = open_self_signed(root)
     except (OSError, P2PWeightsError) as exc:
         return Finding("error", f"{rid[:16]}: not a usable release ({exc}); left out")
     m = release.manifest
     catalog.add_release(rid, source=tf.magnet, state="manifest", torrent=tf.data)
-    catalog.set_manifest(
-        rid,
-        name=m.name,
-        version=m.version,
-        label=m.label,
-        publisher=m.publisher.text,
-        manifest_sha256=release.manifest_sha256,
-        total_bytes=sum(c.size for c in m.chunks),
-        chunks=[(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
-        torrent=tf.data,
-    )
+    catalog.record_release(rid, release, tf.data)
     try:
         verify_chunks(root, m.chunks, "full")  # records each chunk it hashed
     except P2PWeightsError as exc:

@@ -39,17 +39,15 @@ from p2pweights.errors import (
     UnknownReleaseError,
 )
 from p2pweights.keys import load_private_key
-from p2pweights.manifest import publisher_of
 from p2pweights.pack import pack
 from p2pweights.paths import trust_path
 from p2pweights.release import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
     Release,
-    open_release,
+    open_self_signed,
     resolve_source,
 )
-from p2pweights.trust import TrustStore
 from p2pweights.verify import ChunkRecords, verify_chunks
 
 from .admission import (
@@ -176,8 +174,7 @@ class Service:
         if not src.is_absolute():
             raise LoadError(f"publish needs an absolute path, not {path[:80]!r}")
         root = resolve_source(src)
-        data = (root / MANIFEST_NAME).read_bytes()
-        release = open_release(root, TrustStore.of_keys([publisher_of(data)]))
+        release = open_self_signed(root)
         await asyncio.to_thread(verify_chunks, root, release.manifest.chunks, "fast")
         tf = await asyncio.to_thread(make_torrent, root, hybrid=hybrid)
         rid = tf.id
@@ -458,18 +455,7 @@ class Service:
             self.engine.connect_peer(tid, host, port)
 
     def _record_manifest(self, rid: str, release: Release, tf: TorrentFile) -> None:
-        m = release.manifest
-        self.catalog.set_manifest(
-            rid,
-            name=m.name,
-            version=m.version,
-            label=m.label,
-            publisher=m.publisher.text,
-            manifest_sha256=release.manifest_sha256,
-            total_bytes=sum(c.size for c in m.chunks),
-            chunks=[(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
-            torrent=tf.data,
-        )
+        self.catalog.record_release(rid, release, tf.data)
         self.store.save_torrent(rid, tf.data)
 
     # ------------------------------------------------------------------ queries

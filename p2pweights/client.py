@@ -24,7 +24,14 @@ import aiohttp
 from . import errors
 from .errors import ApiError, DaemonError, DaemonUnavailableError, P2PWeightsError
 
-__all__ = ["DaemonClient", "daemon_log_path", "socket_path", "start_daemon"]
+__all__ = [
+    "DaemonClient",
+    "daemon_log_path",
+    "error_named",
+    "running_daemon_pid",
+    "socket_path",
+    "start_daemon",
+]
 
 _START_TIMEOUT = 60.0
 
@@ -39,11 +46,8 @@ def daemon_log_path(home: Path) -> Path:
     return home / "daemon.log"
 
 
-def _remote_error(status: int, data: dict[str, Any]) -> P2PWeightsError:
-    """The daemon's error as the same exception class it raised, where that is ours."""
-    message = str(data.get("error", f"HTTP {status}"))
-    kind = str(data.get("type", "ApiError"))
-    exit_code = data.get("exit_code")
+def error_named(kind: str, message: str) -> P2PWeightsError | None:
+    """An instance of our exception class called ``kind``, or None if there is none."""
     cls = getattr(errors, kind, None)
     if (
         isinstance(cls, type)
@@ -51,6 +55,17 @@ def _remote_error(status: int, data: dict[str, Any]) -> P2PWeightsError:
         and cls not in (ApiError, P2PWeightsError)
     ):
         return cls(message)
+    return None
+
+
+def _remote_error(status: int, data: dict[str, Any]) -> P2PWeightsError:
+    """The daemon's error as the same exception class it raised, where that is ours."""
+    message = str(data.get("error", f"HTTP {status}"))
+    kind = str(data.get("type", "ApiError"))
+    exit_code = data.get("exit_code")
+    named = error_named(kind, message)
+    if named is not None:
+        return named
     return ApiError(
         message, status=status, kind=kind, exit_code=exit_code if isinstance(exit_code, int) else 15
     )

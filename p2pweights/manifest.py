@@ -40,7 +40,6 @@ __all__ = [
     "Manifest",
     "TensorEntry",
     "publisher_in",
-    "publisher_of",
 ]
 
 FORMAT = "p2pweights.manifest/1"
@@ -183,16 +182,6 @@ class Manifest:
         if encode_parsed(doc) != data:
             raise ManifestError("manifest is not in canonical form (sorted keys, no whitespace)")
         return manifest
-
-
-def publisher_of(data: bytes, *, limits: Limits = LIMITS) -> PublicKey:
-    """Read just the publisher key, to know which key must verify the signature.
-
-    Raises:
-        ManifestError: if the bytes are not a manifest with a well-formed publisher key.
-
-    """
-    return publisher_in(loads_strict(data, max_bytes=limits.manifest_bytes))
 
 
 def publisher_in(doc: object) -> PublicKey:

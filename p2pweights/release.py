@@ -27,6 +27,7 @@ __all__ = [
     "Release",
     "is_release_dir",
     "open_release",
+    "open_self_signed",
     "resolve_source",
 ]
 
@@ -95,6 +96,19 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
+def open_self_signed(root: Path) -> Release:
+    """Authenticate the release at ``root`` under the key it names, trusted or not.
+
+    This proves the release is intact and self-consistent (for seeding it, repairing a
+    store, or deciding to trust its key on first use); it says nothing about who the
+    publisher is. Loading always goes through :func:`open_release` with a trust store.
+
+    Raises:
+        The same as :func:`open_release`, except ``UntrustedKeyError``.
+    """
+    return _open(root, None)
+
+
 def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> Release:
     """Authenticate and parse the release at ``root``.
 
@@ -113,6 +127,10 @@ def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> 
         ReleaseExpiredError: past its expiry.
 
     """
+    return _open(root, trust, now=now)
+
+
+def _open(root: Path, trust: TrustStore | None, *, now: float | None = None) -> Release:
     data = _read_limited(root / MANIFEST_NAME, LIMITS.manifest_bytes, "manifest")
     try:
         sig = _read_limited(root / SIGNATURE_NAME, SIGNATURE_BYTES, "signature")
@@ -120,7 +138,7 @@ def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> 
         raise SignatureError(str(exc)) from exc
     doc = loads_strict(data, max_bytes=LIMITS.manifest_bytes)  # parsed once, used twice
     key = publisher_in(doc)
-    name = trust.require(key)
+    name = trust.require(key) if trust is not None else f"key-{key.fingerprint}"
     key.verify(sig, data)
     manifest = Manifest.from_parsed(doc, data)
     when = time.time() if now is None else now

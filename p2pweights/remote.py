@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from .client import DaemonClient, start_daemon
-from .errors import DaemonUnavailableError, P2PWeightsError, SwarmError
+from .client import DaemonClient, error_named, start_daemon
+from .errors import DaemonUnavailableError, SwarmError
 from .paths import data_dir
 
 __all__ = ["ensure_daemon", "fetch", "is_remote", "raise_release_error"]
@@ -61,10 +60,7 @@ def raise_release_error(info: dict[str, Any]) -> None:
     """
     text = str(info.get("error") or "failed")
     kind, _, message = text.partition(": ")
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, P2PWeightsError) and cls is not errors.ApiError:
-        raise cls(message or text)
-    raise SwarmError(text)
+    raise error_named(kind, message or text) or SwarmError(text)
 
 
 async def fetch_async(

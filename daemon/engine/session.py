@@ -440,15 +440,6 @@ class Engine:
         """Resume a paused torrent."""
         self._get(tid).handle.resume()
 
-    def set_rate_limits(self, *, upload: int | None = None, download: int | None = None) -> None:
-        """Change the session's rate limits (bytes/s, 0 = unlimited)."""
-        pack: dict[str, int] = {}
-        if upload is not None:
-            pack["upload_rate_limit"] = upload
-        if download is not None:
-            pack["download_rate_limit"] = download
-        self._ses.apply_settings(pack)
-
     async def wait_metadata(self, tid: str) -> TorrentFile:
         """Wait until the torrent's metadata is known, and return it."""
         t = self._get(tid)
