@@ -16,15 +16,22 @@ Endpoints (all under ``/v1``)::
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
     DELETE /releases/{id}?delete_data=1  stop seeding, optionally delete data
     GET    /events                       progress as Server-Sent Events
+
+Local paths (``publish``'s ``path``, ``source`` and ``key_file``; a ``.torrent`` file as
+``fetch``'s ``uri``) must be absolute and are accepted only on the Unix socket: over TCP
+they are refused with 403. The daemon only reads them; it writes only in its data dir.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import logging
 import math
+import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +41,9 @@ from p2pweights.errors import (
     ApiError,
     ChunkError,
     ConfigError,
+    DiskFullError,
     FormatError,
+    KeyFileError,
     LoadError,
     P2PWeightsError,
     SwarmError,
@@ -48,6 +57,8 @@ __all__ = ["MAX_BODY", "SERVICE", "TOKEN", "make_app"]
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+_MAX_ORDER = 1024
+"""Chunk paths an order may name (the body limit allows about 850 anyway)."""
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 
@@ -59,15 +70,23 @@ def _status_for(exc: P2PWeightsError) -> int:
         return 404
     if isinstance(exc, TrustError):
         return 403
-    if isinstance(exc, FormatError | LoadError | ConfigError):
-        return 400
+    if isinstance(exc, FormatError | LoadError | ConfigError | KeyFileError):
+        return 400  # KeyFileError: pack-and-publish named a key file that is not one
     if isinstance(exc, ChunkError):
         return 409
+    if isinstance(exc, DiskFullError):
+        return 507
     if isinstance(exc, SwarmError):
         return 502
     if isinstance(exc, ApiError):
         return exc.status
     return 500
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc)  # SQLite's SQLITE_FULL
 
 
 def _error(status: int, exc: BaseException, exit_code: int = 1) -> web.Response:
@@ -110,6 +129,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(_status_for(exc), exc, exc.exit_code)
     except asyncio.CancelledError:
         raise
+    except (sqlite3.OperationalError, OSError) as exc:
+        if not _is_disk_full(exc):
+            log.exception("internal error on %s %s", request.method, request.path)
+            return _error(500, exc, 1)
+        full = DiskFullError(f"the data dir's disk is full ({exc}); free space and retry")
+        return _error(507, full, full.exit_code)
     except Exception as exc:  # the daemon stays up; the client gets the reason
         log.exception("internal error on %s %s", request.method, request.path)
         return _error(500, exc, 1)
@@ -176,6 +201,30 @@ class Fields:
         return value
 
 
+def _absolute(name: str, path: str) -> str:
+    """A local path from a request must be absolute: never relative to the daemon's cwd."""
+    if not os.path.isabs(path):
+        raise ApiError(f"field {name!r} must be an absolute path", status=400, exit_code=15)
+    return path
+
+
+def _local_paths_allowed(request: web.Request, what: str, path: str) -> None:
+    """Only the Unix socket may name local paths; TCP callers get a 403.
+
+    Over the 0600 socket the caller is this user, and the daemon only reads the paths it
+    is given (every write goes into the data dir). A holder of the TCP token may be
+    another program, or another machine through a forwarded port: it must not make the
+    daemon read (and then seed to the world) an arbitrary file of this user.
+    """
+    if _is_tcp(request):
+        raise ApiError(
+            f"{what} names a local path ({path[:80]!r}); over TCP that is refused, "
+            "use the Unix socket",
+            status=403,
+            exit_code=15,
+        )
+
+
 async def status(request: web.Request) -> web.Response:
     """GET /v1/status."""
     return web.json_response(request.app[SERVICE].status())
@@ -189,30 +238,57 @@ async def publish(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     path = f.text("path")
     if path is not None:
-        info = await service.publish(path, hybrid=f.flag("hybrid"))
+        hybrid = f.flag("hybrid")
+        _local_paths_allowed(request, "publish", _absolute("path", path))
+        info = await service.publish(path, hybrid=hybrid)
     else:
+        source = _absolute("source", f.text("source", required=True) or "")
+        name = f.text("name", required=True, max_len=200) or ""
+        version = f.integer("version", required=True) or 0
+        label = f.text("label", max_len=256) or ""
+        key_file = _absolute("key_file", f.text("key_file", required=True) or "")
+        hybrid = f.flag("hybrid")
+        _local_paths_allowed(request, "publish", source)
         info = await service.pack_and_publish(
-            source=f.text("source", required=True) or "",
-            name=f.text("name", required=True, max_len=200) or "",
-            version=f.integer("version", required=True) or 0,
-            label=f.text("label", max_len=256) or "",
-            key_file=f.text("key_file", required=True) or "",
-            hybrid=f.flag("hybrid"),
+            source=source,
+            name=name,
+            version=version,
+            label=label,
+            key_file=key_file,
+            hybrid=hybrid,
         )
     return web.json_response(info, status=201)
 
 
 async def fetch(request: web.Request) -> web.Response:
     """POST /v1/fetch."""
-    f = Fields(await _body(request), {"uri", "peers", "trackers", "include", "trust_on_first_use"})
+    f = Fields(
+        await _body(request),
+        {"uri", "peers", "trackers", "include", "trust_on_first_use", "ordered"},
+    )
+    uri = f.text("uri", required=True) or ""
+    peers, trackers, include = f.texts("peers"), f.texts("trackers"), f.texts("include")
+    tofu, ordered = f.flag("trust_on_first_use"), f.flag("ordered")
+    if uri.endswith(".torrent") and not uri.startswith("magnet:"):  # a local .torrent file
+        _local_paths_allowed(request, "fetch of a .torrent file", uri)
     info = await request.app[SERVICE].fetch(
-        f.text("uri", required=True) or "",
-        peers=f.texts("peers"),
-        trackers=f.texts("trackers"),
-        include=f.texts("include"),
-        trust_on_first_use=f.flag("trust_on_first_use"),
+        uri,
+        peers=peers,
+        trackers=trackers,
+        include=include,
+        trust_on_first_use=tofu,
+        ordered=ordered,
     )
     return web.json_response(info, status=202)
+
+
+async def order(request: web.Request) -> web.Response:
+    """POST /v1/releases/{id}/order: download these chunks first, in this order."""
+    f = Fields(await _body(request), {"chunks"})
+    info = request.app[SERVICE].set_order(
+        request.match_info["id"], f.texts("chunks", max_items=_MAX_ORDER)
+    )
+    return web.json_response(info)
 
 
 async def list_releases(request: web.Request) -> web.Response:
@@ -270,6 +346,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/releases", list_releases)
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)
+    app.router.add_post("/v1/releases/{id}/order", order)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)
     return app

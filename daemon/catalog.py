@@ -21,7 +21,9 @@ from p2pweights.release import Release
 
 __all__ = ["Catalog", "ReleaseRow", "ReleaseState"]
 
-ReleaseState = Literal["metadata", "manifest", "downloading", "seeding", "complete", "error"]
+ReleaseState = Literal[
+    "metadata", "manifest", "downloading", "paused", "seeding", "complete", "error"
+]
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -130,25 +132,38 @@ class Catalog:
     ) -> None:
         """Insert a release, or reset an existing row's request fields."""
         with self._tx():
-            self._db.execute(
-                """INSERT INTO releases (id, state, torrent, source, include_json, peers_json,
+            self._upsert(rid, source, state, torrent, include, peers, trackers, tofu)
+
+    def _upsert(
+        self,
+        rid: str,
+        source: str,
+        state: ReleaseState,
+        torrent: bytes | None,
+        include: Sequence[str],
+        peers: Sequence[str],
+        trackers: Sequence[str],
+        tofu: bool,
+    ) -> None:
+        self._db.execute(
+            """INSERT INTO releases (id, state, torrent, source, include_json, peers_json,
                    trackers_json, tofu, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(id) DO UPDATE SET source=excluded.source,
                    include_json=excluded.include_json, peers_json=excluded.peers_json,
                    trackers_json=excluded.trackers_json, tofu=excluded.tofu,
                    torrent=COALESCE(releases.torrent, excluded.torrent)""",
-                (
-                    rid,
-                    state,
-                    torrent,
-                    source,
-                    json.dumps(list(include)),
-                    json.dumps(list(peers)),
-                    json.dumps(list(trackers)),
-                    int(tofu),
-                    time.time(),
-                ),
-            )
+            (
+                rid,
+                state,
+                torrent,
+                source,
+                json.dumps(list(include)),
+                json.dumps(list(peers)),
+                json.dumps(list(trackers)),
+                int(tofu),
+                time.time(),
+            ),
+        )
 
     def set_manifest(
         self,
@@ -165,41 +180,61 @@ class Catalog:
     ) -> None:
         """Record the authenticated manifest of a release and its (path, size, sha, root)s."""
         with self._tx():
-            self._db.execute(
-                """UPDATE releases SET name=?, version=?, label=?, publisher=?,
-                   manifest_sha256=?, total_bytes=?, torrent=COALESCE(?, torrent) WHERE id=?""",
-                (name, version, label, publisher, manifest_sha256, total_bytes, torrent, rid),
+            self._manifest(
+                rid, name, version, label, publisher, manifest_sha256, total_bytes, chunks, torrent
             )
-            self._db.execute("DELETE FROM release_chunks WHERE release_id=?", (rid,))
-            self._db.executemany(
-                "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c[0]) for c in chunks]
-            )
-            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", chunks)
+
+    def _manifest(
+        self,
+        rid: str,
+        name: str,
+        version: int,
+        label: str,
+        publisher: str,
+        manifest_sha256: str,
+        total_bytes: int,
+        chunks: Sequence[tuple[str, int, str, str]],
+        torrent: bytes | None,
+    ) -> None:
+        self._db.execute(
+            """UPDATE releases SET name=?, version=?, label=?, publisher=?,
+               manifest_sha256=?, total_bytes=?, torrent=COALESCE(?, torrent) WHERE id=?""",
+            (name, version, label, publisher, manifest_sha256, total_bytes, torrent, rid),
+        )
+        self._db.execute("DELETE FROM release_chunks WHERE release_id=?", (rid,))
+        self._db.executemany(
+            "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c[0]) for c in chunks]
+        )
+        self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", chunks)
 
     def record_release(self, rid: str, release: Release, torrent: bytes | None) -> None:
         """:meth:`set_manifest` with the fields an authenticated release gives."""
-        m = release.manifest
-        self.set_manifest(
-            rid,
-            name=m.name,
-            version=m.version,
-            label=m.label,
-            publisher=m.publisher.text,
-            manifest_sha256=release.manifest_sha256,
-            total_bytes=sum(c.size for c in m.chunks),
-            chunks=[(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
-            torrent=torrent,
-        )
+        with self._tx():
+            self._manifest(rid, *_manifest_fields(release), torrent)
+
+    def add_published(self, rid: str, release: Release, *, source: str, torrent: bytes) -> None:
+        """Add a published release as seeding, with its manifest, in one transaction.
+
+        A ``kill -9`` then leaves either no row or a seeding row with its chunk list (a
+        seeding row without one would guard none of its chunk names in the store).
+        """
+        with self._tx():
+            self._upsert(rid, source, "seeding", torrent, (), (), (), False)
+            self._manifest(rid, *_manifest_fields(release), torrent)
+            self._set_state(rid, "seeding", None)
 
     def set_state(self, rid: str, state: ReleaseState, error: str | None = None) -> None:
         """Move a release to ``state``; ``complete``/``seeding`` stamp the completion time."""
         with self._tx():
-            self._db.execute(
-                """UPDATE releases SET state=?, error=?,
-                   completed=CASE WHEN ? IN ('seeding','complete') THEN COALESCE(completed, ?)
-                   ELSE completed END WHERE id=?""",
-                (state, error, state, time.time(), rid),
-            )
+            self._set_state(rid, state, error)
+
+    def _set_state(self, rid: str, state: ReleaseState, error: str | None) -> None:
+        self._db.execute(
+            """UPDATE releases SET state=?, error=?,
+               completed=CASE WHEN ? IN ('seeding','complete') THEN COALESCE(completed, ?)
+               ELSE completed END WHERE id=?""",
+            (state, error, state, time.time(), rid),
+        )
 
     def save_resume(self, rid: str, data: bytes) -> None:
         """Store the latest resume data of a release."""
@@ -254,6 +289,21 @@ class Catalog:
         """(size, v2 root) a signed manifest gave the store's chunk at ``path``, if any."""
         row = self._db.execute("SELECT size, v2_root FROM chunks WHERE path=?", (path,)).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _manifest_fields(
+    release: Release,
+) -> tuple[str, int, str, str, str, int, list[tuple[str, int, str, str]]]:
+    m = release.manifest
+    return (
+        m.name,
+        m.version,
+        m.label,
+        m.publisher.text,
+        release.manifest_sha256,
+        sum(c.size for c in m.chunks),
+        [(c.path, c.size, c.sha256, c.v2_root) for c in m.chunks],
+    )
 
 
 _COLUMNS = (

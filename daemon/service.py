@@ -28,10 +28,12 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from p2pweights import __version__
+from p2pweights.chunking import chunk_order, layer_order
 from p2pweights.errors import (
     FormatError,
     LoadError,
@@ -58,7 +60,7 @@ from .admission import (
     store_layout,
     wanted_chunks,
 )
-from .catalog import Catalog, ReleaseRow
+from .catalog import Catalog, ReleaseRow, ReleaseState
 from .config import DaemonConfig
 from .engine import (
     Engine,
@@ -79,8 +81,66 @@ log = logging.getLogger(__name__)
 
 NotFoundError = UnknownReleaseError
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_CHUNK_PATH = re.compile(r"chunks/[^/\x00-\x1f]{1,200}")
 _TERMINAL = ("seeding", "complete", "error")
+_WAIT_ENDS = (*_TERMINAL, "paused")
+"""A wait also returns for a release a full disk paused: the caller should hear of it."""
+_DISK_RETRY_EVERY = 2.0
+_DISK_FREE_TO_RETRY = 16 * 1024 * 1024
+"""A fetch a full disk paused is restarted once the store has this much free space."""
 _RESUME_EVERY = 0.25
+_WINDOW_CHUNKS = 2
+_WINDOW_BYTES = 4 * 1024 * 1024
+"""An ordered download wants only its next chunks (at least ``_WINDOW_CHUNKS``, and up to
+``_WINDOW_BYTES``) and moves the window on as each completes. File priority levels cannot
+order it: with only seeds in the swarm every piece has the same availability, so
+libtorrent's picker ignores levels 1-6 (measured: chunks came in random order), while a
+window keeps every request on the next layers and enough of them in flight to fill the
+pipe."""
+
+
+@dataclass(eq=False)
+class _Download:
+    """The chunks a fetch downloads, those ready, and the order it wants them in."""
+
+    torrent: TorrentFile
+    release: Release
+    wanted: list[str]
+    order: list[str] | None = None
+    """Chunk paths, most wanted first; None downloads in libtorrent's own order."""
+    ready: dict[str, None] = field(default_factory=dict)
+
+    def pending(self) -> list[str]:
+        """Wanted chunks not complete yet, most wanted first."""
+        if self.order is None:
+            ranked = self.wanted
+        else:
+            wanted, named = set(self.wanted), set(self.order)
+            ranked = [p for p in self.order if p in wanted]
+            ranked += [p for p in self.wanted if p not in named]
+        return [p for p in ranked if p not in self.ready]
+
+    def priorities(self) -> list[int]:
+        """One libtorrent priority per file: the metadata files, then the chunks."""
+        prios = manifest_only(self.torrent)
+        if self.order is None:
+            for path in self.wanted:
+                prios[self.torrent.file(path).index] = PRIO_CHUNK
+            return prios
+        for path in self.ready:
+            prios[self.torrent.file(path).index] = PRIO_CHUNK
+        sizes = {c.path: c.size for c in self.release.manifest.chunks}
+        window = 0
+        for count, path in enumerate(self.pending()):
+            if count >= _WINDOW_CHUNKS and window + sizes[path] > _WINDOW_BYTES:
+                break
+            prios[self.torrent.file(path).index] = PRIO_CHUNK
+            window += sizes[path]
+        return prios
+
+
+def _chunk_of(release: Release) -> dict[str, str]:
+    return {name: t.chunk for name, t in release.manifest.tensors.items()}
 
 
 class Service:
@@ -100,6 +160,17 @@ class Service:
         """Set on each verified piece of a download, for the resume-data saver."""
         self._states: dict[str, list[str]] = {}
         """libtorrent states each release went through since this daemon started."""
+        self._downloads: dict[str, _Download] = {}
+        """Releases whose chunks are downloading now."""
+        self._hash_failures: dict[str, int] = {}
+        """Pieces of each release that failed the hash check since this daemon started."""
+        self._paused_from: dict[str, tuple[ReleaseState, str]] = {}
+        """Fetches a full disk paused: the state each was in, and why (kept here too: the
+        catalog may be on the full disk)."""
+        self._disk_watch: asyncio.Task[None] | None = None
+        self._ordered: dict[str, list[str]] = {}
+        self._magnets: dict[str, str] = {}
+        """Fetches asked to download in order: chunk paths, or empty for layer order."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,9 +198,12 @@ class Service:
 
     async def close(self) -> None:
         """Stop tasks, save resume data of everything, end the engine."""
-        for task in [*self._tasks.values(), *self._background]:
+        tasks = [*self._tasks.values(), *self._background]
+        if self._disk_watch is not None:
+            tasks.append(self._disk_watch)
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks.values(), *self._background]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         saved = await self.engine.close()
@@ -187,9 +261,8 @@ class Service:
         for chunk in release.manifest.chunks:  # import_release checked each store file
             records.record(target / chunk.path, chunk.sha256)
         records.save()
-        self.catalog.add_release(rid, source=str(root), state="seeding", torrent=tf.data)
-        self._record_manifest(rid, release, tf)
-        self.catalog.set_state(rid, "seeding")
+        # One transaction: a kill -9 leaves no row, or a seeding row with its chunk list.
+        self.catalog.add_published(rid, release, source=str(root), torrent=tf.data)
         self.engine.add(
             tf,
             self.store.root,
@@ -211,7 +284,7 @@ class Service:
     ) -> dict[str, Any]:
         """Pack ``source`` with an unencrypted key file, then publish the result."""
         key = load_private_key(Path(key_file))
-        staging = self.store.root / "staging" / f"{os.getpid()}-{time.monotonic_ns()}"
+        staging = self.store.staging / f"{os.getpid()}-{time.monotonic_ns()}"  # swept at start
         try:
             await asyncio.to_thread(
                 pack, Path(source), staging, name=name, version=version, key=key, label=label
@@ -240,13 +313,26 @@ class Service:
         trackers: Sequence[str] = (),
         include: Sequence[str] = (),
         trust_on_first_use: bool = False,
+        ordered: bool = False,
     ) -> dict[str, Any]:
-        """Start fetching a release; returns at once with its id and state."""
+        """Start fetching a release; returns at once with its id and state.
+
+        With ``ordered`` the chunks come in layer order (see :meth:`set_order`), for a
+        reader that streams tensors as they land; otherwise libtorrent picks rarest first,
+        which spreads pieces best across a swarm.
+        """
         target = self._parse_target(uri)
         for p in peers:
             parse_peer(p)
         rid = target.id
+        if ordered:
+            download = self._downloads.get(rid)
+            if download is not None and download.order is None:
+                self.set_order(rid, [])
+            self._ordered.setdefault(rid, [])
         row = self.catalog.get(rid)
+        if row is not None and row.state == "paused":
+            self._retry_paused(only=rid)  # asked again: go on now if there is room
         if row is not None and rid in self._tasks:
             # A fetch under way: new peers join it now (the old ones may be gone), and
             # are remembered for a restart.
@@ -318,7 +404,10 @@ class Service:
         self._tasks[rid] = asyncio.create_task(run(), name=f"fetch-{rid[:12]}")
 
     async def _fail(self, rid: str, exc: BaseException) -> None:
-        self.catalog.set_state(rid, "error", f"{type(exc).__name__}: {exc}")
+        try:
+            self.catalog.set_state(rid, "error", f"{type(exc).__name__}: {exc}")
+        except sqlite3.Error as db_exc:  # e.g. a full disk: the row keeps its last state
+            log.error("could not record the failure of %s: %s", rid, db_exc)
         if rid in self.engine.torrents():
             with contextlib.suppress(P2PWeightsError):
                 await self.engine.remove(rid)
@@ -378,35 +467,112 @@ class Service:
         )
         self._record_manifest(rid, release, tf)
         wanted = wanted_chunks(release, row.include)
-        prios = manifest_only(tf)
-        for path in wanted:
-            prios[tf.file(path).index] = PRIO_CHUNK
+        download = _Download(tf, release, wanted)
+        if rid in self._ordered:
+            default = chunk_order(layer_order(release.manifest.tensors), _chunk_of(release))
+            download.order = list(dict.fromkeys([*self._ordered[rid], *default]))
+        self._downloads[rid] = download
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
         stop_saver = asyncio.Event()
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
-            await self._want(tid, prios, peers, after_pause=True)
-            await self.engine.wait_files(tid, [tf.file(p).index for p in wanted])
+            await self._want(tid, download.priorities(), peers, after_pause=True)
+            await self._follow_chunks(rid, tid, download)
         except BaseException:
             saver.cancel()
             raise
         finally:
             self._progressed.pop(tid, None)
+            self._downloads.pop(rid, None)
+            self._ordered.pop(rid, None)
         # Let a save in flight finish: its alert must not answer the next request.
         stop_saver.set()
         await saver
-        # wait_files flushed libtorrent's cache, so the files hold the bytes now.
-        self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
-        # libtorrent accepted every block against the v2 roots the signed manifest lists,
-        # so these bytes are the publisher's: record them for fast-mode loads.
+        # _follow_chunks flushed libtorrent's cache, so the files hold the bytes now.
         records = ChunkRecords(release.root)
         by_path = {c.path: c for c in release.manifest.chunks}
-        for path in wanted:
+        for path in download.ready:
             records.record(release.root / path, by_path[path].sha256)
         records.save()
+        self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         self.catalog.set_state(rid, "seeding")
         self._notify(rid, "complete")
+
+    async def _follow_chunks(self, rid: str, tid: str, download: _Download) -> None:
+        """Announce each wanted chunk as it completes, until all have.
+
+        libtorrent accepted every block of a complete chunk against the v2 roots the
+        signed manifest lists, so its bytes are the publisher's: once flushed, the chunk
+        is recorded for fast-mode loads and announced (a ``chunk`` event, and in
+        ``ready_chunks``), so a streaming reader can map it while the rest arrives. An
+        ordered download then moves its priority window on.
+        """
+        tf, release = download.torrent, download.release
+        records = ChunkRecords(release.root)
+        by_path = {c.path: c for c in release.manifest.chunks}
+        while pending := download.pending():
+            done = await self.engine.wait_any_file(tid, [tf.file(p).index for p in pending])
+            await self.engine.flush(tid)
+            finished = [p for p in pending if tf.file(p).index in set(done)]
+            for path in finished:
+                records.record(release.root / path, by_path[path].sha256)
+            try:
+                records.save()
+            except OSError as exc:  # a full disk: loads hash these chunks instead, for now
+                log.warning("could not save chunk records of %s: %s", rid, exc)
+            for path in finished:
+                download.ready[path] = None
+                self._notify(
+                    rid,
+                    "chunk",
+                    path=path,
+                    ready_chunks=len(download.ready),
+                    wanted_chunks=len(download.wanted),
+                )
+            if download.order is not None and download.pending():
+                await self.engine.set_file_priorities(tid, download.priorities())
+
+    def set_order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
+        """Download a fetch's chunks in this order (most wanted first).
+
+        Paths must be chunks of the release; chunks not named follow in layer order. A
+        fetch still fetching its manifest takes the order when its download starts.
+
+        Raises:
+            UnknownReleaseError: no such release.
+            LoadError: a path that is not one of the release's chunks.
+        """
+        row = self._row(rid)
+        if row.state in ("seeding", "complete"):
+            return self.show(row.id)
+        download = self._downloads.get(row.id)
+        if download is None:
+            bad = [c for c in chunks if not _CHUNK_PATH.fullmatch(c)]
+            if bad:
+                raise LoadError(f"{bad[0][:80]!r} is not a chunk path (chunks/<name>)")
+            self._ordered[row.id] = list(dict.fromkeys(chunks))
+            return self.show(row.id)
+        known = set(download.wanted)
+        bad = [c for c in chunks if c not in known]
+        if bad:
+            raise LoadError(f"{bad[0][:80]!r} is not a wanted chunk of release {row.id[:12]}")
+        default = chunk_order(
+            layer_order(download.release.manifest.tensors), _chunk_of(download.release)
+        )
+        download.order = list(dict.fromkeys([*chunks, *default]))
+        tid = row.id
+        if tid in self.engine.torrents() and download.pending():
+            task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))
+            self._background.append(task)
+            task.add_done_callback(self._background_done)
+        return self.show(row.id)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._background.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("setting priorities failed: %s", task.exception())
 
     async def _save_resume_on_progress(self, tid: str, stop: asyncio.Event) -> None:
         """Save resume data as verified pieces arrive: at most every ``_RESUME_EVERY`` s.
@@ -481,14 +647,29 @@ class Service:
             matches = [
                 r for r in self.catalog.releases() if len(rid) >= 6 and r.id.startswith(rid.lower())
             ]
-            if len(matches) == 1:
-                return matches[0]
-            raise UnknownReleaseError(f"no release {rid[:80]!r}")
+            if len(matches) != 1:
+                raise UnknownReleaseError(f"no release {rid[:80]!r}")
+            row = matches[0]
+        return self._effective(row)
+
+    def _effective(self, row: ReleaseRow) -> ReleaseRow:
+        if row.id in self._paused_from:  # whether or not the catalog could record it
+            return replace(row, state="paused", error=self._paused_from[row.id][1])
         return row
+
+    def _magnet(self, row: ReleaseRow) -> str | None:
+        if row.torrent is None:
+            return None
+        magnet = self._magnets.get(row.id)
+        if magnet is None:  # a release's torrent never changes: parse it once
+            magnet = self._magnets[row.id] = parse_torrent(row.torrent).magnet
+        return magnet
 
     def show(self, rid: str) -> dict[str, Any]:
         """Everything about one release."""
-        row = self._row(rid)
+        return self._info(self._row(rid))
+
+    def _info(self, row: ReleaseRow) -> dict[str, Any]:
         info: dict[str, Any] = {
             "id": row.id,
             "name": row.name,
@@ -507,8 +688,12 @@ class Service:
             "torrent_path": str(self.store.releases / row.id / "release.torrent")
             if row.torrent
             else None,
-            "magnet": parse_torrent(row.torrent).magnet if row.torrent else None,
+            "magnet": self._magnet(row),
         }
+        download = self._downloads.get(row.id)
+        if download is not None:
+            info["ready_chunks"] = list(download.ready)
+            info["ordered"] = download.order is not None
         try:
             st = self.engine.status(row.id) if row.id in self.engine.torrents() else None
         except EngineError:
@@ -526,22 +711,32 @@ class Service:
                 "peers": st.num_peers,
                 "seeds": st.num_seeds,
                 "failed_bytes": st.failed_bytes,
+                "hash_failures": self._hash_failures.get(row.id, 0),
                 "wanted": st.total_wanted,
                 "wanted_done": st.total_wanted_done,
                 "error": st.error,
                 "state_history": list(self._states.get(row.id, [])),
             }
+            if st.failed_bytes and row.state not in ("seeding", "complete"):
+                info["problem"] = (
+                    f"{self._hash_failures.get(row.id, 0)} pieces failed the hash check "
+                    f"({st.failed_bytes} bytes thrown away): peers sent data that is not the "
+                    f"signed release; they are dropped, and the fetch waits for an honest one "
+                    f"({st.num_peers} peers connected now)"
+                )
+        if row.state == "paused":
+            info["problem"] = row.error
         return info
 
     def list_releases(self) -> list[dict[str, Any]]:
         """Every release, oldest first."""
-        return [self.show(r.id) for r in self.catalog.releases()]
+        return [self._info(self._effective(r)) for r in self.catalog.releases()]
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Return once the release is complete or failed, or ``timeout`` passes."""
         row = self._row(rid)
         deadline = time.monotonic() + timeout
-        while row.state not in _TERMINAL:
+        while row.state not in _WAIT_ENDS:
             event = self._changed.setdefault(row.id, asyncio.Event())
             left = deadline - time.monotonic()
             if left <= 0:
@@ -551,7 +746,7 @@ class Service:
             event.clear()
             row = self._row(row.id)
         info = self.show(row.id)
-        info["timed_out"] = row.state not in _TERMINAL
+        info["timed_out"] = row.state not in _WAIT_ENDS
         return info
 
     async def remove(self, rid: str, *, delete_data: bool) -> dict[str, Any]:
@@ -584,6 +779,8 @@ class Service:
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(1024)
         self._subscribers.add(q)
         try:
+            # Tells the subscriber it will see every event from now on.
+            yield {"kind": "subscribed", "id": None, "time": time.time()}
             while (event := await q.get()) is not None:
                 yield event
         finally:
@@ -599,7 +796,64 @@ class Service:
                 if event.kind == "state":
                     history = self._states.setdefault(event.torrent, [])
                     history[:] = [*history[-31:], event.message]
+                elif event.kind == "hash_failed":
+                    self._hash_failures[event.torrent] = (
+                        self._hash_failures.get(event.torrent, 0) + 1
+                    )
+                elif event.kind == "disk_full":
+                    self._on_disk_full(event.torrent, event.message)
                 self._notify(event.torrent, event.kind, **_event_fields(event))
+
+    # ------------------------------------------------------------------ a full disk
+
+    def _on_disk_full(self, rid: str, message: str) -> None:
+        """Record a fetch a full disk stopped as ``paused``, and watch for free space.
+
+        Nothing is lost: libtorrent keeps every verified piece, and the blocks it could not
+        write are fetched again once the fetch goes on.
+        """
+        row = self.catalog.get(rid)
+        if row is None or row.state in ("seeding", "complete", "error"):
+            return
+        why = (
+            f"DiskFullError: {message}; the fetch goes on by itself once "
+            f"{_DISK_FREE_TO_RETRY // 2**20} MiB are free"
+        )
+        self._paused_from[rid] = (
+            self._paused_from[rid][0] if rid in self._paused_from else row.state,
+            why,
+        )
+        try:
+            self.catalog.set_state(rid, "paused", why)
+        except sqlite3.Error as exc:  # the catalog may share the full disk
+            log.error("could not record the pause of %s: %s", rid, exc)
+        if self._disk_watch is None or self._disk_watch.done():
+            self._disk_watch = asyncio.create_task(self._retry_when_space_is_freed())
+
+    async def _retry_when_space_is_freed(self) -> None:
+        """Every ``_DISK_RETRY_EVERY`` s, restart the paused fetches if space was freed."""
+        while self._paused_from:
+            await asyncio.sleep(_DISK_RETRY_EVERY)
+            self._retry_paused()
+
+    def _retry_paused(self, only: str | None = None) -> None:
+        free = shutil.disk_usage(self.store.root).free
+        if free < _DISK_FREE_TO_RETRY:
+            return
+        for rid in list(self._paused_from):
+            if only is not None and rid != only:
+                continue
+            state, _ = self._paused_from.pop(rid)
+            if rid not in self.engine.torrents() or self.engine.disk_full(rid) is None:
+                continue
+            log.info("%d MiB free again: %s goes on", free // 2**20, rid)
+            self.engine.clear_disk_full(rid)
+            with contextlib.suppress(sqlite3.Error):
+                self.catalog.set_state(rid, state)
+            row = self.catalog.get(rid)
+            for host, port in map(parse_peer, row.peers if row else ()):
+                self.engine.connect_peer(rid, host, port)  # dropped while it was stopped
+            self._notify(rid, "space_freed", message=f"{free} bytes free")
 
     async def _periodic_resume(self) -> None:
         """Every ``resume_interval`` s, save every torrent's state (upload totals too)."""

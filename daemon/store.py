@@ -7,6 +7,7 @@ Layout under ``<data dir>/store``::
     releases/<id>/manifest.sig
     releases/<id>/release.torrent
     releases/<id>/chunks -> ../../chunks
+    staging/<pid>-<ns>/                 a pack in progress (swept at start)
 
 Because each ``releases/<id>`` holds a ``chunks`` link to the shared directory, it is an
 ordinary release directory: ``p2pweights.load`` and ``open_release`` read it unchanged,
@@ -38,11 +39,26 @@ class Store:
         self.root = root
         self.chunks = root / CHUNKS_DIR
         self.releases = root / "releases"
+        self.staging = root / "staging"
+        """Where ``pack_and_publish`` packs a release before importing it."""
 
     def open(self) -> None:
-        """Create the layout, and drop temp files that a crash left behind."""
+        """Create the layout, and drop what a crash left behind.
+
+        That is every temp file (``*.p2pw-tmp``: a chunk being linked in, a manifest or
+        record being replaced) and every pack in ``staging/`` (``pack_and_publish``
+        packs there, then imports into the store; a kill mid-way leaves a partial
+        release there that nothing else would remove). Only the daemon that holds the
+        data dir's lock calls this, so no live pack is swept.
+        """
         self.chunks.mkdir(parents=True, exist_ok=True)
         self.releases.mkdir(parents=True, exist_ok=True)
+        if self.staging.exists():
+            for leftover_pack in self.staging.iterdir():
+                if leftover_pack.is_dir() and not leftover_pack.is_symlink():
+                    shutil.rmtree(leftover_pack, ignore_errors=True)
+                else:
+                    leftover_pack.unlink(missing_ok=True)
         for leftover in self.root.rglob(f"*{TMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
 

@@ -8,6 +8,8 @@ The public API::
     with p2pweights.open("path/to/release") as r:       # lazy, like safetensors.safe_open
         r.get_tensor("lm_head.weight")
     state = p2pweights.load("magnet:?xt=urn:btmh:1220...")  # fetched by the daemon
+    for name, tensor in p2pweights.stream("magnet:?xt=..."):  # as each chunk lands
+        ...
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .errors import (
     CorruptChunkError,
     DaemonError,
     DaemonUnavailableError,
+    DiskFullError,
     ExportError,
     FormatError,
     KeyFileError,
@@ -47,6 +50,7 @@ from .manifest import Manifest
 from .pack import PackResult, pack
 from .release import Release, open_release
 from .remote import fetch
+from .stream import TensorStream, stream
 from .trust import TrustEntry, TrustStore
 from .verify import verify_release
 
@@ -60,6 +64,7 @@ __all__ = [
     "CorruptChunkError",
     "DaemonError",
     "DaemonUnavailableError",
+    "DiskFullError",
     "ExportError",
     "ExportResult",
     "FormatError",
@@ -80,6 +85,7 @@ __all__ = [
     "SignatureError",
     "SourceError",
     "SwarmError",
+    "TensorStream",
     "TrustEntry",
     "TrustError",
     "TrustStore",
@@ -98,5 +104,6 @@ __all__ = [
     "open",
     "open_release",
     "pack",
+    "stream",
     "verify_release",
 ]

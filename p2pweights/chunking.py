@@ -13,9 +13,16 @@ gets a chunk of its own.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "group_key", "natural_key", "plan_chunks"]
+__all__ = [
+    "DEFAULT_MAX_CHUNK_BYTES",
+    "chunk_order",
+    "group_key",
+    "layer_order",
+    "natural_key",
+    "plan_chunks",
+]
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 1024 * 1024
 
@@ -68,3 +75,38 @@ def plan_chunks(tensors: Sequence[tuple[str, int]], max_chunk_bytes: int) -> lis
         if current:
             plan.append(current)
     return plan
+
+
+_EMBEDDING_PARTS = frozenset({"wte", "wpe", "tok_embeddings", "word_embeddings", "shared"})
+
+
+def _layer_rank(name: str) -> tuple[int, int, tuple[tuple[int, int | str], ...]]:
+    parts = name.split(".")
+    for part in parts:
+        if part.isdigit():
+            return (1, int(part), natural_key(name))
+    if any("embed" in part or part in _EMBEDDING_PARTS for part in parts):
+        return (0, 0, natural_key(name))
+    return (2, 0, natural_key(name))
+
+
+def layer_order(names: Iterable[str]) -> list[str]:
+    """Tensor names in the order a forward pass needs them.
+
+    Embeddings first, then each numbered layer in numeric order (``layers.2`` before
+    ``layers.10``), then everything else (final norm, heads), each part in natural order.
+    """
+    return sorted(names, key=_layer_rank)
+
+
+def chunk_order(tensor_order: Sequence[str], chunk_of: Mapping[str, str]) -> list[str]:
+    """Chunk paths in the order their first tensor appears in ``tensor_order``.
+
+    Args:
+        tensor_order: tensor names, most wanted first.
+        chunk_of: tensor name -> chunk path, for every tensor (names not in
+            ``tensor_order`` put their chunks last, in layer order).
+    """
+    named = set(tensor_order)
+    ranked = [*tensor_order, *layer_order(n for n in chunk_of if n not in named)]
+    return list(dict.fromkeys(chunk_of[n] for n in ranked if n in chunk_of))

@@ -14,7 +14,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,8 +173,12 @@ class DaemonClient:
         trackers: Sequence[str] = (),
         include: Sequence[str] = (),
         trust_on_first_use: bool = False,
+        ordered: bool = False,
     ) -> dict[str, Any]:
-        """Start a fetch; returns the release's id and state at once."""
+        """Start a fetch; returns the release's id and state at once.
+
+        ``ordered`` asks for the chunks in layer order (for a streaming reader).
+        """
         if uri.endswith(".torrent") and Path(uri).is_file():
             uri = str(Path(uri).resolve())
         return await self.request(
@@ -186,8 +190,13 @@ class DaemonClient:
                 "trackers": list(trackers),
                 "include": list(include),
                 "trust_on_first_use": trust_on_first_use,
+                "ordered": ordered,
             },
         )
+
+    async def order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
+        """Have a fetch download these chunk paths first, in this order."""
+        return await self.request("POST", f"/releases/{rid}/order", body={"chunks": list(chunks)})
 
     async def releases(self) -> list[dict[str, Any]]:
         """All releases."""
@@ -210,7 +219,7 @@ class DaemonClient:
             "DELETE", f"/releases/{rid}", params={"delete_data": "1" if delete_data else "0"}
         )
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncGenerator[dict[str, Any]]:
         """The daemon's event stream (Server-Sent Events), until it closes."""
         try:
             async with (

@@ -22,7 +22,8 @@
     ├── CatalogError                        the daemon's SQLite catalog is damaged or unknown
     ├── UnknownReleaseError (LookupError)   no release with that id is known to the daemon
     ├── SwarmError                          the swarm could not deliver: torrent errors, no peers
-    │   └── ReleaseMismatchError            the torrent's files differ from the signed manifest
+    │   ├── ReleaseMismatchError            the torrent's files differ from the signed manifest
+    │   └── DiskFullError                   the store's disk is full; the fetch is paused, not lost
     └── DaemonError                         talking to the daemon failed
         ├── DaemonUnavailableError (ConnectionError)  no daemon answers, and none could start
         └── ApiError                        the daemon refused a request (carries its status)
@@ -40,6 +41,7 @@ __all__ = [
     "CorruptChunkError",
     "DaemonError",
     "DaemonUnavailableError",
+    "DiskFullError",
     "ExportError",
     "FormatError",
     "KeyFileError",
@@ -184,6 +186,12 @@ class ReleaseMismatchError(SwarmError):
     """The torrent's file list differs from the signed manifest's chunk list."""
 
     exit_code = 3
+
+
+class DiskFullError(SwarmError):
+    """The store's filesystem is full: the fetch is paused and goes on once space is freed."""
+
+    exit_code = 17
 
 
 class DaemonError(P2PWeightsError):

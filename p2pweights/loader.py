@@ -2,8 +2,9 @@
 
 CPU tensors are views into a private (copy-on-write) memory map of each chunk file, made
 with ``torch.UntypedStorage.from_file``: no tensor byte is copied, and writing to a tensor
-never touches the store. Other devices get the tensor copied from that map, one tensor at
-a time, so the model is never materialised twice in CPU memory.
+never touches the store. Other devices get each chunk read into one reused staging buffer
+(pinned for CUDA) and copied from there (``_staging``), so at most one chunk is ever held
+on the CPU.
 
 Nothing is returned before the manifest is authenticated and the chunk it comes from has
 passed verification in the mode asked for.
@@ -20,6 +21,7 @@ from typing import Any, cast
 import torch
 
 from ._safetensors import DTYPES
+from ._staging import StagingCopier
 from .errors import LoadError
 from .manifest import TensorEntry
 from .paths import data_dir, trust_path
@@ -71,6 +73,19 @@ class ReleaseReader:
         self._verify: VerifyMode = verify
         self._device = torch.device(device)
         self._storages: dict[str, torch.UntypedStorage] = {}
+        self._copier = StagingCopier(self._device) if self._device.type != "cpu" else None
+        self._copied: dict[str, torch.Tensor] = {}
+        """Device tensors read by :meth:`prepare`, until ``get_tensor`` hands them out."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where ``get_tensor`` puts tensors."""
+        return self._device
+
+    @property
+    def staging(self) -> StagingCopier | None:
+        """The staging buffer used for a non-CPU device (None on the CPU)."""
+        return self._copier
 
     def keys(self) -> list[str]:
         """Tensor names, sorted."""
@@ -90,9 +105,30 @@ class ReleaseReader:
         }
 
     def prepare(self, names: Iterable[str]) -> None:
-        """Verify and map, in one parallel pass, every chunk holding ``names``."""
+        """Verify and map, in one parallel pass, every chunk holding ``names``.
+
+        On a non-CPU device the tensors are copied there instead, one chunk at a time.
+        """
         tensors = self.release.manifest.tensors
-        paths = {tensors[n].chunk for n in names} - set(self._storages)
+        wanted = [n for n in names if n not in self._copied]
+        if self._copier is not None:
+            by_chunk: dict[str, list[TensorEntry]] = {}
+            for n in wanted:
+                by_chunk.setdefault(tensors[n].chunk, []).append(tensors[n])
+            chunks = [c for c in self.release.manifest.chunks if c.path in by_chunk]
+            if self._verify == "fast":
+                verify_chunks(self.release.root, chunks, "fast")
+            for c in chunks:
+                self._copied.update(
+                    self._copier.copy(
+                        self.release.chunk_path(c.path),
+                        c,
+                        by_chunk[c.path],
+                        hash_check=self._verify == "full",
+                    )
+                )
+            return
+        paths = {tensors[n].chunk for n in wanted} - set(self._storages)
         chunks = [c for c in self.release.manifest.chunks if c.path in paths]
         verify_chunks(self.release.root, chunks, self._verify)
         for c in chunks:
@@ -113,16 +149,18 @@ class ReleaseReader:
         entry = self.release.manifest.tensors.get(name)
         if entry is None:
             raise LoadError(f"no tensor named {name!r} in {self.release.manifest.name}")
+        if self._copier is not None:
+            if name not in self._copied:
+                self.prepare([name])
+            return self._copied.pop(name)
         if entry.chunk not in self._storages:
             self.prepare([name])
-        tensor = _tensor_from_storage(self._storages[entry.chunk], entry)
-        if self._device.type != "cpu":
-            tensor = tensor.to(self._device)
-        return tensor
+        return _tensor_from_storage(self._storages[entry.chunk], entry)
 
     def close(self) -> None:
         """Drop the maps held by this reader (tensors handed out keep theirs alive)."""
         self._storages.clear()
+        self._copied.clear()
 
     def __enter__(self) -> ReleaseReader:
         return self
@@ -228,18 +266,37 @@ def load_into(
     include: Iterable[str] | str | None = None,
     trust: TrustStore | None = None,
     home: Path | str | None = None,
+    peers: Sequence[str] = (),
+    stream: bool = False,
 ) -> Any:
     """Load a verified state dict into ``module`` (``module.load_state_dict``).
 
+    With ``stream`` the module is filled tensor by tensor as chunks land (layer order;
+    a remote source's first layers arrive first), instead of after the whole fetch.
+
     Returns:
-        torch's ``(missing_keys, unexpected_keys)`` result.
+        ``(missing_keys, unexpected_keys)``: torch's result, or with ``stream`` a
+        :class:`~p2pweights.stream.IncompatibleKeys` with the same fields.
 
     Raises:
         LoadError: with ``strict``, keys or shapes that do not match the module.
         Everything :func:`load` raises.
 
     """
-    state = load(source, verify=verify, include=include, trust=trust, home=home)
+    if stream:
+        from .stream import load_into_streaming  # noqa: PLC0415 - stream imports this module
+
+        return load_into_streaming(
+            module,
+            source,
+            strict=strict,
+            verify=verify,
+            include=include,
+            trust=trust,
+            home=home,
+            peers=peers,
+        )
+    state = load(source, verify=verify, include=include, trust=trust, home=home, peers=peers)
     try:
         return module.load_state_dict(state, strict=strict)
     except RuntimeError as exc:

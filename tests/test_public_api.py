@@ -18,6 +18,7 @@ def test_public_names_are_pinned() -> None:
         "CorruptChunkError",
         "DaemonError",
         "DaemonUnavailableError",
+        "DiskFullError",
         "ExportError",
         "ExportResult",
         "FormatError",
@@ -40,6 +41,7 @@ def test_public_names_are_pinned() -> None:
         "SwarmError",
         "TrustEntry",
         "TrustError",
+        "TensorStream",
         "TrustStore",
         "TrustStoreError",
         "UnknownReleaseError",
@@ -56,6 +58,7 @@ def test_public_names_are_pinned() -> None:
         "open",
         "open_release",
         "pack",
+        "stream",
         "verify_release",
     }
     for name in p2pweights.__all__:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import socket
@@ -50,6 +51,8 @@ class _Torrent:
     payload_down: int = 0
     """Payload counted before a reconnect (libtorrent resets its session counters)."""
     payload_up: int = 0
+    disk_full: str | None = None
+    """libtorrent's message while the torrent is stopped by a full disk."""
 
     def adjust(self, status: TorrentStatus) -> TorrentStatus:
         """``status`` with the payload counted before any reconnect added back."""
@@ -428,6 +431,21 @@ class Engine:
             t.payload_up += int(st.total_payload_upload)
             t.handle.resume()
 
+    def disk_full(self, tid: str) -> str | None:
+        """Why the torrent is stopped by a full disk, or None if it is not."""
+        return self._get(tid).disk_full
+
+    def clear_disk_full(self, tid: str) -> None:
+        """Restart a torrent that a full disk stopped (blocks not written are refetched)."""
+        t = self._get(tid)
+        t.disk_full = None
+        # libtorrent answers a full disk with upload mode (no more requests), which only
+        # auto-managed torrents leave by themselves; some versions stop the torrent too.
+        t.handle.unset_flags(lt.torrent_flags.upload_mode)
+        t.handle.clear_error()
+        t.handle.resume()
+        self._emit(EngineEvent("resumed", tid))
+
     def connect_peer(self, tid: str, host: str, port: int) -> None:
         """Ask the torrent to connect to a peer."""
         self._get(tid).handle.connect_peer((host, port))
@@ -467,6 +485,29 @@ class Engine:
 
         await self._wait(t, ready)
         await self.flush(tid)
+
+    async def wait_any_file(self, tid: str, indices: Iterable[int]) -> list[int]:
+        """Wait until at least one file in ``indices`` is complete and hash-checked.
+
+        Returns:
+            Every file of ``indices`` complete by then, in the order given. Unlike
+            :meth:`wait_files` this does not flush; call :meth:`flush` before reading.
+        """
+        t = self._get(tid)
+        wanted = list(dict.fromkeys(indices))
+        done: list[int] = []
+
+        def ready() -> bool:
+            ti = t.handle.torrent_file()
+            if ti is None:
+                return False
+            fs = ti.layout()
+            progress = t.handle.file_progress(lt.file_progress_flags_t.piece_granularity)
+            done[:] = [i for i in wanted if progress[i] == fs.file_size(i)]
+            return bool(done) or not wanted
+
+        await self._wait(t, ready)
+        return list(done)
 
     async def flush(self, tid: str) -> None:
         """Write out whatever libtorrent still holds in memory for the torrent."""
@@ -752,6 +793,17 @@ class Engine:
         elif isinstance(a, lt.fastresume_rejected_alert):
             log.warning("%s", a.message())
             self._emit(EngineEvent("resume_rejected", tid, message=a.message()))
+        elif isinstance(a, lt.file_error_alert) and a.error.value() in _DISK_FULL:
+            # libtorrent stops the torrent; it can go on once space is freed, so this is
+            # not a failure: waiters keep waiting, and clear_error() restarts it.
+            if t.disk_full is None:
+                t.disk_full = a.message()
+                log.error("%s", t.disk_full)
+                self._emit(EngineEvent("disk_full", tid, message=t.disk_full))
+        elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert) and t.disk_full:
+            # With mmap storage, reading back a page the full disk could not hold fails
+            # too (EIO); a symptom of the same cause, cured by the same clear_disk_full().
+            log.warning("while the disk is full: %s", a.message())
         elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
             msg = a.message()
             log.error("%s", msg)
@@ -761,6 +813,9 @@ class Engine:
         else:
             log.debug("%s", a.message())
 
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Write errors that freeing space (or raising a file size limit) cures."""
 
 _CHECKING_STATES = frozenset(
     {

@@ -151,6 +151,7 @@ EventKind = Literal[
     "resume_rejected",
     "progress",
     "piece",
+    "disk_full",
 ]
 
 

@@ -14,11 +14,12 @@ import click
 
 from ..client import DaemonClient, daemon_log_path, running_daemon_pid, start_daemon
 from ..errors import DaemonError, LoadError
+from ..hf_cache import resolve_snapshot
 from ..loader import load as load_tensors
 from ..pack import pack as pack_release
 from ..paths import default_key_path
 from ..release import is_release_dir
-from ..remote import fetch_async
+from ..remote import export_to_local_dir, fetch_async, parse_revision
 from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
 from ._local import source_size
 
@@ -127,10 +128,21 @@ def _release_line(r: dict[str, Any]) -> str:
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path, exists=True))
-@click.option("--name", help="Pack first: release name ORG/MODEL.")
-@click.option("--version", "version", type=click.IntRange(min=0), help="Pack first: version.")
-@click.option("--label", default="")
+@click.argument("src", type=click.Path(path_type=Path, exists=True), required=False)
+@click.option(
+    "--from-hf-cache",
+    "hf_ref",
+    metavar="ORG/NAME[@REV]",
+    help="Pack the snapshot of this repo in the local HF cache ($HF_HUB_CACHE, $HF_HOME/hub).",
+)
+@click.option("--name", help="Pack first: release name ORG/MODEL (default: the HF repo id).")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=0),
+    help="Pack first: version (default 1 with --from-hf-cache).",
+)
+@click.option("--label", default=None, help="Pack first: label (default hf:ORG/NAME@COMMIT).")
 @click.option("--key", "key_path", type=click.Path(path_type=Path))
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -143,23 +155,39 @@ def _release_line(r: dict[str, Any]) -> str:
 @pass_ctx
 def publish(
     ctx: Ctx,
-    src: Path,
+    src: Path | None,
+    hf_ref: str | None,
     name: str | None,
     version: int | None,
-    label: str,
+    label: str | None,
     key_path: Path | None,
     passphrase_file: Path | None,
     out: Path | None,
     hybrid: bool,
 ) -> None:
-    """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version)."""
-    if not is_release_dir(src):
+    """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version).
+
+    With --from-hf-cache ORG/NAME[@REV] instead of SRC, the snapshot of that repo in the
+    local Hugging Face cache is packed and seeded.
+    """
+    if (src is None) == (hf_ref is None):
+        raise LoadError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
+    if hf_ref is not None:
+        snap = resolve_snapshot(hf_ref)
+        src = snap.path
+        name = name or snap.repo_id
+        version = 1 if version is None else version
+        label = f"hf:{snap.repo_id}@{snap.commit}" if label is None else label
+    assert src is not None
+    if hf_ref is not None or not is_release_dir(src):  # a repo's own manifest.json is data
         if name is None or version is None:
             raise LoadError(f"{src} is not a release dir; give --name and --version to pack it")
         priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
         out = out or ctx.home / "published" / f"{name.replace('/', '--')}-v{version}"
         with progress_bar(ctx, source_size(src), "packing") as bar:
-            pack_release(src, out, name=name, version=version, key=priv, label=label, progress=bar)
+            pack_release(
+                src, out, name=name, version=version, key=priv, label=label or "", progress=bar
+            )
         src = out
     info = run(client_for(ctx).publish(src, hybrid=hybrid))
     emit(
@@ -217,6 +245,15 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
 )
 @click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.option(
+    "--revision",
+    help="Refuse the release unless it is this version (e.g. 3) or manifest sha256 prefix.",
+)
+@click.option(
+    "--local-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also write a linked HF-layout dir there, for from_pretrained.",
+)
 @json_option
 @pass_ctx
 def fetch(
@@ -228,6 +265,8 @@ def fetch(
     trust_on_first_use: bool,
     no_wait: bool,
     timeout: float,
+    revision: str | None,
+    local_dir: Path | None,
 ) -> None:
     """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it."""
     kw: dict[str, Any] = {
@@ -236,19 +275,24 @@ def fetch(
         "include": include,
         "trust_on_first_use": trust_on_first_use,
     }
+    if (revision is not None or local_dir is not None) and no_wait:
+        raise LoadError("--revision and --local-dir need the fetch to finish; drop --no-wait")
+    if local_dir is not None and include:
+        raise LoadError("--local-dir with --include would write a model dir missing weights")
+    if revision is not None:
+        parse_revision(revision)  # a malformed pin fails before anything is fetched
     if no_wait:
         info = run(client_for(ctx).fetch(uri, **kw))
     else:
-        info = _fetch_with_progress(ctx, uri, timeout=timeout, **kw)
-    emit(
-        ctx,
-        info,
-        [
-            f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} "
-            f"({info['id'][:16]})",
-            f"release {info['path']}",
-        ],
-    )
+        info = _fetch_with_progress(ctx, uri, timeout=timeout, revision=revision, **kw)
+    lines = [
+        f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} ({info['id'][:16]})",
+        f"release {info['path']}",
+    ]
+    if local_dir is not None:
+        info["local_dir"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
+        lines.append(f"local dir {info['local_dir']}")
+    emit(ctx, info, lines)
 
 
 @cli.command("ls")
@@ -273,6 +317,8 @@ def show(ctx: Ctx, release_id: str) -> None:
         if k not in ("transfer",) and v not in (None, [], "")
     ]
     lines += [f"  transfer.{k}: {v}" for k, v in sorted((info.get("transfer") or {}).items())]
+    if info.get("problem"):
+        lines.insert(1, f"  PROBLEM: {info['problem']}")
     emit(ctx, info, lines)
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from ..errors import ExportError, SourceError
 from ..export import export as export_release
+from ..hf_cache import export_to_hf_cache, resolve_snapshot
 from ..keys import PublicKey, generate_key
 from ..pack import pack as pack_release
 from ..paths import default_key_path
@@ -146,8 +148,14 @@ def source_size(src: Path) -> int:
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path, exists=True))
-@click.option("--name", required=True, help="Release name, ORG/MODEL.")
+@click.argument("src", type=click.Path(path_type=Path, exists=True), required=False)
+@click.option(
+    "--from-hf-cache",
+    "hf_ref",
+    metavar="ORG/NAME[@REV]",
+    help="Pack the snapshot of this repo in the local HF cache instead of SRC.",
+)
+@click.option("--name", help="Release name, ORG/MODEL (default: the HF repo id).")
 @click.option(
     "--version",
     "version",
@@ -177,8 +185,9 @@ def source_size(src: Path) -> int:
 @pass_ctx
 def pack(
     ctx: Ctx,
-    src: Path,
-    name: str,
+    src: Path | None,
+    hf_ref: str | None,
+    name: str | None,
     version: int,
     label: str,
     key_path: Path | None,
@@ -189,6 +198,15 @@ def pack(
     max_chunk_mib: int,
 ) -> None:
     """Pack SRC (HF dir, .safetensors, .bin/.pt) into a signed release dir."""
+    if (src is None) == (hf_ref is None):
+        raise SourceError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
+    if hf_ref is not None:
+        snap = resolve_snapshot(hf_ref)
+        src, name = snap.path, name or snap.repo_id
+        label = label or f"hf:{snap.repo_id}@{snap.commit}"
+    if name is None:
+        raise SourceError("give --name ORG/MODEL")
+    assert src is not None
     priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
     prev_hash = None
     if previous is not None:
@@ -280,17 +298,67 @@ def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
 
 @cli.command()
 @click.argument("release", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path), required=False)
 @click.option("--exact", is_flag=True, help="Rebuild the original files byte for byte.")
 @click.option("--full", is_flag=True, help="Re-hash every chunk first.")
 @click.option("--key", "key_text", help="Trust only this key (ed25519:... or a key file).")
+@click.option(
+    "--hf-cache",
+    "hf_repo",
+    metavar="ORG/NAME",
+    help="Write into the HF cache as this repo (byte-identical files), instead of OUT.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="With --hf-cache: the HF hub cache dir (default $HF_HUB_CACHE, else $HF_HOME/hub).",
+)
 @json_option
 @pass_ctx
 def export(
-    ctx: Ctx, release: Path, out: Path, exact: bool, full: bool, key_text: str | None
+    ctx: Ctx,
+    release: Path,
+    out: Path | None,
+    exact: bool,
+    full: bool,
+    key_text: str | None,
+    hf_repo: str | None,
+    cache_dir: Path | None,
 ) -> None:
-    """Write an HF-layout dir for `from_pretrained` (links; --exact copies)."""
+    """Write an HF-layout dir for `from_pretrained` (links; --exact copies).
+
+    With --hf-cache ORG/NAME (and no OUT), write the release into the local Hugging Face
+    cache instead, so `from_pretrained("ORG/NAME")` finds it with HF_HUB_OFFLINE=1.
+    """
     store = _trust_for(ctx, key_text)
+    if (out is None) == (hf_repo is None):
+        raise ExportError("give either OUT or --hf-cache ORG/NAME, not both or neither")
+    if hf_repo is not None:
+        with progress_bar(ctx, 0, "exporting") as bar:
+            hf = export_to_hf_cache(
+                release,
+                hf_repo,
+                cache_dir=cache_dir,
+                verify="full" if full else "fast",
+                trust=store,
+                progress=bar,
+            )
+        emit(
+            ctx,
+            {
+                "cache_dir": str(hf.cache_dir),
+                "repo_id": hf.repo_id,
+                "commit": hf.commit,
+                "snapshot": str(hf.snapshot),
+                "files": list(hf.files),
+                "exact": True,
+            },
+            [f"exported {len(hf.files)} files to the HF cache as {hf.repo_id}@{hf.commit}"],
+        )
+        return
+    if cache_dir is not None:
+        raise ExportError("--cache-dir goes with --hf-cache")
+    assert out is not None
     with progress_bar(ctx, 0, "exporting") as bar:
         result = export_release(
             release, out, exact=exact, verify="full" if full else "fast", trust=store, progress=bar

@@ -40,9 +40,16 @@ def fetch_and_wait(
 
 
 async def _progress(client: DaemonClient, rid: str, fraction: float) -> dict[str, Any]:
-    async for event in client.events():
+    events = client.events()
+    await anext(events)  # subscribed; then read the state, so no event is missed
+    # Before the "downloading" state only the manifest files are wanted.
+    chunks = (await client.show(rid))["state"] == "downloading"
+    async for event in events:
+        if event.get("id") != rid:
+            continue
+        chunks = chunks or event["kind"] == "downloading"
         wanted = event.get("wanted") or 0
-        if event.get("id") == rid and wanted and event["wanted_done"] >= fraction * wanted:
+        if chunks and wanted and event["wanted_done"] >= fraction * wanted:
             return event
     raise AssertionError("event stream ended")
 
@@ -274,7 +281,8 @@ def test_api_socket_is_private_and_tcp_needs_the_token(daemons: DaemonFactory) -
     assert status(good, body=b"x" * 100_000, path="/v1/fetch") == 413
     assert status(good, body=b'{"uri": "magnet:?x", "shell": 1}', path="/v1/fetch") == 400
     code, err = asyncio.run(probe(good, body=b'{"path": "/etc"}', path="/v1/publish"))
-    assert code == 400 and err["type"] == "LoadError"
+    # A local path over TCP is refused outright: only the owner's 0600 socket may name one.
+    assert code == 403 and "socket" in err["error"], err
     # The typed client speaks TCP with the token too.
     tcp = DaemonClient(d.home, tcp_port=port, token=token)
     assert asyncio.run(tcp.status())["pid"] == d.pid

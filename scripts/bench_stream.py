@@ -1,0 +1,243 @@
+"""Streaming benchmark: time to the first usable layer against fetch-then-load.
+
+    .venv/bin/python scripts/bench_stream.py [--size-gib 1.0] [--rate-mb 100] [--json]
+
+A seeder daemon, its upload capped at ``--rate-mb`` MB/s (on loopback too), seeds a
+24-layer synthetic Llama-shaped model. Each side gets a fresh leecher daemon (empty store)
+on its own loopback address, and the clock starts when the fetch is asked for:
+
+* ``stream``: ``p2pweights.stream(magnet, device="meta")`` in a child process. It records
+  when the first tensor came, when the first usable layer was complete (every tensor up to
+  and including ``model.layers.0`` in layer order: the embeddings and layer 0, what a
+  forward pass needs to start), and when the last tensor came. ``meta`` is a non-CPU
+  target, so the path is the device path (chunk by chunk through one staging buffer): the
+  child's peak RSS growth is reported beside the largest chunk.
+* ``fetch+load`` (the baseline): ``p2pweights.fetch`` then ``p2pweights.load`` of every
+  tensor, in a child process too.
+
+Prints the three times, the ratio of time-to-first-layer to the full fetch-then-load time
+(target <= 0.10), and the share of the model's bytes that the first layer needs (the ratio
+could not go below it at a fixed rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _synthetic import make_synthetic, work_dir
+
+_SEEDER = "127.0.4.2"
+_LEECHERS = ("127.0.4.3", "127.0.4.4")
+_MB = 1_000_000
+_TIMEOUT = 1800.0
+
+_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+import p2pweights
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+mode, magnet, home, peer = sys.argv[1:5]
+trust = p2pweights.TrustStore.load(Path(home) / "trust.json")
+Path("/proc/self/clear_refs").write_text("5")  # peak RSS counts from here
+base = status("VmRSS")
+out = {}
+t0 = time.monotonic()
+if mode == "stream":
+    with p2pweights.stream(magnet, home=home, peers=[peer], trust=trust, device="meta") as ts:
+        names = ts.start()
+        last0 = max(i for i, n in enumerate(names) if ".layers.0." in n)
+        for i, (name, tensor) in enumerate(ts):
+            if i == 0:
+                out["first_tensor"] = time.monotonic() - t0
+            if i == last0:
+                out["first_layer"] = time.monotonic() - t0
+        out["staging_peak"] = ts.reader.staging.peak_bytes
+    out["tensors"] = len(names)
+else:
+    path = p2pweights.fetch(magnet, home=home, peers=[peer])
+    state = p2pweights.load(path, trust=trust)
+    for t in state.values():
+        t.view(-1)[:1].sum()  # touch each tensor once
+    out["tensors"] = len(state)
+out["full"] = time.monotonic() - t0
+out["rss_growth"] = status("VmHWM") - base
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class Result:
+    """One benchmark run."""
+
+    size_bytes: int
+    rate_mb: float
+    first_layer_share: float
+    largest_chunk: int
+    stream_first_tensor: float
+    stream_first_layer: float
+    stream_full: float
+    fetch_load_full: float
+    ratio: float
+    stream_rss_growth: int
+    stream_staging_peak: int
+    fetch_load_rss_growth: int
+
+
+def _daemon_args(host: str, *extra: str) -> list[str]:
+    return ["--profile", "local", "--listen", f"{host}:0", "--outgoing-interface", host, *extra]
+
+
+def _stop(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 15)
+    fd = os.pidfd_open(pid)
+    try:
+        import select
+
+        if not select.select([fd], [], [], 60)[0]:
+            os.kill(pid, 9)
+    finally:
+        os.close(fd)
+
+
+def _run_child(mode: str, magnet: str, home: Path, peer: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, magnet, str(home), peer],
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench(work: Path, size_gib: float, rate_mb: float) -> Result:
+    """Seed once; stream into one fresh leecher and fetch-then-load into another."""
+    import p2pweights
+    from p2pweights.chunking import layer_order
+    from p2pweights.client import DaemonClient, start_daemon
+
+    src = make_synthetic(work / "synthetic", size_gib)
+    release = work / "release"
+    if release.exists():
+        shutil.rmtree(release)
+    key = p2pweights.generate_key(work / "bench-key.pem", overwrite=True)
+    packed = p2pweights.pack(src, release, name="bench/stream", version=1, key=key)
+    manifest = packed.manifest
+    total = sum(c.size for c in manifest.chunks)
+    order = layer_order(manifest.tensors)
+    last0 = max(i for i, n in enumerate(order) if ".layers.0." in n)
+    first_chunks = {manifest.tensors[n].chunk for n in order[: last0 + 1]}
+    share = sum(c.size for c in manifest.chunks if c.path in first_chunks) / total
+    homes = [work / "seeder", *(work / f"leech{i}" for i in range(len(_LEECHERS)))]
+    for home in homes:
+        if home.exists():
+            shutil.rmtree(home)
+    cap = str(int(rate_mb * _MB))
+    seeder_pid = start_daemon(
+        homes[0], extra_args=_daemon_args(_SEEDER, "--upload-rate", cap, "--rate-limit-local")
+    )
+    try:
+        seeder = DaemonClient(homes[0])
+        port = int(asyncio.run(seeder.status())["listen_port"])
+        published = asyncio.run(seeder.publish(release))
+        peer = f"{_SEEDER}:{port}"
+        runs: dict[str, dict[str, Any]] = {}
+        for mode, home, host in zip(("stream", "fetch"), homes[1:], _LEECHERS, strict=True):
+            leecher = start_daemon(home, extra_args=_daemon_args(host))
+            p2pweights.TrustStore.load(home / "trust.json").add(key.public, "bench")
+            print(
+                f"{mode}: fetching {total / 2**30:.2f} GiB at {rate_mb:g} MB/s …", file=sys.stderr
+            )
+            try:
+                runs[mode] = _run_child(mode, str(published["magnet"]), home, peer)
+            finally:
+                # Gone before the next side starts: it would seed to it and double the rate.
+                _stop(leecher)
+    finally:
+        _stop(seeder_pid)
+    s, f = runs["stream"], runs["fetch"]
+    return Result(
+        size_bytes=total,
+        rate_mb=rate_mb,
+        first_layer_share=round(share, 4),
+        largest_chunk=max(c.size for c in manifest.chunks),
+        stream_first_tensor=round(s["first_tensor"], 3),
+        stream_first_layer=round(s["first_layer"], 3),
+        stream_full=round(s["full"], 3),
+        fetch_load_full=round(f["full"], 3),
+        ratio=round(s["first_layer"] / f["full"], 4),
+        stream_rss_growth=int(s["rss_growth"]),
+        stream_staging_peak=int(s["staging_peak"]),
+        fetch_load_rss_growth=int(f["rss_growth"]),
+    )
+
+
+def _print(r: Result) -> None:
+    mib = 2**20
+    print(f"model: {r.size_bytes / 2**30:.2f} GiB, 24 layers; seeder capped at {r.rate_mb:g} MB/s")
+    print(f"  time to first tensor            {r.stream_first_tensor:8.2f} s")
+    print(
+        f"  time to first usable layer      {r.stream_first_layer:8.2f} s   (embeddings + layer 0)"
+    )
+    print(f"  full model, stream()            {r.stream_full:8.2f} s")
+    print(f"  full model, fetch then load     {r.fetch_load_full:8.2f} s   (baseline)")
+    target = "met" if r.ratio <= 0.10 else "MISSED"
+    print(
+        f"  first layer / fetch+load        {r.ratio:8.3f}     (target <= 0.10: {target}; "
+        f"the first layer is {r.first_layer_share:.3f} of the bytes)"
+    )
+    print(f"  stream()/fetch+load, full       {r.stream_full / r.fetch_load_full:8.3f}x")
+    print(
+        f"  peak RSS growth, stream to meta {r.stream_rss_growth / mib:8.1f} MiB   "
+        f"(largest chunk {r.largest_chunk / mib:.1f} MiB, staging "
+        f"{r.stream_staging_peak / mib:.1f} MiB)"
+    )
+    print(
+        f"  peak RSS growth, fetch+load     {r.fetch_load_rss_growth / mib:8.1f} MiB   "
+        f"(CPU load: the mapped model)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gib", type=float, default=2.0, help="synthetic model size")
+    parser.add_argument("--rate-mb", type=float, default=100.0, help="seeder upload cap, MB/s")
+    parser.add_argument("--workdir", type=Path, help="scratch dir (kept); default a temp dir")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.size_gib <= 0 or args.rate_mb <= 0:
+        parser.error("--size-gib and --rate-mb must be positive")
+    with work_dir(args.workdir) as work:
+        started = time.monotonic()
+        result = bench(work, args.size_gib, args.rate_mb)
+    if args.json:
+        print(json.dumps({**asdict(result), "seconds": round(time.monotonic() - started, 1)}))
+    else:
+        _print(result)
+    return 0 if result.ratio <= 0.10 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
