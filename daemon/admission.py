@@ -37,6 +37,7 @@ from .engine import TorrentFile
 from .store import Store
 
 __all__ = [
+    "CHUNK_NAME",
     "PRIO_CHUNK",
     "authenticate",
     "manifest_only",
@@ -47,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_CHUNK_NAME = re.compile(r"chunks/[0-9a-f]{64}(\.safetensors)?")
+CHUNK_NAME = re.compile(r"chunks/[0-9a-f]{64}(\.safetensors)?")
 PRIO_META = 7
 PRIO_CHUNK = 4
 
@@ -92,7 +93,7 @@ def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> d
             if f.size != 64:
                 raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
             layout[f.index] = store.signature_path(rid)
-        elif _CHUNK_NAME.fullmatch(f.path):
+        elif CHUNK_NAME.fullmatch(f.path):
             known = catalog.chunk_identity(f.path)
             if known is not None and known != (f.size, f.v2_root):
                 # Same name, other bytes: a lie. Mapping it would let libtorrent

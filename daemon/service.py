@@ -53,6 +53,7 @@ from p2pweights.release import (
 from p2pweights.verify import ChunkRecords, verify_chunks
 
 from .admission import (
+    CHUNK_NAME,
     PRIO_CHUNK,
     authenticate,
     manifest_only,
@@ -81,7 +82,6 @@ log = logging.getLogger(__name__)
 
 NotFoundError = UnknownReleaseError
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_CHUNK_PATH = re.compile(r"chunks/[^/\x00-\x1f]{1,200}")
 _TERMINAL = ("seeding", "complete", "error")
 _WAIT_ENDS = (*_TERMINAL, "paused")
 """A wait also returns for a release a full disk paused: the caller should hear of it."""
@@ -430,15 +430,12 @@ class Service:
             )
             tf = target
         else:
-            # Metadata first, with nothing wanted; then add the torrent again with every
-            # file mapped into the store. The check at add finds chunks the store already
-            # has, and the peers are dialled afresh (a recheck would drop them).
+            # Metadata first, with nothing wanted; then every file is mapped into the store.
             tid = self.engine.add(
                 target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
             )
             tf = await self.engine.wait_metadata(tid)
             layout = store_layout(rid, tf, self.store, self.catalog)
-            await self.engine.remove(tid)
             self.catalog.add_release(
                 rid,
                 source=row.source,
@@ -449,14 +446,25 @@ class Service:
                 trackers=row.trackers,
                 tofu=row.tofu,
             )
-            tid = self.engine.add(
-                tf,
-                self.store.root,
-                file_paths=layout,
-                file_priorities=manifest_only(tf),
-                peers=peers,
-                trackers=row.trackers,
-            )
+            if any((self.store.root / rel).exists() for rel in layout.values()):
+                # The store has some of it: add the torrent again, so the check at add
+                # finds those files (a recheck would drop the peers; a re-add dials them
+                # afresh).
+                await self.engine.remove(tid)
+                tid = self.engine.add(
+                    tf,
+                    self.store.root,
+                    file_paths=layout,
+                    file_priorities=manifest_only(tf),
+                    peers=peers,
+                    trackers=row.trackers,
+                )
+            else:
+                # Nothing of it is on disk: move the (empty) files into the store in
+                # place, keeping the connections a re-add would have to make again.
+                await asyncio.gather(
+                    *(self.engine.rename_file(tid, i, rel) for i, rel in layout.items())
+                )
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
         await self._want(tid, manifest_only(tf), peers)
@@ -543,14 +551,14 @@ class Service:
             UnknownReleaseError: no such release.
             LoadError: a path that is not one of the release's chunks.
         """
+        bad = [c for c in chunks if not CHUNK_NAME.fullmatch(c)]
+        if bad:
+            raise LoadError(f"{bad[0][:80]!r} is not a chunk path (chunks/<sha256>[.safetensors])")
         row = self._row(rid)
         if row.state in ("seeding", "complete"):
             return self.show(row.id)
         download = self._downloads.get(row.id)
         if download is None:
-            bad = [c for c in chunks if not _CHUNK_PATH.fullmatch(c)]
-            if bad:
-                raise LoadError(f"{bad[0][:80]!r} is not a chunk path (chunks/<name>)")
             self._ordered[row.id] = list(dict.fromkeys(chunks))
             return self.show(row.id)
         known = set(download.wanted)

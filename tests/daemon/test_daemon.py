@@ -394,6 +394,10 @@ def test_lying_peer_is_outvoted_by_an_honest_one(
         liar.stdout.close()
     assert info["state"] == "seeding", info
     assert info["transfer"]["failed_bytes"] > 0, info["transfer"]  # the liar was heard
+    print(
+        f"wasted on the liar: {info['transfer']['failed_bytes']} bytes in "
+        f"{info['transfer']['hash_failures']} failed pieces, of {info['total_bytes']}"
+    )
     loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
     assert all(torch.equal(loaded[n], t) for n, t in state.items())
 

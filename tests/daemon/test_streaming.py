@@ -128,3 +128,33 @@ def test_selective_fetch_downloads_only_that_layer_and_the_manifest(
         p2pweights.load(info["path"], home=leech.home, include="model.layers.4.*")
     with pytest.raises(LoadError, match="matches no tensor"):
         p2pweights.load(info["path"], home=leech.home, include="no.such.*")
+
+
+def test_a_custom_order_is_followed_and_bad_orders_are_refused(
+    daemons: DaemonFactory,
+    key: PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    state = layer_state(layers=6, hidden=192)
+    release = make_release(make_model(state))
+    seeder = daemons("--upload-rate", "2000000", "--rate-limit-local", name="seeder")
+    published = seeder.call("publish", release)
+    leech = daemons(name="leech")
+    trust = _trust(leech, key)
+    order = list(reversed(layer_order(state)))
+    with p2pweights.stream(
+        published["magnet"], order, home=leech.home, peers=[seeder.peer], trust=trust
+    ) as ts:
+        got = []
+        for name, tensor in ts:
+            if not got:  # the daemon took the order while the fetch was under way
+                info = leech.call("show", published["id"])
+                assert info["state"] == "seeding" or info["ordered"], info
+            got.append(name)
+            assert torch.equal(tensor, state[name])
+    assert got == order
+    with pytest.raises(LoadError, match="chunk"):
+        leech.call("order", published["id"], ["chunks/../../etc/passwd"])
+    with pytest.raises(p2pweights.UnknownReleaseError):
+        leech.call("order", "f" * 64, [])
