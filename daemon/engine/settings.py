@@ -18,6 +18,16 @@ DEFAULT_DHT_BOOTSTRAP = (
 
 CREATOR = "p2pweights"
 
+UNLIMITED_TICK_MS = 500
+"""libtorrent's default tick; 100 ms measured slower for an unlimited loopback fetch."""
+RATE_LIMITED_TICK_MS = 100
+"""The tick while a rate limit is set: quota (and so every message) comes once a tick."""
+UNLIMITED_UNCHOKE_SLOTS = 8
+"""libtorrent's default number of peers uploaded to at once."""
+UPLOAD_LIMITED_UNCHOKE_SLOTS = 2
+"""Peers uploaded to at once under an upload limit: a slow uplink split 2 ways finishes
+each piece sooner, so it is passed on sooner (``docs/performance.md``, swarm efficiency)."""
+
 _ALERT_MASK = (
     lt.alert.category_t.error_notification
     | lt.alert.category_t.status_notification
@@ -58,6 +68,15 @@ class EngineSettings:
     disconnects every peer, so a staged fetch on a quiet swarm wants this small."""
     status_interval: float = 1.0
     """Seconds between progress events, while someone subscribes to events."""
+    tick_interval_ms: int = 0
+    """libtorrent's ``tick_interval``; 0 = :data:`RATE_LIMITED_TICK_MS` while a rate limit is
+    set, else libtorrent's 500 ms. The bandwidth manager hands out quota once a tick, so
+    under a limit every protocol message of a fetch's staged start (handshake, metadata,
+    manifest, reconnect) waits for the next tick: 500 ms ticks cost a swarm ~2 s before
+    its first payload byte, 100 ms ticks 1-1.7 s (``docs/performance.md``)."""
+    unchoke_slots: int = 0
+    """Peers uploaded to at once (``unchoke_slots_limit``); 0 = :data:`UPLOAD_LIMITED_UNCHOKE_SLOTS`
+    while an upload limit is set, else libtorrent's 8."""
 
     @classmethod
     def default(cls) -> EngineSettings:
@@ -103,6 +122,21 @@ class EngineSettings:
         values.update(overrides)
         return cls(**values)
 
+    def tick_interval(self) -> int:
+        """The tick in ms: short while a rate limit is set (see ``tick_interval_ms``)."""
+        if self.tick_interval_ms:
+            return self.tick_interval_ms
+        limited = self.upload_rate_limit or self.download_rate_limit
+        return RATE_LIMITED_TICK_MS if limited else UNLIMITED_TICK_MS
+
+    def upload_slots(self) -> int:
+        """Peers uploaded to at once: few while an upload limit is set (``unchoke_slots``)."""
+        if self.unchoke_slots:
+            return self.unchoke_slots
+        if self.upload_rate_limit:
+            return UPLOAD_LIMITED_UNCHOKE_SLOTS
+        return UNLIMITED_UNCHOKE_SLOTS
+
     def settings_pack(self) -> dict[str, Any]:
         """The libtorrent ``settings_pack`` dict for these settings."""
         return {
@@ -123,6 +157,8 @@ class EngineSettings:
             "allow_multiple_connections_per_ip": self.allow_multiple_connections_per_ip,
             "close_redundant_connections": self.close_redundant_connections,
             "min_reconnect_time": self.min_reconnect_time,
+            "tick_interval": self.tick_interval(),
+            "unchoke_slots_limit": self.upload_slots(),
             "alert_mask": _ALERT_MASK,
             "alert_queue_size": 10_000,
             # libtorrent's high_performance_seed send buffers: measured +8-25 % on a
