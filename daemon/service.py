@@ -169,8 +169,9 @@ class Service:
         catalog may be on the full disk)."""
         self._disk_watch: asyncio.Task[None] | None = None
         self._ordered: dict[str, list[str]] = {}
-        self._magnets: dict[str, str] = {}
         """Fetches asked to download in order: chunk paths, or empty for layer order."""
+        self._magnets: dict[str, str] = {}
+        """Each release's magnet link, parsed once from its torrent."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -404,6 +405,7 @@ class Service:
         self._tasks[rid] = asyncio.create_task(run(), name=f"fetch-{rid[:12]}")
 
     async def _fail(self, rid: str, exc: BaseException) -> None:
+        self._ordered.pop(rid, None)
         try:
             self.catalog.set_state(rid, "error", f"{type(exc).__name__}: {exc}")
         except sqlite3.Error as db_exc:  # e.g. a full disk: the row keeps its last state
@@ -520,9 +522,9 @@ class Service:
         records = ChunkRecords(release.root)
         by_path = {c.path: c for c in release.manifest.chunks}
         while pending := download.pending():
-            done = await self.engine.wait_any_file(tid, [tf.file(p).index for p in pending])
+            done = set(await self.engine.wait_any_file(tid, [tf.file(p).index for p in pending]))
             await self.engine.flush(tid)
-            finished = [p for p in pending if tf.file(p).index in set(done)]
+            finished = [p for p in pending if tf.file(p).index in done]
             for path in finished:
                 records.record(release.root / path, by_path[path].sha256)
             try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,8 @@ from .trust import TrustStore
 from .verify import VerifyMode
 
 __all__ = ["IncompatibleKeys", "TensorStream", "load_into_streaming", "stream"]
+
+log = logging.getLogger(__name__)
 
 _MAX_ORDER_SENT = 512
 """Chunk paths sent to the daemon as an explicit order; the rest follow in layer order."""
@@ -102,6 +105,8 @@ class _DaemonFeed:
             self.messages.put(_Msg("error", exc))
         except Exception as exc:  # a broken connection or a bug: the reader must not hang
             self.messages.put(_Msg("error", SwarmError(f"streaming from the daemon failed: {exc}")))
+        # Keep the loop for send_order() until close() cancels this task.
+        await asyncio.Event().wait()
 
     async def _follow(self) -> None:
         client = await ensure_daemon(self._home)
@@ -151,13 +156,15 @@ class _DaemonFeed:
 
     def send_order(self, chunks: Sequence[str]) -> None:
         """Ask the daemon for these chunks first (best effort: a stale order is harmless)."""
-        if self._rid is None or self._client is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(
-            self._client.order(self._rid, list(chunks[:_MAX_ORDER_SENT])), self._loop
-        )
-        with contextlib.suppress(P2PWeightsError):
-            future.result(timeout=60)
+        if self._rid is None or self._client is None or not self._thread.is_alive():
+            return  # the fetch never started, or the feed was closed
+        try:
+            future = asyncio.run_coroutine_threadsafe(
+                self._client.order(self._rid, list(chunks[:_MAX_ORDER_SENT])), self._loop
+            )
+            future.result(timeout=30)
+        except (P2PWeightsError, RuntimeError, TimeoutError) as exc:
+            log.debug("chunk order not sent: %s", exc)
 
     def close(self) -> None:
         """Stop following (the daemon's fetch goes on), and wait for the thread."""
@@ -300,12 +307,12 @@ class TensorStream:
         return self
 
     def __next__(self) -> tuple[str, torch.Tensor]:
-        if self._iter is None:
-            self.start()
-            self._iter = self._generate()
         try:
+            if self._iter is None:
+                self.start()
+                self._iter = self._generate()
             return next(self._iter)
-        except StopIteration:
+        except BaseException:  # the end, or a failure: stop following the daemon either way
             self.close()
             raise
 

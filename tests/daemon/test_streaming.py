@@ -154,6 +154,9 @@ def test_a_custom_order_is_followed_and_bad_orders_are_refused(
             got.append(name)
             assert torch.equal(tensor, state[name])
     assert got == order
+    # Again, now that the release is complete: nothing to order, the same yields.
+    again = p2pweights.stream(published["magnet"], order, home=leech.home, trust=trust)
+    assert [n for n, _ in again] == order
     with pytest.raises(LoadError, match="chunk"):
         leech.call("order", published["id"], ["chunks/../../etc/passwd"])
     with pytest.raises(p2pweights.UnknownReleaseError):
