@@ -15,6 +15,7 @@ and the plain-hashlib baseline hashing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: the copy baseline's child must not pay for torch
     import torch
@@ -42,6 +43,7 @@ __all__ = [
     "check_common_args",
     "make_synthetic",
     "median",
+    "serve_until_signalled",
     "sha256_file",
     "sha256_files",
     "shape_for_size",
@@ -296,3 +298,31 @@ def sha256_files(paths: Iterable[Path], read_size: int = BASELINE_READ) -> list[
 def sha256_file(path: Path, read_size: int = BASELINE_READ) -> str:
     """Plain hashlib sha256 of one file."""
     return sha256_files([path], read_size)[0]
+
+
+def serve_until_signalled(app: Any, host: str) -> None:
+    """Run an aiohttp app on ``host`` (a free port, printed first) until SIGTERM/SIGINT.
+
+    The HTTP baselines run this in a child process, so the server does not share the
+    benchmark's event loop or GIL.
+    """
+    import signal
+    import socket
+
+    from aiohttp import web
+
+    async def run() -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((host, 0))
+        await web.SockSite(runner, sock).start()
+        print(sock.getsockname()[1], flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _synthetic import make_synthetic, work_dir
+from bench_transfer import stop_daemon
 
 _SEEDER = "127.0.4.2"
 _LEECHERS = ("127.0.4.3", "127.0.4.4")
@@ -105,19 +104,6 @@ def _daemon_args(host: str, *extra: str) -> list[str]:
     return ["--profile", "local", "--listen", f"{host}:0", "--outgoing-interface", host, *extra]
 
 
-def _stop(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 15)
-    fd = os.pidfd_open(pid)
-    try:
-        import select
-
-        if not select.select([fd], [], [], 60)[0]:
-            os.kill(pid, 9)
-    finally:
-        os.close(fd)
-
-
 def _run_child(mode: str, magnet: str, home: Path, peer: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, mode, magnet, str(home), peer],
@@ -174,9 +160,9 @@ def bench(work: Path, size_gib: float, rate_mb: float) -> Result:
                 runs[mode] = _run_child(mode, str(published["magnet"]), home, peer)
             finally:
                 # Gone before the next side starts: it would seed to it and double the rate.
-                _stop(leecher)
+                stop_daemon(leecher)
     finally:
-        _stop(seeder_pid)
+        stop_daemon(seeder_pid)
     s, f = runs["stream"], runs["fetch"]
     return Result(
         size_bytes=total,

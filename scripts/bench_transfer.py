@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,7 +49,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _synthetic import GIB, Stopwatch, make_synthetic, median, sha256_file, work_dir
+from _synthetic import (
+    GIB,
+    Stopwatch,
+    make_synthetic,
+    median,
+    serve_until_signalled,
+    sha256_file,
+    work_dir,
+)
 
 TARGET = 1.0
 MB = 1_000_000
@@ -152,23 +159,9 @@ def _serve(root: Path) -> None:
     """Serve ``root`` with web.static on 127.0.0.1; print the port; run until SIGTERM."""
     from aiohttp import web
 
-    async def run() -> None:
-        app = web.Application()
-        app.router.add_static("/", root, show_index=False, follow_symlinks=False)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((_HTTP_HOST, 0))
-        await web.SockSite(runner, sock).start()
-        print(sock.getsockname()[1], flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(run())
+    app = web.Application()
+    app.router.add_static("/", root, show_index=False, follow_symlinks=False)
+    serve_until_signalled(app, _HTTP_HOST)
 
 
 @contextlib.contextmanager
