@@ -28,12 +28,11 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from p2pweights import __version__
-from p2pweights.chunking import chunk_order, layer_order
 from p2pweights.errors import (
     FormatError,
     LoadError,
@@ -54,7 +53,6 @@ from p2pweights.verify import ChunkRecords, verify_chunks
 
 from .admission import (
     CHUNK_NAME,
-    PRIO_CHUNK,
     authenticate,
     manifest_only,
     parse_peer,
@@ -63,6 +61,7 @@ from .admission import (
 )
 from .catalog import Catalog, ReleaseRow, ReleaseState
 from .config import DaemonConfig
+from .download import Download
 from .engine import (
     Engine,
     EngineError,
@@ -89,60 +88,6 @@ _DISK_RETRY_EVERY = 2.0
 _DISK_FREE_TO_RETRY = 16 * 1024 * 1024
 """A fetch a full disk paused is restarted once the store has this much free space."""
 _RESUME_EVERY = 0.25
-_WINDOW_CHUNKS = 2
-_WINDOW_BYTES = 4 * 1024 * 1024
-"""An ordered download wants only its next chunks (at least ``_WINDOW_CHUNKS``, and up to
-``_WINDOW_BYTES``) and moves the window on as each completes. File priority levels cannot
-order it: with only seeds in the swarm every piece has the same availability, so
-libtorrent's picker ignores levels 1-6 (measured: chunks came in random order), while a
-window keeps every request on the next layers and enough of them in flight to fill the
-pipe."""
-
-
-@dataclass(eq=False)
-class _Download:
-    """The chunks a fetch downloads, those ready, and the order it wants them in."""
-
-    torrent: TorrentFile
-    release: Release
-    wanted: list[str]
-    order: list[str] | None = None
-    """Chunk paths, most wanted first; None downloads in libtorrent's own order."""
-    ready: dict[str, None] = field(default_factory=dict)
-
-    def pending(self) -> list[str]:
-        """Wanted chunks not complete yet, most wanted first."""
-        if self.order is None:
-            ranked = self.wanted
-        else:
-            wanted, named = set(self.wanted), set(self.order)
-            ranked = [p for p in self.order if p in wanted]
-            ranked += [p for p in self.wanted if p not in named]
-        return [p for p in ranked if p not in self.ready]
-
-    def priorities(self) -> list[int]:
-        """One libtorrent priority per file: the metadata files, then the chunks."""
-        prios = manifest_only(self.torrent)
-        if self.order is None:
-            for path in self.wanted:
-                prios[self.torrent.file(path).index] = PRIO_CHUNK
-            return prios
-        for path in self.ready:
-            prios[self.torrent.file(path).index] = PRIO_CHUNK
-        sizes = {c.path: c.size for c in self.release.manifest.chunks}
-        window = 0
-        for count, path in enumerate(self.pending()):
-            if count >= _WINDOW_CHUNKS and window + sizes[path] > _WINDOW_BYTES:
-                break
-            prios[self.torrent.file(path).index] = PRIO_CHUNK
-            window += sizes[path]
-        return prios
-
-
-def _chunk_of(release: Release) -> dict[str, str]:
-    return {name: t.chunk for name, t in release.manifest.tensors.items()}
-
-
 class Service:
     """The daemon's behaviour, over one engine, one catalog and one store."""
 
@@ -160,7 +105,7 @@ class Service:
         """Set on each verified piece of a download, for the resume-data saver."""
         self._states: dict[str, list[str]] = {}
         """libtorrent states each release went through since this daemon started."""
-        self._downloads: dict[str, _Download] = {}
+        self._downloads: dict[str, Download] = {}
         """Releases whose chunks are downloading now."""
         self._hash_failures: dict[str, int] = {}
         """Pieces of each release that failed the hash check since this daemon started."""
@@ -477,10 +422,9 @@ class Service:
         )
         self._record_manifest(rid, release, tf)
         wanted = wanted_chunks(release, row.include)
-        download = _Download(tf, release, wanted)
+        download = Download(tf, release, wanted)
         if rid in self._ordered:
-            default = chunk_order(layer_order(release.manifest.tensors), _chunk_of(release))
-            download.order = list(dict.fromkeys([*self._ordered[rid], *default]))
+            download.order = list(dict.fromkeys([*self._ordered[rid], *download.layer_order()]))
         self._downloads[rid] = download
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
@@ -509,7 +453,7 @@ class Service:
         self.catalog.set_state(rid, "seeding")
         self._notify(rid, "complete")
 
-    async def _follow_chunks(self, rid: str, tid: str, download: _Download) -> None:
+    async def _follow_chunks(self, rid: str, tid: str, download: Download) -> None:
         """Announce each wanted chunk as it completes, until all have.
 
         libtorrent accepted every block of a complete chunk against the v2 roots the
@@ -567,10 +511,7 @@ class Service:
         bad = [c for c in chunks if c not in known]
         if bad:
             raise LoadError(f"{bad[0][:80]!r} is not a wanted chunk of release {row.id[:12]}")
-        default = chunk_order(
-            layer_order(download.release.manifest.tensors), _chunk_of(download.release)
-        )
-        download.order = list(dict.fromkeys([*chunks, *default]))
+        download.order = list(dict.fromkeys([*chunks, *download.layer_order()]))
         tid = row.id
         if tid in self.engine.torrents() and download.pending():
             task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))

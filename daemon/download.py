@@ -1,0 +1,73 @@
+"""The chunks a fetch downloads, those already in, and the order it wants them in.
+
+An unordered download wants every chunk at once and lets libtorrent pick rarest first,
+which spreads pieces best across a swarm. An ordered one (a streaming reader) wants only
+a window of its next chunks and moves it on as each completes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pweights.chunking import chunk_order, layer_order
+from p2pweights.release import Release
+
+from .admission import PRIO_CHUNK, manifest_only
+from .engine import TorrentFile
+
+__all__ = ["WINDOW_BYTES", "WINDOW_CHUNKS", "Download"]
+
+WINDOW_CHUNKS = 2
+WINDOW_BYTES = 4 * 1024 * 1024
+"""An ordered download wants only its next chunks (at least ``WINDOW_CHUNKS``, and up to
+``WINDOW_BYTES``) and moves the window on as each completes. File priority levels cannot
+order it: with only seeds in the swarm every piece has the same availability, so
+libtorrent's picker ignores levels 1-6 (measured: chunks came in random order), while a
+window keeps every request on the next layers and enough of them in flight to fill the
+pipe."""
+
+
+@dataclass(eq=False)
+class Download:
+    """The chunks a fetch downloads, those ready, and the order it wants them in."""
+
+    torrent: TorrentFile
+    release: Release
+    wanted: list[str]
+    order: list[str] | None = None
+    """Chunk paths, most wanted first; None downloads in libtorrent's own order."""
+    ready: dict[str, None] = field(default_factory=dict)
+    """Chunks complete, flushed and recorded, in the order they came."""
+
+    def layer_order(self) -> list[str]:
+        """Every chunk of the release in layer order (see ``chunking.layer_order``)."""
+        tensors = self.release.manifest.tensors
+        return chunk_order(layer_order(tensors), {n: t.chunk for n, t in tensors.items()})
+
+    def pending(self) -> list[str]:
+        """Wanted chunks not complete yet, most wanted first."""
+        if self.order is None:
+            ranked = self.wanted
+        else:
+            wanted, named = set(self.wanted), set(self.order)
+            ranked = [p for p in self.order if p in wanted]
+            ranked += [p for p in self.wanted if p not in named]
+        return [p for p in ranked if p not in self.ready]
+
+    def priorities(self) -> list[int]:
+        """One libtorrent priority per file: the metadata files, then the chunks."""
+        prios = manifest_only(self.torrent)
+        if self.order is None:
+            for path in self.wanted:
+                prios[self.torrent.file(path).index] = PRIO_CHUNK
+            return prios
+        for path in self.ready:
+            prios[self.torrent.file(path).index] = PRIO_CHUNK
+        sizes = {c.path: c.size for c in self.release.manifest.chunks}
+        window = 0
+        for count, path in enumerate(self.pending()):
+            if count >= WINDOW_CHUNKS and window + sizes[path] > WINDOW_BYTES:
+                break
+            prios[self.torrent.file(path).index] = PRIO_CHUNK
+            window += sizes[path]
+        return prios
