@@ -94,9 +94,10 @@ def _error(status: int, exc: BaseException, exit_code: int = 1) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _is_tcp(request: web.Request) -> bool:
+def _tcp_port(request: web.Request) -> int | None:
+    """The port of the TCP listener the request came in on; None on the Unix socket."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return isinstance(sockname, tuple)
+    return int(sockname[1]) if isinstance(sockname, tuple) else None
 
 
 @web.middleware
@@ -104,9 +105,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Origin, Host and token checks, then one JSON error shape for every failure."""
     if "Origin" in request.headers:
         return _error(403, ApiError("cross-origin requests are refused"), 15)
-    if _is_tcp(request):
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        port = sockname[1] if isinstance(sockname, tuple) else 0
+    port = _tcp_port(request)
+    if port is not None:
         if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
             return _error(403, ApiError("the Host header must name the loopback address"), 15)
         token = request.app[TOKEN]
@@ -216,7 +216,7 @@ def _local_paths_allowed(request: web.Request, what: str, path: str) -> None:
     another program, or another machine through a forwarded port: it must not make the
     daemon read (and then seed to the world) an arbitrary file of this user.
     """
-    if _is_tcp(request):
+    if _tcp_port(request) is not None:
         raise ApiError(
             f"{what} names a local path ({path[:80]!r}); over TCP that is refused, "
             "use the Unix socket",

@@ -31,12 +31,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
 
+from p2pweights.client import socket_path
 from p2pweights.errors import ConfigError
 from p2pweights.paths import data_dir
 
@@ -74,12 +75,11 @@ class DaemonConfig:
     seed_time_limit: int = 0
     resume_interval: float = 60.0
     tcp_port: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def socket_path(self) -> Path:
-        """The Unix socket of the control API."""
-        return self.home / "daemon.sock"
+        """The Unix socket of the control API (where the client looks for it)."""
+        return socket_path(self.home)
 
     @property
     def token_path(self) -> Path:
@@ -90,11 +90,6 @@ class DaemonConfig:
     def pid_path(self) -> Path:
         """The pid file (also the single-instance lock)."""
         return self.home / "daemon.pid"
-
-    @property
-    def log_path(self) -> Path:
-        """The daemon's log file when started in the background."""
-        return self.home / "daemon.log"
 
     @property
     def store_dir(self) -> Path:
@@ -198,7 +193,7 @@ def load_config(
     layers.append({key: env[var] for var, key in _ENV.items() if env.get(var)})
     layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
 
-    known = {f.name for f in fields(DaemonConfig)} - {"home", "extra"}
+    known = {f.name for f in fields(DaemonConfig)} - {"home"}
     merged: dict[str, Any] = {}
     for layer in layers:
         unknown = sorted(set(layer) - known)

@@ -110,9 +110,7 @@ def repair(config: DaemonConfig) -> list[Finding]:
                 old.rename(Path(f"{aside}{suffix}"))
         findings.append(Finding("warning", f"old catalog kept as {aside.name}"))
     store = Store(config.store_dir)
-    for temp in _temp_files(store):
-        temp.unlink(missing_ok=True)
-    store.open()
+    store.open()  # also deletes temp files left behind
     catalog = Catalog(path)
     try:
         for root in sorted(store.releases.iterdir()):

@@ -38,6 +38,13 @@ class Download:
     """Chunk paths, most wanted first; None downloads in libtorrent's own order."""
     ready: dict[str, None] = field(default_factory=dict)
     """Chunks complete, flushed and recorded, in the order they came."""
+    index: dict[str, int] = field(init=False)
+    """Each file's index in the torrent (``TorrentFile.file`` scans the file list)."""
+    sizes: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {f.path: f.index for f in self.torrent.files}
+        self.sizes = {c.path: c.size for c in self.release.manifest.chunks}
 
     def layer_order(self) -> list[str]:
         """Every chunk of the release in layer order (see ``chunking.layer_order``)."""
@@ -59,15 +66,14 @@ class Download:
         prios = manifest_only(self.torrent)
         if self.order is None:
             for path in self.wanted:
-                prios[self.torrent.file(path).index] = PRIO_CHUNK
+                prios[self.index[path]] = PRIO_CHUNK
             return prios
         for path in self.ready:
-            prios[self.torrent.file(path).index] = PRIO_CHUNK
-        sizes = {c.path: c.size for c in self.release.manifest.chunks}
+            prios[self.index[path]] = PRIO_CHUNK
         window = 0
         for count, path in enumerate(self.pending()):
-            if count >= WINDOW_CHUNKS and window + sizes[path] > WINDOW_BYTES:
+            if count >= WINDOW_CHUNKS and window + self.sizes[path] > WINDOW_BYTES:
                 break
-            prios[self.torrent.file(path).index] = PRIO_CHUNK
-            window += sizes[path]
+            prios[self.index[path]] = PRIO_CHUNK
+            window += self.sizes[path]
         return prios

@@ -69,11 +69,12 @@ from .engine import (
     EventStream,
     MagnetLink,
     TorrentFile,
+    TorrentStatus,
     make_torrent,
     parse_magnet,
     parse_torrent,
 )
-from .store import Store
+from .store import TORRENT_NAME, Store
 
 __all__ = ["NotFoundError", "Service"]
 
@@ -88,6 +89,8 @@ _DISK_RETRY_EVERY = 2.0
 _DISK_FREE_TO_RETRY = 16 * 1024 * 1024
 """A fetch a full disk paused is restarted once the store has this much free space."""
 _RESUME_EVERY = 0.25
+
+
 class Service:
     """The daemon's behaviour, over one engine, one catalog and one store."""
 
@@ -160,9 +163,9 @@ class Service:
                 q.put_nowait(None)
 
     async def _restore(self, row: ReleaseRow) -> None:
-        resume = self.catalog.resume_data(row.id)
         if row.state == "error":
             return
+        resume = self.catalog.resume_data(row.id)
         if row.torrent is None:  # still waiting for metadata: start over from the link
             target: TorrentFile | MagnetLink = parse_magnet(row.source)
         else:
@@ -294,7 +297,7 @@ class Service:
                     trackers=row.trackers,
                     tofu=row.tofu,
                 )
-                if rid in self.engine.torrents():
+                if rid in self.engine:
                     for host, port in map(parse_peer, fresh):
                         self.engine.connect_peer(rid, host, port)
             return self.show(rid)
@@ -309,7 +312,7 @@ class Service:
                 return self.show(rid)
             include = merged
             target = parse_torrent(row.torrent)
-        if rid in self.engine.torrents():
+        if rid in self.engine:
             await self.engine.remove(rid)
         self.catalog.add_release(
             rid,
@@ -355,7 +358,7 @@ class Service:
             self.catalog.set_state(rid, "error", f"{type(exc).__name__}: {exc}")
         except sqlite3.Error as db_exc:  # e.g. a full disk: the row keeps its last state
             log.error("could not record the failure of %s: %s", rid, db_exc)
-        if rid in self.engine.torrents():
+        if rid in self.engine:
             with contextlib.suppress(P2PWeightsError):
                 await self.engine.remove(rid)
         self._notify(rid, "error")
@@ -444,11 +447,6 @@ class Service:
         stop_saver.set()
         await saver
         # _follow_chunks flushed libtorrent's cache, so the files hold the bytes now.
-        records = ChunkRecords(release.root)
-        by_path = {c.path: c for c in release.manifest.chunks}
-        for path in download.ready:
-            records.record(release.root / path, by_path[path].sha256)
-        records.save()
         self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         self.catalog.set_state(rid, "seeding")
         self._notify(rid, "complete")
@@ -462,19 +460,16 @@ class Service:
         ``ready_chunks``), so a streaming reader can map it while the rest arrives. An
         ordered download then moves its priority window on.
         """
-        tf, release = download.torrent, download.release
+        release, index = download.release, download.index
         records = ChunkRecords(release.root)
         by_path = {c.path: c for c in release.manifest.chunks}
         while pending := download.pending():
-            done = set(await self.engine.wait_any_file(tid, [tf.file(p).index for p in pending]))
+            done = set(await self.engine.wait_any_file(tid, [index[p] for p in pending]))
             await self.engine.flush(tid)
-            finished = [p for p in pending if tf.file(p).index in done]
+            finished = [p for p in pending if index[p] in done]
             for path in finished:
                 records.record(release.root / path, by_path[path].sha256)
-            try:
-                records.save()
-            except OSError as exc:  # a full disk: loads hash these chunks instead, for now
-                log.warning("could not save chunk records of %s: %s", rid, exc)
+            records.save()  # on a full disk it stays dirty; loads hash these chunks meanwhile
             for path in finished:
                 download.ready[path] = None
                 self._notify(
@@ -486,6 +481,7 @@ class Service:
                 )
             if download.order is not None and download.pending():
                 await self.engine.set_file_priorities(tid, download.priorities())
+        records.save()  # a no-op, unless a save failed while the disk was full
 
     def set_order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
         """Download a fetch's chunks in this order (most wanted first).
@@ -513,7 +509,7 @@ class Service:
             raise LoadError(f"{bad[0][:80]!r} is not a wanted chunk of release {row.id[:12]}")
         download.order = list(dict.fromkeys([*chunks, *download.layer_order()]))
         tid = row.id
-        if tid in self.engine.torrents() and download.pending():
+        if tid in self.engine and download.pending():
             task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))
             self._background.append(task)
             task.add_done_callback(self._background_done)
@@ -572,6 +568,7 @@ class Service:
             self.engine.connect_peer(tid, host, port)
 
     def _record_manifest(self, rid: str, release: Release, tf: TorrentFile) -> None:
+        self._magnets[rid] = tf.magnet
         self.catalog.record_release(rid, release, tf.data)
         self.store.save_torrent(rid, tf.data)
 
@@ -636,7 +633,7 @@ class Service:
             "added": row.added,
             "completed": row.completed,
             "path": str(self.store.releases / row.id),
-            "torrent_path": str(self.store.releases / row.id / "release.torrent")
+            "torrent_path": str(self.store.releases / row.id / TORRENT_NAME)
             if row.torrent
             else None,
             "magnet": self._magnet(row),
@@ -646,25 +643,16 @@ class Service:
             info["ready_chunks"] = list(download.ready)
             info["ordered"] = download.order is not None
         try:
-            st = self.engine.status(row.id) if row.id in self.engine.torrents() else None
+            st = self.engine.status(row.id) if row.id in self.engine else None
         except EngineError:
             st = None  # being removed or re-added right now
         if st is not None:
             info["transfer"] = {
-                "progress": st.progress,
-                "state": st.state,
-                "downloaded": st.total_payload_download,
-                "uploaded": st.total_payload_upload,
+                **_status_fields(st),
                 "all_time_download": st.all_time_download,
                 "all_time_upload": st.all_time_upload,
-                "download_rate": st.download_rate,
-                "upload_rate": st.upload_rate,
-                "peers": st.num_peers,
                 "seeds": st.num_seeds,
-                "failed_bytes": st.failed_bytes,
                 "hash_failures": self._hash_failures.get(row.id, 0),
-                "wanted": st.total_wanted,
-                "wanted_done": st.total_wanted_done,
                 "error": st.error,
                 "state_history": list(self._states.get(row.id, [])),
             }
@@ -708,7 +696,7 @@ class Service:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if row.id in self.engine.torrents():
+        if row.id in self.engine:
             await self.engine.remove(row.id)
         orphans = self.catalog.remove(row.id, forget_chunks=delete_data)
         if delete_data:
@@ -795,7 +783,7 @@ class Service:
             if only is not None and rid != only:
                 continue
             state, _ = self._paused_from.pop(rid)
-            if rid not in self.engine.torrents() or self.engine.disk_full(rid) is None:
+            if rid not in self.engine or self.engine.disk_full(rid) is None:
                 continue
             log.info("%d MiB free again: %s goes on", free // 2**20, rid)
             self.engine.clear_disk_full(rid)
@@ -824,7 +812,7 @@ class Service:
         while True:
             await asyncio.sleep(5.0)
             for row in self.catalog.releases():
-                if row.state != "seeding" or row.id not in self.engine.torrents():
+                if row.state != "seeding" or row.id not in self.engine:
                     continue
                 try:
                     st = self.engine.status(row.id)
@@ -845,17 +833,21 @@ def _event_fields(event: EngineEvent) -> dict[str, Any]:
     if event.file_index is not None:
         out["file_index"] = event.file_index
     if event.status is not None:
-        st = event.status
-        out.update(
-            progress=st.progress,
-            downloaded=st.total_payload_download,
-            uploaded=st.total_payload_upload,
-            download_rate=st.download_rate,
-            upload_rate=st.upload_rate,
-            peers=st.num_peers,
-            state=st.state,
-            failed_bytes=st.failed_bytes,
-            wanted=st.total_wanted,
-            wanted_done=st.total_wanted_done,
-        )
+        out.update(_status_fields(event.status))
     return out
+
+
+def _status_fields(st: TorrentStatus) -> dict[str, Any]:
+    """A torrent's progress as the API reports it, in ``show`` and in ``progress`` events."""
+    return {
+        "progress": st.progress,
+        "state": st.state,
+        "downloaded": st.total_payload_download,
+        "uploaded": st.total_payload_upload,
+        "download_rate": st.download_rate,
+        "upload_rate": st.upload_rate,
+        "peers": st.num_peers,
+        "failed_bytes": st.failed_bytes,
+        "wanted": st.total_wanted,
+        "wanted_done": st.total_wanted_done,
+    }

@@ -19,6 +19,7 @@ import torch
 from ._safetensors import DTYPES
 from .errors import CorruptChunkError, MissingChunkError
 from .manifest import ChunkEntry, TensorEntry
+from .verify import check_digest
 
 __all__ = ["StagingCopier"]
 
@@ -72,12 +73,7 @@ class StagingCopier:
         staged = self._stage(stop - start)
         _read_into(path, chunk, start, staged)
         if hash_check:
-            digest = hashlib.sha256(staged.numpy().data).hexdigest()
-            if digest != chunk.sha256:
-                raise CorruptChunkError(
-                    f"chunk {chunk.path} is corrupt: sha256 {digest[:16]}… is not the "
-                    f"signed {chunk.sha256[:16]}…"
-                )
+            check_digest(chunk, hashlib.sha256(staged.numpy().data).hexdigest())
         out: dict[str, torch.Tensor] = {}
         for e in entries:
             dtype = DTYPES[e.dtype].torch_dtype

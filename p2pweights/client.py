@@ -7,7 +7,6 @@ as a process (``python -m p2pweightsd run``), the way ``docker`` or ``ollama`` u
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -232,14 +231,6 @@ class DaemonClient:
                         yield json.loads(line[len("data: ") :])
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailableError(f"no daemon answers at {socket_path(self.home)}") from exc
-
-    def is_running(self) -> bool:
-        """True when a daemon answers."""
-        try:
-            asyncio.run(self.status())
-        except DaemonUnavailableError:
-            return False
-        return True
 
 
 def running_daemon_pid(home: Path) -> int | None:

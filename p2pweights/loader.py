@@ -29,7 +29,7 @@ from .release import Release, open_release, resolve_source
 from .remote import fetch as remote_fetch
 from .remote import is_remote
 from .trust import TrustStore
-from .verify import VerifyMode, verify_chunks
+from .verify import VerifyMode, check_mode, verify_chunks
 
 __all__ = ["ReleaseReader", "load", "load_into", "open"]
 
@@ -67,8 +67,7 @@ class ReleaseReader:
     """
 
     def __init__(self, release: Release, *, verify: VerifyMode = "fast", device: str = "cpu"):
-        if verify not in ("fast", "full"):
-            raise LoadError(f"verify must be 'fast' or 'full', not {verify!r}")
+        check_mode(verify)
         self.release = release
         self._verify: VerifyMode = verify
         self._device = torch.device(device)

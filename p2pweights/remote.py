@@ -8,6 +8,7 @@ it; the caller gets the path of the verified release dir in the daemon's store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -64,13 +65,10 @@ async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
     except DaemonUnavailableError:
         if not autostart:
             raise
-        try:
+        # Another process may have started one first (ours then exits because the data
+        # dir is locked): use whichever answers, else report that none does.
+        with contextlib.suppress(DaemonUnavailableError):
             await asyncio.to_thread(start_daemon, home)
-        except DaemonUnavailableError:
-            # Another process may have started one first (ours then exits because the
-            # data dir is locked): use it if it answers, else report our failure.
-            await client.status()
-            return client
         await client.status()
     return client
 
@@ -276,8 +274,6 @@ def fetch(
     """
     if local_dir is not None and include:
         raise LoadError("fetch with include cannot write a local_dir: it would miss weights")
-    if revision is not None:
-        parse_revision(revision)  # a malformed pin fails before anything is fetched
     info = asyncio.run(
         fetch_async(
             uri,

@@ -37,7 +37,7 @@ from .paths import data_dir
 from .release import open_release, resolve_source
 from .remote import ensure_daemon, is_remote, raise_release_error
 from .trust import TrustStore
-from .verify import VerifyMode
+from .verify import VerifyMode, check_mode
 
 __all__ = ["IncompatibleKeys", "TensorStream", "load_into_streaming", "stream"]
 
@@ -199,8 +199,7 @@ class TensorStream:
         trust_on_first_use: bool,
         timeout: float,
     ) -> None:
-        if verify not in ("fast", "full"):
-            raise LoadError(f"verify must be 'fast' or 'full', not {verify!r}")
+        check_mode(verify)
         self._source, self._order = source, None if order is None else list(order)
         self._device, self._verify = device, verify
         self._include = [include] if isinstance(include, str) else include
@@ -298,7 +297,8 @@ class TensorStream:
             chunk = tensors[name].chunk
             self._wait_chunk(chunk)
             # One chunk at a time: verified, then mapped (CPU) or staged and copied.
-            reader.prepare(by_chunk.pop(chunk, []))
+            if group := by_chunk.pop(chunk, None):
+                reader.prepare(group)
             if self.first_yield is None:
                 self.first_yield = time.monotonic()
             yield name, reader.get_tensor(name)
@@ -423,7 +423,8 @@ def load_into_streaming(
         names = ts.start()
         tensors = ts.reader.release.manifest.tensors
         unexpected = [n for n in names if n not in targets]
-        missing = [n for n in targets if n not in set(names)]
+        named = set(names)
+        missing = [n for n in targets if n not in named]
         wrong = [n for n in names if n in targets and tuple(targets[n].shape) != tensors[n].shape]
         if wrong or (strict and (unexpected or missing)):
             parts = []

@@ -28,7 +28,15 @@ from .manifest import ChunkEntry
 from .release import Release, open_release, resolve_source
 from .trust import TrustStore
 
-__all__ = ["RECORDS_NAME", "ChunkRecords", "VerifyMode", "verify_chunks", "verify_release"]
+__all__ = [
+    "RECORDS_NAME",
+    "ChunkRecords",
+    "VerifyMode",
+    "check_digest",
+    "check_mode",
+    "verify_chunks",
+    "verify_release",
+]
 
 VerifyMode = Literal["fast", "full"]
 RECORDS_NAME = ".p2pw-verified.json"
@@ -94,6 +102,29 @@ def _stat_checked(path: Path, chunk: ChunkEntry) -> os.stat_result:
     return st
 
 
+def check_mode(mode: str) -> None:
+    """Refuse a verify mode other than ``fast`` and ``full``.
+
+    Raises:
+        LoadError: an unknown mode.
+    """
+    if mode not in ("fast", "full"):
+        raise LoadError(f"verify must be 'fast' or 'full', not {mode!r}")
+
+
+def check_digest(chunk: ChunkEntry, digest: str) -> None:
+    """Refuse chunk bytes whose sha256 is not the signed one.
+
+    Raises:
+        CorruptChunkError: ``digest`` is not ``chunk.sha256``.
+    """
+    if digest != chunk.sha256:
+        raise CorruptChunkError(
+            f"chunk {chunk.path} is corrupt: sha256 {digest[:16]}… is not the "
+            f"signed {chunk.sha256[:16]}…"
+        )
+
+
 def verify_chunks(
     root: Path,
     chunks: Sequence[ChunkEntry],
@@ -117,8 +148,9 @@ def verify_chunks(
         LoadError: an unknown mode.
 
     """
-    if mode not in ("fast", "full"):
-        raise LoadError(f"verify must be 'fast' or 'full', not {mode!r}")
+    check_mode(mode)
+    if not chunks:
+        return  # nothing to check: do not read the records
     records = ChunkRecords(root)
     to_hash: list[ChunkEntry] = []
     for chunk in chunks:
@@ -131,11 +163,7 @@ def verify_chunks(
         to_hash.append(chunk)
     try:
         for chunk, digest in zip(to_hash, _hash_all(root, to_hash, workers), strict=True):
-            if digest != chunk.sha256:
-                raise CorruptChunkError(
-                    f"chunk {chunk.path} is corrupt: sha256 {digest[:16]}… is not the "
-                    f"signed {chunk.sha256[:16]}…"
-                )
+            check_digest(chunk, digest)
             records.record(root / chunk.path, chunk.sha256)
             if progress:
                 progress(chunk.size)

@@ -44,6 +44,7 @@ __all__ = [
     "make_synthetic",
     "median",
     "serve_until_signalled",
+    "server_child",
     "sha256_file",
     "sha256_files",
     "shape_for_size",
@@ -326,3 +327,27 @@ def serve_until_signalled(app: Any, host: str) -> None:
         await runner.cleanup()
 
     asyncio.run(run())
+
+
+@contextmanager
+def server_child(argv: list[str]) -> Iterator[tuple[int, int]]:
+    """Run ``argv`` (a script ending in :func:`serve_until_signalled`); yield its port and pid.
+
+    The child is stopped with SIGTERM (SIGKILL after 10 s) on the way out.
+    """
+    import subprocess
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.isdigit():
+            raise RuntimeError(f"HTTP server did not start (exit {proc.poll()})")
+        yield int(line), proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

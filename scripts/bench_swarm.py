@@ -67,7 +67,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -75,7 +74,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _synthetic import GIB, make_synthetic, median, serve_until_signalled, sha256_file, work_dir
+from _synthetic import (
+    GIB,
+    make_synthetic,
+    median,
+    serve_until_signalled,
+    server_child,
+    sha256_file,
+    work_dir,
+)
 from bench_transfer import _log_tail, _proc_cpu, stop_daemon
 
 MB = 1_000_000
@@ -153,23 +160,9 @@ def _serve(root: Path, rate: int) -> None:
 @contextlib.contextmanager
 def http_server(root: Path, rate: int) -> Iterator[int]:
     """The capped server as a child process; yields its port."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(root), "--serve-rate", str(rate)],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.isdigit():
-            raise RuntimeError(f"HTTP server did not start (exit {proc.poll()})")
-        yield int(line)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    argv = [sys.executable, __file__, "--serve", str(root), "--serve-rate", str(rate)]
+    with server_child(argv) as (port, _):
+        yield port
 
 
 async def _http_clients(port: int, files: dict[str, str], n: int, out: Path,

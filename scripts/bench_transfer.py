@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -55,6 +54,7 @@ from _synthetic import (
     make_synthetic,
     median,
     serve_until_signalled,
+    server_child,
     sha256_file,
     work_dir,
 )
@@ -167,23 +167,8 @@ def _serve(root: Path) -> None:
 @contextlib.contextmanager
 def http_server(root: Path) -> Iterator[tuple[int, int]]:
     """The static server as a child process; yields its port and pid."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(root)],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.isdigit():
-            raise RuntimeError(f"HTTP server did not start (exit {proc.poll()})")
-        yield int(line), proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with server_child([sys.executable, __file__, "--serve", str(root)]) as server:
+        yield server
 
 
 # ---- runs ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, Self, cast, get_args
 
 import libtorrent as lt
 
@@ -341,6 +341,10 @@ class Engine:
         """Ids of the torrents in the session."""
         return list(self._torrents)
 
+    def __contains__(self, tid: object) -> bool:
+        """Whether the torrent is in the session (without copying the id list)."""
+        return tid in self._torrents
+
     def status(self, tid: str) -> TorrentStatus:
         """A snapshot of the torrent.
 
@@ -392,11 +396,6 @@ class Engine:
             for i in range(fs.num_files())
             if not fs.file_flags(i) & pad
         }
-
-    def file_progress(self, tid: str) -> list[int]:
-        """Bytes of each file that passed the hash check (pad files included)."""
-        handle = self._get(tid).handle
-        return list(handle.file_progress(lt.file_progress_flags_t.piece_granularity))
 
     async def set_file_priorities(self, tid: str, priorities: Sequence[int]) -> None:
         """Set one 0-7 priority per file index (0 = do not download) and wait until applied.
@@ -454,10 +453,6 @@ class Engine:
         """Pause the torrent (it disconnects its peers)."""
         self._get(tid).handle.pause()
 
-    def resume(self, tid: str) -> None:
-        """Resume a paused torrent."""
-        self._get(tid).handle.resume()
-
     async def wait_metadata(self, tid: str) -> TorrentFile:
         """Wait until the torrent's metadata is known, and return it."""
         t = self._get(tid)
@@ -474,16 +469,9 @@ class Engine:
         """
         t = self._get(tid)
         wanted = sorted(set(indices))
-
-        def ready() -> bool:
-            ti = t.handle.torrent_file()
-            if ti is None:
-                return False
-            fs = ti.layout()
-            done = t.handle.file_progress(lt.file_progress_flags_t.piece_granularity)
-            return all(done[i] == fs.file_size(i) for i in wanted)
-
-        await self._wait(t, ready)
+        await self._wait(
+            t, lambda: t.handle.torrent_file() is not None and _complete(t.handle, wanted) == wanted
+        )
         await self.flush(tid)
 
     async def wait_any_file(self, tid: str, indices: Iterable[int]) -> list[int]:
@@ -498,16 +486,11 @@ class Engine:
         done: list[int] = []
 
         def ready() -> bool:
-            ti = t.handle.torrent_file()
-            if ti is None:
-                return False
-            fs = ti.layout()
-            progress = t.handle.file_progress(lt.file_progress_flags_t.piece_granularity)
-            done[:] = [i for i in wanted if progress[i] == fs.file_size(i)]
+            done[:] = _complete(t.handle, wanted)
             return bool(done) or not wanted
 
         await self._wait(t, ready)
-        return list(done)
+        return done
 
     async def flush(self, tid: str) -> None:
         """Write out whatever libtorrent still holds in memory for the torrent."""
@@ -814,6 +797,16 @@ class Engine:
             log.debug("%s", a.message())
 
 
+def _complete(handle: Any, indices: list[int]) -> list[int]:
+    """The files of ``indices`` whose every piece passed the hash check (none before metadata)."""
+    ti = handle.torrent_file()
+    if ti is None:
+        return []
+    fs = ti.layout()
+    progress = handle.file_progress(lt.file_progress_flags_t.piece_granularity)
+    return [i for i in indices if progress[i] == fs.file_size(i)]
+
+
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """Write errors that freeing space (or raising a file size limit) cures."""
 
@@ -828,20 +821,10 @@ _CHECKING_STATES = frozenset(
 
 def _state_name(state: Any) -> TorrentState:
     name = getattr(state, "name", "unknown")
-    known: tuple[TorrentState, ...] = (
-        "queued_for_checking",
-        "checking_files",
-        "downloading_metadata",
-        "downloading",
-        "finished",
-        "seeding",
-        "allocating",
-        "checking_resume_data",
-    )
-    for k in known:
-        if k == name:
-            return k
-    return "unknown"
+    return cast(TorrentState, name) if name in _STATE_NAMES else "unknown"
+
+
+_STATE_NAMES = frozenset(get_args(TorrentState))
 
 
 def _status_of(st: Any) -> TorrentStatus:

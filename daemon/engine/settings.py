@@ -59,10 +59,10 @@ class EngineSettings:
     """Put every address in the global peer class, so limits bite on loopback and LAN too."""
     allow_multiple_connections_per_ip: bool = False
     close_redundant_connections: bool = True
-    disk_io: Literal["mmap", "pread", "posix"] = "mmap"
-    """libtorrent's disk back end; mmap measured lowest CPU per byte here."""
     """Drop a connection when neither side wants anything; off keeps seeds connected to a
     torrent that wants nothing *yet* (a magnet fetched in stages)."""
+    disk_io: Literal["mmap", "pread", "posix"] = "mmap"
+    """libtorrent's disk back end; mmap measured lowest CPU per byte here."""
     min_reconnect_time: int = 60
     """Seconds before libtorrent dials a peer again, ``connect_peer`` included. A recheck
     disconnects every peer, so a staged fetch on a quiet swarm wants this small."""

@@ -13,13 +13,13 @@ from typing import Any
 import click
 
 from ..client import DaemonClient, daemon_log_path, running_daemon_pid, start_daemon
-from ..errors import DaemonError, LoadError
+from ..errors import DaemonError, DaemonUnavailableError, LoadError
 from ..hf_cache import resolve_snapshot
 from ..loader import load as load_tensors
 from ..pack import pack as pack_release
 from ..paths import default_key_path
 from ..release import is_release_dir
-from ..remote import export_to_local_dir, fetch_async, parse_revision
+from ..remote import export_to_local_dir, fetch_async
 from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
 from ._local import source_size
 
@@ -49,8 +49,11 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
 def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
     """Start the daemon in the background (flags go to p2pweightsd run)."""
     client = DaemonClient(ctx.home)
-    if client.is_running():
-        info = run(client.status())
+    try:
+        info: dict[str, Any] | None = run(client.status())
+    except DaemonUnavailableError:
+        info = None
+    if info is not None:
         emit(ctx, {"started": False, **info}, [f"daemon already running (pid {info['pid']})"])
         return
     pid = start_daemon(ctx.home, extra_args=args)
@@ -279,8 +282,6 @@ def fetch(
         raise LoadError("--revision and --local-dir need the fetch to finish; drop --no-wait")
     if local_dir is not None and include:
         raise LoadError("--local-dir with --include would write a model dir missing weights")
-    if revision is not None:
-        parse_revision(revision)  # a malformed pin fails before anything is fetched
     if no_wait:
         info = run(client_for(ctx).fetch(uri, **kw))
     else:
