@@ -82,7 +82,9 @@ log = logging.getLogger(__name__)
 
 NotFoundError = UnknownReleaseError
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_TERMINAL = ("seeding", "complete", "error")
+_DONE = ("seeding", "complete")
+"""Every wanted chunk is in: seeding, or stopped after its seeding limits."""
+_TERMINAL = (*_DONE, "error")
 _WAIT_ENDS = (*_TERMINAL, "paused")
 """A wait also returns for a release a full disk paused: the caller should hear of it."""
 _DISK_RETRY_EVERY = 2.0
@@ -170,7 +172,7 @@ class Service:
             target: TorrentFile | MagnetLink = parse_magnet(row.source)
         else:
             target = parse_torrent(row.torrent)
-        if row.state in ("seeding", "complete") and isinstance(target, TorrentFile):
+        if row.state in _DONE and isinstance(target, TorrentFile):
             self.engine.add(
                 target,
                 self.store.root,
@@ -202,7 +204,7 @@ class Service:
         tf = await asyncio.to_thread(make_torrent, root, hybrid=hybrid)
         rid = tf.id
         existing = self.catalog.get(rid)
-        if existing is not None and existing.state in ("seeding", "complete"):
+        if existing is not None and existing.state in _DONE:
             return self.show(rid)
         target = await asyncio.to_thread(self.store.import_release, release, rid)
         self.store.save_torrent(rid, tf.data)
@@ -301,7 +303,7 @@ class Service:
                     for host, port in map(parse_peer, fresh):
                         self.engine.connect_peer(rid, host, port)
             return self.show(rid)
-        if row is not None and row.state in ("seeding", "complete"):
+        if row is not None and row.state in _DONE:
             # An empty selection means every tensor; a wider one fetches what is missing.
             merged = (
                 ()
@@ -497,7 +499,7 @@ class Service:
         if bad:
             raise LoadError(f"{bad[0][:80]!r} is not a chunk path (chunks/<sha256>[.safetensors])")
         row = self._row(rid)
-        if row.state in ("seeding", "complete"):
+        if row.state in _DONE:
             return self.show(row.id)
         download = self._downloads.get(row.id)
         if download is None:
@@ -656,7 +658,7 @@ class Service:
                 "error": st.error,
                 "state_history": list(self._states.get(row.id, [])),
             }
-            if st.failed_bytes and row.state not in ("seeding", "complete"):
+            if st.failed_bytes and row.state not in _DONE:
                 info["problem"] = (
                     f"{self._hash_failures.get(row.id, 0)} pieces failed the hash check "
                     f"({st.failed_bytes} bytes thrown away): peers sent data that is not the "
@@ -752,7 +754,7 @@ class Service:
         write are fetched again once the fetch goes on.
         """
         row = self.catalog.get(rid)
-        if row is None or row.state in ("seeding", "complete", "error"):
+        if row is None or row.state in _TERMINAL:
             return
         why = (
             f"DiskFullError: {message}; the fetch goes on by itself once "

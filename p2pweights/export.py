@@ -23,9 +23,8 @@ from ._paths import join_inside
 from .chunking import natural_key
 from .errors import ExportError, UnsafePathError
 from .manifest import FileEntry, Manifest
-from .paths import data_dir, trust_path
 from .release import EXPORT_POINTER, Release, open_release, resolve_source
-from .trust import TrustStore
+from .trust import TrustStore, trust_for
 from .verify import VerifyMode, verify_chunks
 
 __all__ = ["ExportResult", "export"]
@@ -74,7 +73,7 @@ def export(
         Everything loading raises, for an inauthentic or damaged release.
 
     """
-    store = trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))
+    store = trust_for(trust, home)
     release = open_release(resolve_source(source), store)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"output {out} exists and is not an empty directory")

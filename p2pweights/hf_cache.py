@@ -35,9 +35,8 @@ from ._atomic import TMP_SUFFIX, atomic_write_bytes
 from ._paths import check_relative, join_inside
 from .errors import ExportError, P2PWeightsError, SourceError, UnsafePathError
 from .export import _rebuild_file
-from .paths import data_dir, trust_path
 from .release import open_release, resolve_source
-from .trust import TrustStore
+from .trust import TrustStore, trust_for
 from .verify import VerifyMode, verify_chunks
 
 __all__ = [
@@ -312,7 +311,7 @@ def export_to_hf_cache(
         Everything loading raises, for an inauthentic or damaged release.
     """
     repo_id = parse_repo_id(repo_id, error=ExportError)
-    store = trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))
+    store = trust_for(trust, home)
     release = open_release(resolve_source(source), store)
     manifest = release.manifest
     pickles = [f.name for f in manifest.files if f.kind == "torch"]
@@ -327,8 +326,6 @@ def export_to_hf_cache(
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create the HF cache {cache}: {exc.strerror or exc}") from exc
-    if not cache.is_dir():
-        raise ExportError(f"HF cache {cache} is not a directory")
     commit = commit_for_manifest(release.manifest_sha256)
     repo_dir = _real_dir(cache / repo_folder(repo_id))
     blobs = _real_dir(repo_dir / "blobs")
@@ -337,12 +334,10 @@ def export_to_hf_cache(
     written: list[str] = []
     try:
         for f in manifest.files:
-            try:
-                # Not join_inside: the entry itself may already be our link into blobs/.
-                # Each parent is made a real dir below, which keeps the entry inside.
-                dest = snap / check_relative(f.name, what="file name")
-            except UnsafePathError as exc:
-                raise ExportError(str(exc)) from exc
+            # The manifest's parser checked every name (relative, no ``..``). Not
+            # join_inside: the entry itself may already be our link into blobs/; each
+            # parent is made a real dir below, which keeps the entry inside.
+            dest = snap / f.name
             blob = blobs / f.sha256
             _rebuild_file(release, f, blob, progress)
             _place_link(snap, dest, blob)

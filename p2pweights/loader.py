@@ -24,11 +24,10 @@ from ._safetensors import DTYPES
 from ._staging import StagingCopier
 from .errors import LoadError
 from .manifest import TensorEntry
-from .paths import data_dir, trust_path
 from .release import Release, open_release, resolve_source
 from .remote import fetch as remote_fetch
 from .remote import is_remote
-from .trust import TrustStore
+from .trust import TrustStore, trust_for
 from .verify import VerifyMode, check_mode, verify_chunks
 
 __all__ = ["ReleaseReader", "load", "load_into", "open"]
@@ -36,15 +35,17 @@ __all__ = ["ReleaseReader", "load", "load_into", "open"]
 Source = str | Path
 
 
-def _trust(trust: TrustStore | None, home: Path | str | None) -> TrustStore:
-    return trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))
-
-
-def _select(names: Iterable[str], include: Iterable[str] | str | None) -> list[str]:
-    all_names = list(names)
+def _patterns(include: Iterable[str] | str | None) -> list[str] | None:
+    """``include`` as a list of glob patterns (read once: it may be a generator)."""
     if include is None:
+        return None
+    return [include] if isinstance(include, str) else list(include)
+
+
+def _select(names: Iterable[str], patterns: list[str] | None) -> list[str]:
+    all_names = list(names)
+    if patterns is None:
         return all_names
-    patterns = [include] if isinstance(include, str) else list(include)
     chosen: dict[str, None] = {}
     for pat in patterns:
         hits = [n for n in all_names if fnmatchcase(n, pat)]
@@ -198,7 +199,7 @@ def open(
 
     """
     root = _local_root(source, home=home, include=None, peers=peers)
-    release = open_release(root, _trust(trust, home))
+    release = open_release(root, trust_for(trust, home))
     return ReleaseReader(release, verify=verify, device=device)
 
 
@@ -206,13 +207,12 @@ def _local_root(
     source: Source,
     *,
     home: Path | str | None,
-    include: Iterable[str] | str | None,
+    include: list[str] | None,
     peers: Sequence[str],
 ) -> Path:
     """A local release dir for ``source``, fetched through the daemon when it is remote."""
     if is_remote(source):
-        patterns = [include] if isinstance(include, str) else list(include or ())
-        return remote_fetch(str(source), home=home, include=patterns, peers=peers)
+        return remote_fetch(str(source), home=home, include=include or (), peers=peers)
     return resolve_source(source)
 
 
@@ -249,9 +249,10 @@ def load(
         MissingChunkError, CorruptChunkError: chunks that fail verification.
 
     """
-    root = _local_root(source, home=home, include=include, peers=peers)
+    patterns = _patterns(include)
+    root = _local_root(source, home=home, include=patterns, peers=peers)
     with open(root, verify=verify, device=device, trust=trust, home=home) as reader:
-        names = _select(reader.keys(), include)
+        names = _select(reader.keys(), patterns)
         reader.prepare(names)
         return {n: reader.get_tensor(n) for n in names}
 

@@ -26,9 +26,9 @@ from .errors import (
     SwarmError,
 )
 from .export import export
-from .paths import data_dir, trust_path
+from .paths import data_dir
 from .release import EXPORT_POINTER, Release, open_release
-from .trust import TrustStore
+from .trust import trust_for
 
 __all__ = [
     "Revision",
@@ -135,7 +135,7 @@ def check_revision(release: Release, pin: Revision) -> None:
 
 
 def _open_fetched(path: Path, home: Path | str | None) -> Release:
-    return open_release(path, TrustStore.load(trust_path(data_dir(home))))
+    return open_release(path, trust_for(None, home))
 
 
 async def fetch_async(

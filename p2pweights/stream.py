@@ -32,11 +32,11 @@ import torch
 
 from .chunking import chunk_order, layer_order
 from .errors import LoadError, P2PWeightsError, SwarmError
-from .loader import ReleaseReader, Source, _select, _trust
+from .loader import ReleaseReader, Source, _patterns, _select
 from .paths import data_dir
 from .release import open_release, resolve_source
 from .remote import ensure_daemon, is_remote, raise_release_error
-from .trust import TrustStore
+from .trust import TrustStore, trust_for
 from .verify import VerifyMode, check_mode
 
 __all__ = ["IncompatibleKeys", "TensorStream", "load_into_streaming", "stream"]
@@ -202,7 +202,7 @@ class TensorStream:
         check_mode(verify)
         self._source, self._order = source, None if order is None else list(order)
         self._device, self._verify = device, verify
-        self._include = [include] if isinstance(include, str) else include
+        self._include = _patterns(include)
         self._trust, self._home, self._peers = trust, home, list(peers)
         self._tofu, self._timeout = trust_on_first_use, timeout
         self._deadline = 0.0
@@ -229,7 +229,7 @@ class TensorStream:
             return self.names
         self._deadline = time.monotonic() + self._timeout
         if is_remote(self._source):
-            patterns = list(self._include or ())
+            patterns = self._include or []
             self._feed = _DaemonFeed(
                 str(self._source),
                 home=data_dir(self._home),
@@ -241,7 +241,7 @@ class TensorStream:
         else:
             root = resolve_source(self._source)
             self._complete = True
-        release = open_release(root, _trust(self._trust, self._home))
+        release = open_release(root, trust_for(self._trust, self._home))
         self._reader = ReleaseReader(release, verify=self._verify, device=self._device)
         tensors = release.manifest.tensors
         chosen = set(_select(tensors, self._include))

@@ -14,6 +14,7 @@ from ._atomic import atomic_write_bytes
 from ._canonical import dumps, loads_strict
 from .errors import KeyFileError, ManifestError, TrustStoreError, UntrustedKeyError
 from .keys import PublicKey
+from .paths import data_dir, trust_path
 
 __all__ = ["TrustEntry", "TrustStore"]
 
@@ -136,3 +137,8 @@ def _check_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise TrustStoreError("a trust name is 1-100 letters, digits, '.', '_' or '-'")
     return name
+
+
+def trust_for(trust: TrustStore | None, home: Path | str | None) -> TrustStore:
+    """``trust`` if given, else the trust store of the data dir ``home`` (or the default)."""
+    return trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))

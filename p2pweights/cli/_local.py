@@ -334,7 +334,7 @@ def export(
     if (out is None) == (hf_repo is None):
         raise ExportError("give either OUT or --hf-cache ORG/NAME, not both or neither")
     if hf_repo is not None:
-        with progress_bar(ctx, 0, "exporting") as bar:
+        with progress_bar(ctx, _export_bytes(release, store, exact=True), "exporting") as bar:
             hf = export_to_hf_cache(
                 release,
                 hf_repo,
@@ -359,7 +359,7 @@ def export(
     if cache_dir is not None:
         raise ExportError("--cache-dir goes with --hf-cache")
     assert out is not None
-    with progress_bar(ctx, 0, "exporting") as bar:
+    with progress_bar(ctx, _export_bytes(release, store, exact=exact), "exporting") as bar:
         result = export_release(
             release, out, exact=exact, verify="full" if full else "fast", trust=store, progress=bar
         )
@@ -371,3 +371,9 @@ def export(
             + (" (byte-identical originals)" if exact else " (linked, no copy)")
         ],
     )
+
+
+def _export_bytes(release: Path, store: TrustStore, *, exact: bool) -> int:
+    """What an export reports progress in: the original files' bytes, or the chunks'."""
+    manifest = open_release(resolve_source(release), store).manifest
+    return sum(f.size for f in manifest.files) if exact else sum(c.size for c in manifest.chunks)
