@@ -39,6 +39,7 @@ __all__ = [
     "Limits",
     "Manifest",
     "TensorEntry",
+    "chunk_address",
     "publisher_in",
 ]
 
@@ -67,6 +68,17 @@ class Limits:
 
 
 LIMITS = Limits()
+
+
+def chunk_address(sha256: str, kind: ChunkKind) -> str:
+    """A chunk's path in a release and in the store: its content address.
+
+    ``chunks/<sha256>.safetensors`` for a tensor chunk, ``chunks/<sha256>`` for a blob. The
+    parser requires every chunk's path to be exactly this, so a name says which bytes it
+    holds: two releases can share a store file only when they share the bytes, and no
+    publisher can claim a name it cannot hash to.
+    """
+    return f"chunks/{sha256}.safetensors" if kind == "tensors" else f"chunks/{sha256}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,15 +324,13 @@ def _parse_chunks(raw: object, limits: Limits) -> tuple[ChunkEntry, ...]:
         total += size
         if out and path <= out[-1].path:
             raise ManifestError("chunks must be sorted by path, without duplicates")
-        out.append(
-            ChunkEntry(
-                path,
-                size,
-                _hex64(c["sha256"], f"{where}.sha256"),
-                _hex64(c["v2_root"], f"{where}.v2_root"),
-                kind,
+        sha = _hex64(c["sha256"], f"{where}.sha256")
+        if path != chunk_address(sha, kind):
+            raise ManifestError(
+                f"{where}.path {path[:80]!r} is not its content address "
+                f"{chunk_address(sha, kind)!r}"
             )
-        )
+        out.append(ChunkEntry(path, size, sha, _hex64(c["v2_root"], f"{where}.v2_root"), kind))
     if total > limits.total_bytes:
         raise ManifestError(f"chunks add up to {total} bytes, over the limit")
     return tuple(out)

@@ -26,7 +26,7 @@ from .chunking import DEFAULT_MAX_CHUNK_BYTES, plan_chunks
 from .errors import SourceError
 from .hashing import StreamHasher, sha256_file
 from .keys import PrivateKey
-from .manifest import ChunkEntry, FileEntry, Manifest, TensorEntry
+from .manifest import ChunkEntry, FileEntry, Manifest, TensorEntry, chunk_address
 from .release import CHUNKS_DIR, MANIFEST_NAME, SIGNATURE_NAME
 from .verify import ChunkRecords
 
@@ -257,7 +257,7 @@ def _write_tensor_chunk(
         digest = hasher.digest()
         if digest.size != layout.total_size:
             raise SourceError(f"tensor bytes changed size while packing ({names[0]!r})")
-        rel = f"{CHUNKS_DIR}/{digest.sha256}.safetensors"
+        rel = chunk_address(digest.sha256, "tensors")
         os.replace(tmp, out / rel)
     finally:
         tmp.unlink(missing_ok=True)
@@ -279,7 +279,7 @@ def _copy_blob(path: Path, out: Path, report: Progress) -> ChunkEntry:
                 hasher.update(view[:n])
                 report(n)
         digest = hasher.digest()
-        rel = f"{CHUNKS_DIR}/{digest.sha256}"
+        rel = chunk_address(digest.sha256, "blob")
         os.replace(tmp, out / rel)
     finally:
         tmp.unlink(missing_ok=True)
