@@ -301,6 +301,11 @@ async def show(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE].show(request.match_info["id"]))
 
 
+async def check(request: web.Request) -> web.Response:
+    """POST /v1/releases/{id}/verify: check the release's store files now."""
+    return web.json_response(await request.app[SERVICE].check(request.match_info["id"]))
+
+
 async def wait(request: web.Request) -> web.Response:
     """GET /v1/releases/{id}/wait?timeout=SECONDS."""
     try:
@@ -347,6 +352,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)
     app.router.add_post("/v1/releases/{id}/order", order)
+    app.router.add_post("/v1/releases/{id}/verify", check)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)
     return app

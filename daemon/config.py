@@ -19,6 +19,7 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     seed_ratio_limit = 0.0         # stop seeding at this upload/size ratio, 0 = never
     seed_time_limit = 0            # stop seeding after this many seconds, 0 = never
     resume_interval = 60           # seconds between periodic resume-data saves
+    store_check_interval = 300     # seconds between checks that store files are unchanged
     tcp_port = 0                   # also serve the API on 127.0.0.1:PORT (bearer token)
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
@@ -74,6 +75,7 @@ class DaemonConfig:
     seed_ratio_limit: float = 0.0
     seed_time_limit: int = 0
     resume_interval: float = 60.0
+    store_check_interval: float = 300.0
     tcp_port: int = 0
 
     @property

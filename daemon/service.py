@@ -40,6 +40,7 @@ from p2pweights.errors import (
     UnknownReleaseError,
 )
 from p2pweights.keys import load_private_key
+from p2pweights.manifest import ChunkEntry, ChunkKind
 from p2pweights.pack import pack
 from p2pweights.paths import trust_path
 from p2pweights.release import (
@@ -59,7 +60,7 @@ from .admission import (
     store_layout,
     wanted_chunks,
 )
-from .catalog import Catalog, ReleaseRow, ReleaseState
+from .catalog import Catalog, ReleaseRow, ReleaseState, StoreChunk
 from .config import DaemonConfig
 from .download import Download
 from .engine import (
@@ -74,7 +75,7 @@ from .engine import (
     parse_magnet,
     parse_torrent,
 )
-from .store import TORRENT_NAME, Store
+from .store import TORRENT_NAME, FileStamp, Store
 
 __all__ = ["NotFoundError", "Service"]
 
@@ -122,6 +123,8 @@ class Service:
         """Fetches asked to download in order: chunk paths, or empty for layer order."""
         self._magnets: dict[str, str] = {}
         """Each release's magnet link, parsed once from its torrent."""
+        self._placing = asyncio.Lock()
+        """Held while chunks move into the store: one writer per store name."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,6 +147,7 @@ class Service:
                 log.warning("could not restore %s: %s", row.id, exc)
                 self.catalog.set_state(row.id, "error", f"{type(exc).__name__}: {exc}")
         self._background.append(asyncio.create_task(self._periodic_resume()))
+        self._background.append(asyncio.create_task(self._periodic_store_check()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
 
@@ -165,7 +169,7 @@ class Service:
                 q.put_nowait(None)
 
     async def _restore(self, row: ReleaseRow) -> None:
-        if row.state == "error":
+        if row.state in ("error", "damaged"):  # a damaged release waits for a re-fetch
             return
         resume = self.catalog.resume_data(row.id)
         if row.torrent is None:  # still waiting for metadata: start over from the link
@@ -173,6 +177,11 @@ class Service:
         else:
             target = parse_torrent(row.torrent)
         if row.state in _DONE and isinstance(target, TorrentFile):
+            # Checked before it seeds: a store file changed while the daemon was down
+            # must not go out as the release.
+            if await self._check_store_files(row.id):
+                return
+            self.store.drop_partial(row.id)  # a crash after the last chunk was placed
             self.engine.add(
                 target,
                 self.store.root,
@@ -193,7 +202,11 @@ class Service:
         """Seed a local release dir.
 
         The release must be self-consistent (its signature verifies under the key it
-        names) and its chunks intact; the publisher need not be in our trust store.
+        names, and every chunk is named after its sha256) and its chunks intact; the
+        publisher need not be in our trust store. Checks come before writes: identity
+        (signature, chunk bytes, the torrent against the store's verified chunks), then
+        the import, then the catalog in one transaction. A refused publish leaves nothing
+        behind, and never writes into a store file another release uses.
         """
         src = Path(path)
         if not src.is_absolute():
@@ -206,14 +219,28 @@ class Service:
         existing = self.catalog.get(rid)
         if existing is not None and existing.state in _DONE:
             return self.show(rid)
-        target = await asyncio.to_thread(self.store.import_release, release, rid)
-        self.store.save_torrent(rid, tf.data)
-        records = ChunkRecords(target)
-        for chunk in release.manifest.chunks:  # import_release checked each store file
-            records.record(target / chunk.path, chunk.sha256)
-        records.save()
-        # One transaction: a kill -9 leaves no row, or a seeding row with its chunk list.
-        self.catalog.add_published(rid, release, source=str(root), torrent=tf.data)
+        async with self._placing:
+            store_layout(rid, tf, self.store, self.catalog)  # refuses a name-colliding torrent
+            known = self.catalog.store_chunks([c.path for c in release.manifest.chunks])
+            target, created, stamps = await asyncio.to_thread(
+                self.store.import_release,
+                release,
+                rid,
+                {p: k.stamp for p, k in known.items()},
+            )
+            try:
+                self.store.save_torrent(rid, tf.data)
+                records = ChunkRecords(target)
+                for chunk in release.manifest.chunks:  # each one hashed or stamp-checked
+                    records.record(target / chunk.path, chunk.sha256)
+                records.save()
+                # One transaction: a kill -9 leaves no row, or a seeding row with its chunks.
+                self.catalog.add_published(
+                    rid, release, source=str(root), torrent=tf.data, stamps=stamps
+                )
+            except BaseException:
+                self.store.undo_import(rid, created, remove_dir=existing is None)
+                raise
         self.engine.add(
             tf,
             self.store.root,
@@ -303,7 +330,12 @@ class Service:
                     for host, port in map(parse_peer, fresh):
                         self.engine.connect_peer(rid, host, port)
             return self.show(rid)
-        if row is not None and row.state in _DONE:
+        if row is not None and row.state == "damaged" and row.torrent is not None:
+            # A re-fetch repairs it: changed store files are fetched again into partial
+            # files and replace the damaged ones once verified.
+            include = row.include
+            target = parse_torrent(row.torrent)
+        elif row is not None and row.state in _DONE:
             # An empty selection means every tensor; a wider one fetches what is missing.
             merged = (
                 ()
@@ -363,6 +395,7 @@ class Service:
         if rid in self.engine:
             with contextlib.suppress(P2PWeightsError):
                 await self.engine.remove(rid)
+        self.store.drop_partial(rid)  # unverified bytes of a refused or failed fetch
         self._notify(rid, "error")
 
     async def _fetch_flow(
@@ -437,7 +470,7 @@ class Service:
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
             await self._want(tid, download.priorities(), peers, after_pause=True)
-            await self._follow_chunks(rid, tid, download)
+            relinked = await self._follow_chunks(rid, tid, download, layout)
         except BaseException:
             saver.cancel()
             raise
@@ -448,28 +481,43 @@ class Service:
         # Let a save in flight finish: its alert must not answer the next request.
         stop_saver.set()
         await saver
+        if relinked:
+            tid = await self._onto_store(rid, tf, tid, relinked)
+        self.store.drop_partial(rid)
         # _follow_chunks flushed libtorrent's cache, so the files hold the bytes now.
         self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         self.catalog.set_state(rid, "seeding")
         self._notify(rid, "complete")
 
-    async def _follow_chunks(self, rid: str, tid: str, download: Download) -> None:
-        """Announce each wanted chunk as it completes, until all have.
+    async def _follow_chunks(
+        self, rid: str, tid: str, download: Download, layout: dict[int, str]
+    ) -> list[ChunkEntry]:
+        """Place each wanted chunk in the store as it completes, and announce it.
 
         libtorrent accepted every block of a complete chunk against the v2 roots the
-        signed manifest lists, so its bytes are the publisher's: once flushed, the chunk
-        is recorded for fast-mode loads and announced (a ``chunk`` event, and in
-        ``ready_chunks``), so a streaming reader can map it while the rest arrives. An
-        ordered download then moves its priority window on.
+        signed manifest lists; :meth:`_place` then hashes it against its name and brings
+        it into the store. Only then is it recorded for fast-mode loads and announced (a
+        ``chunk`` event, and in ``ready_chunks``), so a streaming reader can map it while
+        the rest arrives. An ordered download then moves its priority window on.
+
+        Returns:
+            The chunks whose store name already existed: the torrent still reads them
+            through their partial names (see :meth:`_onto_store`).
         """
         release, index = download.release, download.index
         records = ChunkRecords(release.root)
         by_path = {c.path: c for c in release.manifest.chunks}
+        relinked: list[ChunkEntry] = []
         while pending := download.pending():
             done = set(await self.engine.wait_any_file(tid, [index[p] for p in pending]))
             await self.engine.flush(tid)
             finished = [p for p in pending if index[p] in done]
             for path in finished:
+                mapped_on_store = layout[index[path]] == path  # the store's copy, at add
+                if not mapped_on_store and not await self._place(
+                    rid, tid, by_path[path], index[path]
+                ):
+                    relinked.append(by_path[path])
                 records.record(release.root / path, by_path[path].sha256)
             records.save()  # on a full disk it stays dirty; loads hash these chunks meanwhile
             for path in finished:
@@ -484,6 +532,47 @@ class Service:
             if download.order is not None and download.pending():
                 await self.engine.set_file_priorities(tid, download.priorities())
         records.save()  # a no-op, unless a save failed while the disk was full
+        return relinked
+
+    async def _place(self, rid: str, tid: str, chunk: ChunkEntry, index: int) -> bool:
+        """Bring a fetch's complete partial chunk into the store (see :meth:`Store.place`).
+
+        Held under one lock, so two fetches of the same chunk cannot both write its name.
+
+        Returns:
+            True when the chunk was moved under its store name (the torrent now reads it
+            there), False when the store already had that name.
+        """
+        async with self._placing:
+            known = self.catalog.store_chunks([chunk.path]).get(chunk.path)
+            stamp = known.stamp if known is not None else None
+            moved = await asyncio.to_thread(self.store.place, rid, chunk, stamp)
+            if moved:
+                await self.engine.rename_file(tid, index, chunk.path)
+            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+        return moved
+
+    async def _onto_store(
+        self, rid: str, tf: TorrentFile, tid: str, relinked: list[ChunkEntry]
+    ) -> str:
+        """Re-add a finished torrent so it reads every chunk under its store name.
+
+        A chunk whose store name existed when it completed was left to the torrent under
+        its partial name (a second link to the store file: libtorrent will not rename
+        onto an existing name). Once every chunk is in, the torrent is re-added from its
+        resume data with the store layout, and the partial names are dropped.
+        """
+        resume = await self.engine.save_resume_data(tid, pause=True)
+        await self.engine.remove(tid)
+        self.store.drop_partial(rid)
+        for chunk in relinked:  # dropping a link moved the store file's ctime
+            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+        return self.engine.add(
+            tf,
+            self.store.root,
+            file_paths=store_layout(rid, tf, self.store, self.catalog),
+            resume_data=resume,
+        )
 
     def set_order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
         """Download a fetch's chunks in this order (most wanted first).
@@ -745,6 +834,75 @@ class Service:
                     self._on_disk_full(event.torrent, event.message)
                 self._notify(event.torrent, event.kind, **_event_fields(event))
 
+    # ------------------------------------------------------------------ store integrity
+
+    async def check(self, rid: str) -> dict[str, Any]:
+        """Check a release's store files now (``POST /v1/releases/{id}/verify``).
+
+        A seeding release with a changed file becomes ``damaged`` and stops seeding; a
+        damaged one whose files are all intact again (a re-fetch of another release
+        repaired a shared chunk) goes back to seeding.
+        """
+        row = self._row(rid)
+        if row.state in (*_DONE, "damaged"):
+            await self._check_store_files(row.id)
+        return self.show(row.id)
+
+    async def _check_store_files(self, rid: str) -> list[str]:
+        """Re-check the store files of a complete or damaged release; returns the bad ones.
+
+        A file whose stamp (size, mtime, ctime, inode) still equals the one recorded when
+        it was hashed costs one ``stat``; any other is hashed again. Bad files mark the
+        release ``damaged``: it is no longer seeded, and ``show`` and ``doctor`` say why.
+        """
+        paths = self.catalog.release_chunk_paths(rid)
+        known = self.catalog.store_chunks(paths)
+        chunks = {p: _chunk_of(k) for p, k in known.items()}
+        if len(chunks) < len(paths):  # files never stamped (a catalog from schema 1)
+            manifest = open_self_signed(self.store.releases / rid).manifest
+            chunks.update({c.path: c for c in manifest.chunks if c.path not in chunks})
+        stamps = {p: k.stamp for p, k in known.items()}
+        now = await asyncio.to_thread(
+            lambda: {p: self.store.intact(c, stamps.get(p)) for p, c in chunks.items()}
+        )
+        bad = sorted(p for p, stamp in now.items() if stamp is None)
+        for path, stamp in now.items():
+            if stamp is not None and stamp != stamps.get(path):
+                self.catalog.record_chunk(chunks[path], stamp)  # hashed just now
+        row = self.catalog.get(rid)
+        if row is None:
+            return bad
+        if bad and row.state != "damaged":
+            why = (
+                f"DamagedError: {len(bad)} chunk file(s) changed in the store since they were "
+                f"verified (e.g. {bad[0]}); it is not seeded. `p2pw fetch {rid[:16]}` repairs it"
+            )
+            log.error("release %s: %s", rid, why)
+            if rid in self.engine:
+                await self.engine.remove(rid)
+            self.catalog.set_state(rid, "damaged", why)
+            self._notify(rid, "damaged", message=why)
+        elif not bad and row.state == "damaged" and row.torrent is not None:
+            tf = parse_torrent(row.torrent)
+            self.catalog.set_state(rid, "seeding")
+            self.engine.add(
+                tf,
+                self.store.root,
+                file_paths=store_layout(rid, tf, self.store, self.catalog),
+                seed_mode=True,  # every file was just checked
+            )
+            self._notify(rid, "repaired")
+        return bad
+
+    async def _periodic_store_check(self) -> None:
+        """Every ``store_check_interval`` s, check the files of every complete release."""
+        while True:
+            await asyncio.sleep(self.config.store_check_interval)
+            for row in self.catalog.releases():
+                if row.state in (*_DONE, "damaged"):
+                    with contextlib.suppress(P2PWeightsError, sqlite3.Error, OSError):
+                        await self._check_store_files(row.id)
+
     # ------------------------------------------------------------------ a full disk
 
     def _on_disk_full(self, rid: str, message: str) -> None:
@@ -826,6 +984,11 @@ class Service:
                     self.engine.pause(row.id)
                     self.catalog.set_state(row.id, "complete")
                     self._notify(row.id, "seeding_stopped", ratio=round(done_ratio, 3))
+
+
+def _chunk_of(known: StoreChunk) -> ChunkEntry:
+    kind: ChunkKind = "tensors" if known.path.endswith(".safetensors") else "blob"
+    return ChunkEntry(known.path, known.size, known.sha256, known.v2_root, kind)
 
 
 def _event_fields(event: EngineEvent) -> dict[str, Any]:

@@ -206,6 +206,10 @@ class DaemonClient:
         """One release."""
         return await self.request("GET", f"/releases/{rid}")
 
+    async def check(self, rid: str) -> dict[str, Any]:
+        """Have the daemon check the release's store files now (``damaged`` if changed)."""
+        return await self.request("POST", f"/releases/{rid}/verify")
+
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Until the release is complete or failed (``timed_out`` says which)."""
         return await self.request(
