@@ -22,7 +22,7 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     tcp_port = 0                   # also serve the API on 127.0.0.1:PORT (bearer token)
     max_torrent_files = 20000      # refuse a torrent of more files (and a manifest of more
                                    # chunks or files); 0 = the format's own limits
-    max_manifest_tensors = 500000  # refuse a manifest of more tensors; 0 = the format's
+    max_manifest_tensors = 500000  # refuse a manifest of more tensors; 0 = the format's limit
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 ``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
@@ -83,7 +83,7 @@ class DaemonConfig:
     """Caps on what a fetch accepts, far below libtorrent's bdecode limit (about 450,000
     files) and the format's (:data:`p2pweights.manifest.LIMITS`): a 50,000-file torrent
     costs the daemon about 95 MB before a byte of it is checked. The largest open-weight
-    checkpoints come to a few thousand chunks and a few hundred thousand tensors."""
+    checkpoints come to a few thousand chunks and on the order of 100,000 tensors."""
     max_manifest_tensors: int = 500_000
 
     @property
