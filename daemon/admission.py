@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from p2pweights.errors import FormatError, LoadError, ReleaseMismatchError, UntrustedKeyError
-from p2pweights.manifest import LIMITS
+from p2pweights.manifest import LIMITS, Limits
 from p2pweights.release import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -127,24 +127,29 @@ def _stamp(store: Store, path: str) -> FileStamp | None:
         return None
 
 
-def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -> Release:
+def authenticate(
+    root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool, limits: Limits = LIMITS
+) -> Release:
     """The release at ``root``, authenticated and checked against the torrent ``tf``.
 
     With ``tofu`` an unknown publisher is trusted, but only once the signature, schema,
-    expiry and the torrent's file list all check out under its key.
+    expiry and the torrent's file list all check out under its key, and only for this
+    release's name. A key already in the trust store is never trusted on first use: one
+    accepted for another name stays refused (``OutOfScopeError``).
 
     Raises:
-        UntrustedKeyError, SignatureError, ManifestError, ReleaseExpiredError: the manifest.
+        UntrustedKeyError, OutOfScopeError, SignatureError, ManifestError,
+        ReleaseExpiredError: the manifest (``ManifestError`` too when over ``limits``).
         ReleaseMismatchError: the torrent's files differ from the signed chunk list.
     """
     trust = TrustStore.load(trust_file)
     try:
-        release = open_release(root, trust)
+        release = open_release(root, trust, limits=limits)
         new_key = None
     except UntrustedKeyError:
         if not tofu:
             raise
-        release = open_self_signed(root)
+        release = open_self_signed(root, limits=limits)
         new_key = release.manifest.publisher
     chunks = {c.path: c for c in release.manifest.chunks}
     files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
@@ -160,8 +165,18 @@ def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -
                 f"torrent file {path} has another size or v2 root than the signed manifest"
             )
     if new_key is not None:
-        trust.add(new_key, f"tofu-{new_key.fingerprint.replace(':', '')}")
-        log.warning("trusting publisher %s on first use", new_key.fingerprint)
+        # Scoped to this release's exact name (names hold no fnmatch wildcards): the key
+        # signs nothing else the user loads, until they widen it with `p2pw trust add`.
+        trust.add(
+            new_key,
+            f"tofu-{new_key.fingerprint.replace(':', '')}",
+            scopes=[release.manifest.name],
+        )
+        log.warning(
+            "trusting publisher %s on first use, for %s only",
+            new_key.fingerprint,
+            release.manifest.name,
+        )
     return release
 
 

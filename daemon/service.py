@@ -280,7 +280,7 @@ class Service:
             return parse_magnet(f"magnet:?xt=urn:btmh:1220{uri.lower()}")
         path = Path(uri)
         if uri.endswith(".torrent") and path.is_file():
-            return parse_torrent(path.read_bytes())
+            return parse_torrent(path.read_bytes(), max_files=self.config.max_torrent_files)
         raise FormatError(f"{uri[:80]!r} is not a magnet link, a v2 info-hash or a .torrent file")
 
     async def fetch(
@@ -456,7 +456,8 @@ class Service:
         meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
         await self.engine.wait_files(tid, meta)
         release = authenticate(
-            self.store.release_dir(rid), tf, trust_path(self.config.home), tofu=row.tofu
+            self.store.release_dir(rid), tf, trust_path(self.config.home), tofu=row.tofu,
+            limits=self.config.manifest_limits,
         )
         self._record_manifest(rid, release, tf)
         wanted = wanted_chunks(release, row.include)

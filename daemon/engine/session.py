@@ -363,12 +363,15 @@ class Engine:
         For a torrent added by magnet the bytes hold the info dict only (libtorrent
         fetches v2 piece layers from peers as it goes); they load as a torrent all the
         same.
+
+        Raises:
+            OverCapError: the torrent has more files than ``settings.max_torrent_files``.
         """
         ti = self._get(tid).handle.torrent_file()
         if ti is None:
             return None
         data = lt.bencode({b"info": lt.bdecode(ti.info_section())})
-        return torrent_from_info(ti, data)
+        return torrent_from_info(ti, data, max_files=self.settings.max_torrent_files)
 
     def torrent_files(self, tid: str) -> tuple[TorrentFileEntry, ...]:
         """The torrent's real files (paths below the root), once metadata is known.
@@ -454,7 +457,11 @@ class Engine:
         self._get(tid).handle.pause()
 
     async def wait_metadata(self, tid: str) -> TorrentFile:
-        """Wait until the torrent's metadata is known, and return it."""
+        """Wait until the torrent's metadata is known, and return it.
+
+        Raises:
+            OverCapError: the torrent has more files than ``settings.max_torrent_files``.
+        """
         t = self._get(tid)
         await self._wait(t, lambda: t.handle.torrent_file() is not None)
         tf = self.torrent_file(tid)

@@ -244,7 +244,8 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
 @click.option(
     "--trust-on-first-use",
     is_flag=True,
-    help="Trust the publisher key of this release if it is not trusted yet.",
+    help="Trust the publisher key of this release, for this release's name only, if the "
+    "key is not in the trust store yet.",
 )
 @click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True)

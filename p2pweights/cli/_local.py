@@ -92,35 +92,59 @@ def trust() -> None:
 @trust.command("add")
 @click.argument("public_key")
 @click.option("--name", required=True, help="A name for this publisher, e.g. the org.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="PATTERN",
+    help="Trust the key only for release names (ORG/MODEL) matching this fnmatch pattern, "
+    "e.g. 'org/*'. Repeatable. Default: every name.",
+)
 @json_option
 @pass_ctx
-def trust_add(ctx: Ctx, public_key: str, name: str) -> None:
-    """Trust PUBLIC_KEY (ed25519:...) under NAME."""
+def trust_add(ctx: Ctx, public_key: str, name: str, scopes: tuple[str, ...]) -> None:
+    """Trust PUBLIC_KEY (ed25519:...) under NAME, replacing any entry of that key."""
     pub = PublicKey.parse(public_key)
     store = ctx.trust()
-    store.add(pub, name)
+    store.add(pub, name, scopes=scopes)
+    entry = store.entry_of(pub)
+    shown = _scopes_of(entry.scopes if entry else ())
     emit(
         ctx,
-        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint},
-        [f"trusted {name}: {pub.text} ({pub.fingerprint})"],
+        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint, "scopes": shown},
+        [f"trusted {name}: {pub.text} ({pub.fingerprint}) for {', '.join(shown)}"],
     )
+
+
+def _scopes_of(scopes: tuple[str, ...]) -> list[str]:
+    """The patterns an entry covers, for display: an unscoped entry covers ``*``."""
+    return list(scopes) or ["*"]
 
 
 @trust.command("list")
 @json_option
 @pass_ctx
 def trust_list(ctx: Ctx) -> None:
-    """List trusted publisher keys."""
+    """List trusted publisher keys and the release names each may sign."""
     entries = ctx.trust().entries
     emit(
         ctx,
         {
             "keys": [
-                {"name": e.name, "public_key": e.key.text, "fingerprint": e.key.fingerprint}
+                {
+                    "name": e.name,
+                    "public_key": e.key.text,
+                    "fingerprint": e.key.fingerprint,
+                    "scopes": _scopes_of(e.scopes),
+                }
                 for e in entries
             ]
         },
-        [f"{e.name}\t{e.key.text}\t{e.key.fingerprint}" for e in entries] or ["(no trusted keys)"],
+        [
+            f"{e.name}\t{e.key.text}\t{e.key.fingerprint}\t{','.join(_scopes_of(e.scopes))}"
+            for e in entries
+        ]
+        or ["(no trusted keys)"],
     )
 
 
