@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from p2pweights.errors import CatalogError
-from p2pweights.manifest import ChunkEntry
+from p2pweights.manifest import ChunkEntry, ChunkKind
 from p2pweights.release import Release
 
 from .store import FileStamp
@@ -81,6 +81,11 @@ class StoreChunk:
     v2_root: str
     stamp: FileStamp | None
     """None only in rows not yet re-stamped; such a file is hashed before use."""
+
+    def entry(self) -> ChunkEntry:
+        """The chunk as a manifest lists it (its kind follows from its name)."""
+        kind: ChunkKind = "tensors" if self.path.endswith(".safetensors") else "blob"
+        return ChunkEntry(self.path, self.size, self.sha256, self.v2_root, kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from p2pweights.errors import (
     UnknownReleaseError,
 )
 from p2pweights.keys import load_private_key
-from p2pweights.manifest import ChunkEntry, ChunkKind
+from p2pweights.manifest import ChunkEntry
 from p2pweights.pack import pack
 from p2pweights.paths import trust_path
 from p2pweights.release import (
@@ -60,7 +60,7 @@ from .admission import (
     store_layout,
     wanted_chunks,
 )
-from .catalog import Catalog, ReleaseRow, ReleaseState, StoreChunk
+from .catalog import Catalog, ReleaseRow, ReleaseState
 from .config import DaemonConfig
 from .download import Download
 from .engine import (
@@ -858,7 +858,7 @@ class Service:
         """
         paths = self.catalog.release_chunk_paths(rid)
         known = self.catalog.store_chunks(paths)
-        chunks = {p: _chunk_of(k) for p, k in known.items()}
+        chunks = {p: k.entry() for p, k in known.items()}
         if len(chunks) < len(paths):  # files never stamped (a catalog from schema 1)
             manifest = open_self_signed(self.store.releases / rid).manifest
             chunks.update({c.path: c for c in manifest.chunks if c.path not in chunks})
@@ -985,11 +985,6 @@ class Service:
                     self.engine.pause(row.id)
                     self.catalog.set_state(row.id, "complete")
                     self._notify(row.id, "seeding_stopped", ratio=round(done_ratio, 3))
-
-
-def _chunk_of(known: StoreChunk) -> ChunkEntry:
-    kind: ChunkKind = "tensors" if known.path.endswith(".safetensors") else "blob"
-    return ChunkEntry(known.path, known.size, known.sha256, known.v2_root, kind)
 
 
 def _event_fields(event: EngineEvent) -> dict[str, Any]:
