@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from p2pweights.errors import CatalogError
-from p2pweights.manifest import ChunkEntry, ChunkKind
+from p2pweights.manifest import ChunkEntry, chunk_of_address
 from p2pweights.release import Release
 
 from .store import FileStamp
@@ -84,8 +84,7 @@ class StoreChunk:
 
     def entry(self) -> ChunkEntry:
         """The chunk as a manifest lists it (its kind follows from its name)."""
-        kind: ChunkKind = "tensors" if self.path.endswith(".safetensors") else "blob"
-        return ChunkEntry(self.path, self.size, self.sha256, self.v2_root, kind)
+        return chunk_of_address(self.path, self.size, self.v2_root)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from p2pweights.errors import (
     UnknownReleaseError,
 )
 from p2pweights.keys import load_private_key
-from p2pweights.manifest import ChunkEntry
+from p2pweights.manifest import ChunkEntry, chunk_of_address
 from p2pweights.pack import pack
 from p2pweights.paths import trust_path
 from p2pweights.release import (
@@ -403,6 +403,7 @@ class Service:
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
         if isinstance(target, TorrentFile):
+            await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
             tid = self.engine.add(
                 target,
@@ -420,6 +421,7 @@ class Service:
                 target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
             )
             tf = await self.engine.wait_metadata(tid)
+            await self._restamp(tf)
             layout = store_layout(rid, tf, self.store, self.catalog)
             self.catalog.add_release(
                 rid,
@@ -489,6 +491,43 @@ class Service:
         self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         self.catalog.set_state(rid, "seeding")
         self._notify(rid, "complete")
+
+    async def _restamp(self, tf: TorrentFile) -> None:
+        """Re-stamp store files of ``tf`` whose stamp moved or was never recorded.
+
+        So a fetch after a crash maps those files instead of downloading them again: a
+        file with a record is hashed against it (a link-count change moves ctime alone),
+        one without (a crash between placing it and recording it) against its name and
+        the torrent's size and v2 root. Files that fail stay unmapped.
+        """
+        files = [f for f in tf.files if CHUNK_NAME.fullmatch(f.path)]
+        known = self.catalog.store_chunks([f.path for f in files])
+
+        def stale(path: str) -> bool:
+            try:
+                now = FileStamp.of(self.store.root / path)
+            except FileNotFoundError:
+                return False
+            return path not in known or known[path].stamp != now
+
+        todo = [f for f in files if stale(f.path)]
+        if not todo:
+            return
+
+        def check() -> list[tuple[ChunkEntry, FileStamp | None]]:
+            out = []
+            for f in todo:
+                rec = known.get(f.path)
+                if rec is not None:
+                    out.append((rec.entry(), self.store.intact(rec.entry(), rec.stamp)))
+                else:
+                    chunk = chunk_of_address(f.path, f.size, f.v2_root)
+                    out.append((chunk, self.store.adopt(f.path, f.size, f.v2_root)))
+            return out
+
+        for chunk, stamp in await asyncio.to_thread(check):
+            if stamp is not None:
+                self.catalog.record_chunk(chunk, stamp)
 
     async def _follow_chunks(
         self, rid: str, tid: str, download: Download, layout: dict[int, str]

@@ -43,8 +43,8 @@ from pathlib import Path
 
 from p2pweights._atomic import TMP_SUFFIX, atomic_write_bytes
 from p2pweights.errors import FormatError, ReleaseMismatchError
-from p2pweights.hashing import sha256_file
-from p2pweights.manifest import ChunkEntry
+from p2pweights.hashing import hash_file, sha256_file
+from p2pweights.manifest import ChunkEntry, chunk_of_address
 from p2pweights.release import CHUNKS_DIR, MANIFEST_NAME, SIGNATURE_NAME, Release
 
 __all__ = ["PARTIAL_DIR", "TORRENT_NAME", "FileStamp", "Store"]
@@ -156,6 +156,28 @@ class Store:
         if now.size != chunk.size or sha256_file(path) != chunk.sha256:
             return None
         return FileStamp.of(path)
+
+    def adopt(self, path: str, size: int, v2_root: str) -> FileStamp | None:
+        """The stamp of a store file no record vouches for, if it holds its name's bytes.
+
+        Such a file is left when a crash hits between a placement and its record. The
+        name gives the sha256 it must have; the size and v2 root are what the torrent
+        that wants to map it claims, so a torrent is never mapped onto a file it does not
+        hold (libtorrent would then download into it).
+        """
+        file = self.root / path
+        try:
+            before = FileStamp.of(file)
+            digest = hash_file(file)
+        except FileNotFoundError:
+            return None
+        if (digest.size, digest.sha256, digest.v2_root) != (
+            size,
+            chunk_of_address(path, size, v2_root).sha256,
+            v2_root,
+        ):
+            return None
+        return before if FileStamp.of(file) == before else None
 
     def place(self, rid: str, chunk: ChunkEntry, store_stamp: FileStamp | None) -> bool:
         """Check a fetch's complete partial file of ``chunk`` before it enters the store.

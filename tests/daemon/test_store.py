@@ -109,3 +109,18 @@ def test_intact_rehashes_only_when_the_stamp_moved(release: Release, store: Stor
     (dest.parent / "second-link").hardlink_to(dest)  # moves ctime, not the bytes
     assert store.intact(chunk, stamp) == FileStamp.of(dest) != stamp
     assert store.intact(chunk, None) == FileStamp.of(dest)
+
+
+def test_adopt_takes_an_unrecorded_file_only_with_its_names_bytes_and_claimed_root(
+    release: Release, store: Store
+) -> None:
+    """What a crash between a placement and its record leaves: the file is taken back only
+    if it hashes to its name and has the size and v2 root the mapping torrent claims."""
+    chunk = release.manifest.chunks[0]
+    dest = store.root / chunk.path
+    assert store.adopt(chunk.path, chunk.size, chunk.v2_root) is None  # absent
+    dest.write_bytes(release.chunk_path(chunk.path).read_bytes())
+    assert store.adopt(chunk.path, chunk.size, chunk.v2_root) == FileStamp.of(dest)
+    assert store.adopt(chunk.path, chunk.size, "0" * 64) is None  # a torrent claiming other bytes
+    dest.write_bytes(bytes(chunk.size))
+    assert store.adopt(chunk.path, chunk.size, chunk.v2_root) is None  # not its name's bytes
