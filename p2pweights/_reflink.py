@@ -36,12 +36,13 @@ _NO_REFLINK = {
 def _write_new(dest: Path, mode: int, fill_from: Path, *, clone_only: bool) -> bool:
     """Write ``dest`` from ``fill_from`` through a fresh temp file, then rename it over.
 
-    The temp file is created with ``O_EXCL``, so a link planted under its name is never
-    followed. Returns False (nothing written) when ``clone_only`` and no clone was possible.
+    The temp file is created with ``O_EXCL`` (never following a link planted under its
+    name) and ``mode``, less the umask. Returns False (nothing written) when
+    ``clone_only`` and no clone was possible.
     """
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
     with open(fill_from, "rb") as src:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             with os.fdopen(fd, "wb") as dst:
                 try:
@@ -53,7 +54,6 @@ def _write_new(dest: Path, mode: int, fill_from: Path, *, clone_only: bool) -> b
                         tmp.unlink()
                         return False
                     shutil.copyfileobj(src, dst, 1024 * 1024)
-                os.fchmod(dst.fileno(), mode)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
