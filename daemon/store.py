@@ -31,7 +31,6 @@ The rules that keep a second publisher from reaching another release's bytes:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import secrets
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pweights._atomic import TMP_SUFFIX, atomic_write_bytes
+from p2pweights._reflink import copy_file
 from p2pweights.errors import FormatError, ReleaseMismatchError
 from p2pweights.hashing import hash_file, sha256_file
 from p2pweights.manifest import ChunkEntry, chunk_of_address
@@ -256,14 +256,14 @@ class Store:
                     now[chunk.path] = kept
                     continue
                 dest = self.root / chunk.path
-                tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
                 src = release.chunk_path(chunk.path)
+                # Absent, or not intact (then this is a repair): replaced atomically.
                 if own:
-                    os.replace(src, tmp)
+                    os.chmod(src, _READ_ONLY)
+                    os.replace(src, dest)
                 else:
-                    _clone(src, tmp)
-                os.chmod(tmp, _READ_ONLY)
-                os.replace(tmp, dest)  # absent, or not intact: this is a repair
+                    copy_file(src, dest, mode=_READ_ONLY)
+                    os.chmod(dest, _READ_ONLY)  # the mode above is less the umask
                 created.append(chunk.path)
                 now[chunk.path] = FileStamp.of(dest)
             for name in (MANIFEST_NAME, SIGNATURE_NAME):
@@ -299,18 +299,3 @@ def _replace_with_link(existing: Path, name: Path) -> None:
     tmp = name.with_name(f".{name.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
     os.link(existing, tmp)
     os.replace(tmp, name)
-
-
-def _clone(src: Path, dst: Path) -> None:
-    """Copy ``src`` to a new file ``dst``: a reflink (copy-on-write) where possible."""
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass  # not a reflink filesystem: copy the bytes
-        shutil.copyfileobj(fin, fout, 8 * 1024 * 1024)
-
-
-_FICLONE = 0x40049409
-"""Linux's ioctl that shares a file's extents copy-on-write (btrfs, xfs, bcachefs)."""

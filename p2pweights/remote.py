@@ -25,7 +25,7 @@ from .errors import (
     ReleaseMismatchError,
     SwarmError,
 )
-from .export import export
+from .export import export, reuse_export
 from .paths import data_dir
 from .release import EXPORT_POINTER, Release, open_release
 from .trust import trust_for
@@ -204,7 +204,10 @@ async def fetch_async(
 
 
 def _exported_from(local_dir: Path, release: Path) -> str | None:
-    """The manifest sha256 of an earlier export of ``release`` into ``local_dir``, if any."""
+    """The manifest sha256 that ``local_dir``'s export pointer names, if it names ``release``.
+
+    A claim only: :func:`p2pweights.export.reuse_export` then checks every file.
+    """
     pointer = local_dir / EXPORT_POINTER
     if not pointer.is_file() or pointer.is_symlink():
         return None
@@ -222,7 +225,9 @@ def export_to_local_dir(release: Path, local_dir: Path, *, home: Path | str | No
     """A linked export of a fetched release into ``local_dir``, for ``from_pretrained``.
 
     Exporting the same release into the same dir again is a no-op, as with
-    ``snapshot_download(local_dir=...)``; any other non-empty dir is refused.
+    ``snapshot_download(local_dir=...)``, but only when every file there is still the
+    export's own (a pointer file alone proves nothing: its fields are public); any other
+    non-empty dir is refused.
 
     Raises:
         ExportError: ``local_dir`` holds something else.
@@ -231,6 +236,7 @@ def export_to_local_dir(release: Path, local_dir: Path, *, home: Path | str | No
     local_dir = Path(local_dir).expanduser()
     rel = _open_fetched(release, home)
     if _exported_from(local_dir, release) == rel.manifest_sha256:
+        reuse_export(rel, local_dir)
         return local_dir
     export(release, local_dir, home=home)
     return local_dir

@@ -349,7 +349,7 @@ def export(
     hf_repo: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Write an HF-layout dir for `from_pretrained` (links; --exact copies).
+    """Write an HF-layout dir for `from_pretrained` (tensors shared read-only; --exact copies).
 
     With --hf-cache ORG/NAME (and no OUT), write the release into the local Hugging Face
     cache instead, so `from_pretrained("ORG/NAME")` finds it with HF_HUB_OFFLINE=1.
@@ -392,7 +392,7 @@ def export(
         {"out": str(result.root), "files": list(result.files), "exact": exact},
         [
             f"exported {len(result.files)} files to {result.root}"
-            + (" (byte-identical originals)" if exact else " (linked, no copy)")
+            + (" (byte-identical originals)" if exact else " (tensor data shared, not copied)")
         ],
     )
 
