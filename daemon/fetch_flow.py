@@ -327,7 +327,8 @@ class FetchFlow(Upkeep):
         signed manifest lists; :meth:`_place` then hashes it against its name and brings
         it into the store. Only then is it recorded for fast-mode loads and announced (a
         ``chunk`` event, and in ``ready_chunks``), so a streaming reader can map it while
-        the rest arrives. An ordered download then moves its priority window on.
+        the rest arrives. An ordered download moves its priority window on as soon as
+        libtorrent has a chunk, before the chunk is hashed and placed.
 
         Returns:
             The chunks whose store name already existed: the torrent still reads them
@@ -341,6 +342,11 @@ class FetchFlow(Upkeep):
             done = set(await self.engine.wait_any_file(tid, [index[p] for p in pending]))
             await self.engine.flush(tid)
             finished = [p for p in pending if index[p] in done]
+            download.complete.update(dict.fromkeys(finished))
+            if download.order is not None and download.pending():
+                # The window moves on now, so the next chunks download while these are
+                # hashed and placed.
+                await self.engine.set_file_priorities(tid, download.priorities())
             for path in finished:
                 mapped_on_store = layout[index[path]] == path  # the store's copy, at add
                 if not mapped_on_store and not await self._place(
@@ -358,8 +364,6 @@ class FetchFlow(Upkeep):
                     ready_chunks=len(download.ready),
                     wanted_chunks=len(download.wanted),
                 )
-            if download.order is not None and download.pending():
-                await self.engine.set_file_priorities(tid, download.priorities())
         records.save()  # a no-op, unless a save failed while the disk was full
         return relinked
 
