@@ -18,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ._safetensors import ParsedHeader, dtype_name, read_header
+from ._safetensors import ParsedHeader, read_header
 from .errors import SourceError, UnsafePickleError
 from .manifest import FileKind
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Source", "SourceFile", "SourceTensor", "open_source"]
 
@@ -192,6 +194,11 @@ def _add_safetensors(source: Source, f: SourceFile) -> None:
 
 
 def _add_torch(source: Source, f: SourceFile) -> None:
+    # torch is imported only here: packing safetensors sources does not need it.
+    import torch  # noqa: PLC0415
+
+    from ._torch_dtypes import dtype_name  # noqa: PLC0415
+
     state = _load_pickle(f)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -211,6 +218,8 @@ def _add_torch(source: Source, f: SourceFile) -> None:
 
 
 def _load_pickle(f: SourceFile) -> object:
+    import torch  # noqa: PLC0415 - only pickles need torch
+
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols other than 2; the restricted unpickler
