@@ -257,6 +257,10 @@ class Catalog:
         row = self._db.execute(query, (rid,)).fetchone()
         return None if row is None else _row(row)
 
+    def count(self) -> int:
+        """How many releases there are."""
+        return int(self._db.execute("SELECT count(*) FROM releases").fetchone()[0])
+
     def releases(self) -> list[ReleaseRow]:
         """All releases, oldest first."""
         query = f"SELECT {_COLUMNS} FROM releases ORDER BY added"  # noqa: S608

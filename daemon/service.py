@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import replace
@@ -33,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from p2pweights import __version__
+from p2pweights._sources import needs_torch
 from p2pweights.errors import (
     FormatError,
     LoadError,
     P2PWeightsError,
+    SourceError,
     UnknownReleaseError,
 )
 from p2pweights.keys import load_private_key
@@ -233,7 +236,16 @@ class Service:
         key_file: str,
         hybrid: bool = False,
     ) -> dict[str, Any]:
-        """Pack ``source`` with an unencrypted key file, then publish the result."""
+        """Pack ``source`` with an unencrypted key file, then publish the result.
+
+        Raises:
+            SourceError: pickle weights (the daemon never imports torch).
+        """
+        if await asyncio.to_thread(needs_torch, Path(source)):
+            raise SourceError(
+                f"{source[:200]} holds pickle weights, which the daemon does not read (it "
+                "never imports torch): pack it with `p2pw pack`, then publish the release dir"
+            )
         key = load_private_key(Path(key_file))
         staging = self.store.staging / f"{os.getpid()}-{time.monotonic_ns()}"  # swept at start
         try:
@@ -578,7 +590,6 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         """The daemon's own status."""
-        rows = self.catalog.releases()
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -586,9 +597,12 @@ class Service:
             "profile": self.config.profile,
             "listen_port": self.engine.listen_port,
             "uptime": round(time.time() - self.started, 1),
-            "releases": len(rows),
+            "releases": self.catalog.count(),
             "active_fetches": len(self._tasks),
             "tcp_port": self.config.tcp_port or None,
+            # Read at request time, so a test can see that nothing the daemon did since
+            # it started (publish, fetch, seed) pulled torch in.
+            "modules_loaded": {m: sys.modules.get(m) is not None for m in ("torch", "numpy")},
         }
 
     def _row(self, rid: str) -> ReleaseRow:

@@ -27,7 +27,7 @@ from .manifest import FileKind
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Source", "SourceFile", "SourceTensor", "open_source"]
+__all__ = ["Source", "SourceFile", "SourceTensor", "needs_torch", "open_source"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,17 @@ def open_source(src: Path) -> Source:
     if not source.tensors and not any(f.kind == "blob" for f in files):
         raise SourceError(f"{src} holds nothing to pack")
     return source
+
+
+def needs_torch(src: Path) -> bool:
+    """True when packing ``src`` would read pickle weights, which only torch can read.
+
+    Raises:
+        SourceError: a dir entry that is not a regular file (as :func:`open_source`).
+    """
+    if src.is_file():
+        return _weight_kind(src.name) == "torch"
+    return src.is_dir() and any(f.kind == "torch" for f in _scan_dir(src)[0])
 
 
 def _weight_kind(name: str) -> FileKind | None:
