@@ -261,6 +261,14 @@ class Catalog:
         """How many releases there are."""
         return int(self._db.execute("SELECT count(*) FROM releases").fetchone()[0])
 
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` release ids that start with ``prefix`` (lowercase hex).
+
+        A range over the primary key's index: no row is read whole, however many there are.
+        """
+        query = "SELECT id FROM releases WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+        return [r[0] for r in self._db.execute(query, (prefix, prefix + "~", limit))]
+
     def releases(self) -> list[ReleaseRow]:
         """All releases, oldest first."""
         query = f"SELECT {_COLUMNS} FROM releases ORDER BY added"  # noqa: S608

@@ -113,7 +113,8 @@ def doctor(home: Path | None, repair: bool, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the daemon's CLI and return its exit code (our errors map to theirs)."""
     try:
-        cli.main(args=argv, prog_name="p2pweightsd", standalone_mode=False)
+        # Without standalone mode, click returns a command's Exit code instead of raising.
+        code = cli.main(args=argv, prog_name="p2pweightsd", standalone_mode=False)
     except P2PWeightsError as exc:
         click.echo(f"p2pweightsd: error: {exc}", err=True)
         return exc.exit_code
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

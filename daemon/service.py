@@ -175,6 +175,7 @@ class Service:
             target: TorrentFile | MagnetLink = parse_magnet(row.source)
         else:
             target = parse_torrent(row.torrent)
+            self._magnets[row.id] = target.magnet  # parsed here anyway: `ls` need not again
         if row.state in _DONE and isinstance(target, TorrentFile):
             self.engine.add(
                 target,
@@ -608,12 +609,10 @@ class Service:
     def _row(self, rid: str) -> ReleaseRow:
         row = self.catalog.get(rid.lower()) if _HEX64.fullmatch(rid) else None
         if row is None:
-            matches = [
-                r for r in self.catalog.releases() if len(rid) >= 6 and r.id.startswith(rid.lower())
-            ]
-            if len(matches) != 1:
+            matches = self.catalog.ids_with_prefix(rid.lower()) if len(rid) >= 6 else []
+            row = self.catalog.get(matches[0]) if len(matches) == 1 else None
+            if row is None:
                 raise UnknownReleaseError(f"no release {rid[:80]!r}")
-            row = matches[0]
         return self._effective(row)
 
     def _effective(self, row: ReleaseRow) -> ReleaseRow:
