@@ -33,7 +33,7 @@ def daemon() -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
-    """Run the daemon in the foreground (`p2pw daemon run --help` lists its flags)."""
+    """Run the daemon in the foreground. `p2pw daemon run --help` lists its flags."""
     # The daemon's flags are defined once, in p2pweightsd.cli; the daemon is a process of
     # its own that this CLI starts, never a module it imports.
     argv = [sys.executable, "-m", "p2pweightsd", "run", "--home", str(ctx.home), *args]
@@ -45,7 +45,7 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
 @json_option
 @pass_ctx
 def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
-    """Start the daemon in the background (flags as for `p2pw daemon run`)."""
+    """Start the daemon in the background. It takes the flags of `p2pw daemon run`."""
     client = DaemonClient(ctx.home)
     try:
         info: dict[str, Any] | None = client.request_sync("GET", "/status")

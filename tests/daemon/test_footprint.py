@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from p2pweights import PrivateKey, SourceError, TrustStore
+from p2pweightsd.catalog import Catalog
 
 from .._imports import CLI_HEAVY, cli_imports, heavy_in
+from ..conftest import layer_state
 from .conftest import Daemon
 
 pytestmark = pytest.mark.slow
@@ -63,3 +65,43 @@ def test_daemons_publish_and_fetch_without_torch(
         assert d.call("status")["modules_loaded"] == {"torch": False, "numpy": False}
     assert _cli(b, "rm", str(published["id"]))["id"] == published["id"]
     assert b.call("status")["releases"] == 0
+
+
+def test_catalog_counts_and_finds_prefixes_without_reading_rows(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "catalog.sqlite3")
+    ids = ["ab" + "0" * 62, "ab" + "1" * 62, "ac" + "0" * 62, "f" * 64]
+    for rid in ids:
+        cat.add_release(rid, source="magnet:?x", state="metadata")
+    assert cat.count() == 4
+    assert cat.ids_with_prefix("ab") == ids[:2]
+    assert cat.ids_with_prefix("ab1") == [ids[1]]
+    assert cat.ids_with_prefix("f" * 64) == [ids[3]]
+    assert cat.ids_with_prefix("ad") == [] and cat.ids_with_prefix("abz") == []
+    # The lookup is a range over the primary key's index, not a scan of the table: the
+    # statement it ran (traced, with its values bound) is planned on a covering index.
+    traced: list[str] = []
+    cat._db.set_trace_callback(traced.append)
+    cat.ids_with_prefix("ab")
+    cat._db.set_trace_callback(None)
+    plan = " ".join(str(r[-1]) for r in cat._db.execute(f"EXPLAIN QUERY PLAN {traced[-1]}"))
+    assert "COVERING INDEX" in plan and "SCAN" not in plan, plan
+    cat.close()
+
+
+def test_many_seeded_releases_come_back_without_a_rehash(
+    daemons: Callable[..., Daemon],
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    d = daemons(name="many")
+    releases = [make_release(make_model(layer_state(1, 8, seed=i))) for i in range(30)]
+    ids = {d.client.request_sync("POST", "/publish", body={"path": str(r)})["id"] for r in releases}
+    assert len(ids) == 30
+    d.stop()  # clean: resume data of every torrent is saved
+    d.start()
+    rows = _cli(d, "ls")["releases"]
+    assert {r["id"] for r in rows} == ids  # type: ignore[union-attr]
+    for r in rows:  # type: ignore[union-attr]
+        assert r["state"] == "seeding", r
+        assert "checking_files" not in r["transfer"]["state_history"], r
+    assert d.call("status")["modules_loaded"]["torch"] is False
