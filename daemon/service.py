@@ -621,11 +621,14 @@ class Service:
         return row
 
     def _magnet(self, row: ReleaseRow) -> str | None:
-        if row.torrent is None:
+        if not row.has_torrent:
             return None
         magnet = self._magnets.get(row.id)
         if magnet is None:  # a release's torrent never changes: parse it once
-            magnet = self._magnets[row.id] = parse_torrent(row.torrent).magnet
+            torrent = row.torrent or self.catalog.torrent(row.id)
+            if torrent is None:  # removed meanwhile
+                return None
+            magnet = self._magnets[row.id] = parse_torrent(torrent).magnet
         return magnet
 
     def show(self, rid: str) -> dict[str, Any]:
@@ -649,7 +652,7 @@ class Service:
             "completed": row.completed,
             "path": str(self.store.releases / row.id),
             "torrent_path": str(self.store.releases / row.id / TORRENT_NAME)
-            if row.torrent
+            if row.has_torrent
             else None,
             "magnet": self._magnet(row),
         }
@@ -684,7 +687,8 @@ class Service:
 
     def list_releases(self) -> list[dict[str, Any]]:
         """Every release, oldest first."""
-        return [self._info(self._effective(r)) for r in self.catalog.releases()]
+        rows = self.catalog.releases(torrents=False)  # magnets are cached; no blob to read
+        return [self._info(self._effective(r)) for r in rows]
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Return once the release is complete or failed, or ``timeout`` passes."""
@@ -826,7 +830,7 @@ class Service:
         ratio, seconds = self.config.seed_ratio_limit, self.config.seed_time_limit
         while True:
             await asyncio.sleep(5.0)
-            for row in self.catalog.releases():
+            for row in self.catalog.releases(torrents=False):
                 if row.state != "seeding" or row.id not in self.engine:
                     continue
                 try:

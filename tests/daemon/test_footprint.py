@@ -77,6 +77,15 @@ def test_catalog_counts_and_finds_prefixes_without_reading_rows(tmp_path: Path) 
     assert cat.ids_with_prefix("ab1") == [ids[1]]
     assert cat.ids_with_prefix("f" * 64) == [ids[3]]
     assert cat.ids_with_prefix("ad") == [] and cat.ids_with_prefix("abz") == []
+    # A listing leaves the torrents out, but says which releases have one.
+    cat.set_manifest(ids[0], name="o/m", version=1, label="", publisher="ed25519:x",
+                     manifest_sha256="b" * 64, total_bytes=1, chunks=[], torrent=b"t" * 4096)
+    light = {r.id: r for r in cat.releases(torrents=False)}
+    assert all(r.torrent is None for r in light.values())
+    assert [rid for rid, r in light.items() if r.has_torrent] == [ids[0]]
+    full = {r.id: r for r in cat.releases()}
+    assert full[ids[0]].torrent == cat.torrent(ids[0]) == b"t" * 4096
+    assert full[ids[1]].torrent is None and cat.torrent(ids[1]) is None
     # The lookup is a range over the primary key's index, not a scan of the table: the
     # statement it ran (traced, with its values bound) is planned on a covering index.
     traced: list[str] = []
@@ -104,4 +113,5 @@ def test_many_seeded_releases_come_back_without_a_rehash(
     for r in rows:  # type: ignore[union-attr]
         assert r["state"] == "seeding", r
         assert "checking_files" not in r["transfer"]["state_history"], r
+        assert str(r["magnet"]).startswith("magnet:?xt=urn:btmh:1220") and r["torrent_path"]
     assert d.call("status")["modules_loaded"]["torch"] is False
