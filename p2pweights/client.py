@@ -213,15 +213,20 @@ class DaemonClient:
         url = f"/v1{path}" + (f"?{urlencode(params)}" if params else "")
         try:
             try:
-                conn.request(method, url, body=payload, headers=headers)
+                conn.connect()
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise self._unavailable() from exc
-            resp = conn.getresponse()
-            return _decode(resp.status, resp.read())
-        except TimeoutError as exc:
-            raise self._late(method, path, timeout) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise DaemonError(f"talking to the daemon failed: {exc}") from exc
+            except OSError as exc:  # e.g. a socket of another user's daemon
+                raise DaemonError(f"cannot connect to the daemon: {exc}") from exc
+            try:
+                conn.request(method, url, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except TimeoutError as exc:
+                raise self._late(method, path, timeout) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise DaemonError(f"talking to the daemon failed: {exc}") from exc
+            return _decode(resp.status, raw)
         finally:
             conn.close()
 

@@ -3,16 +3,19 @@ daemon verbs import without it (measured in fresh interpreters with ``-X importt
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 import p2pweights
-from p2pweights import PrivateKey
+from p2pweights import DaemonUnavailableError, PrivateKey
 from p2pweights._safetensors import DTYPES
 from p2pweights._sources import needs_torch
 from p2pweights._torch_dtypes import TORCH_DTYPES
+from p2pweights.client import DaemonClient, ensure_daemon_sync
 
 from ._imports import CLI_HEAVY, cli_imports, heavy_in, imported_by
 
@@ -94,3 +97,15 @@ def test_loader_does_not_import_stream() -> None:
     proc, modules = imported_by("import p2pweights.loader")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "p2pweights.stream" not in modules and "torch" in modules
+
+
+def test_sync_client_says_when_no_daemon_answers(tmp_path: Path) -> None:
+    with pytest.raises(DaemonUnavailableError, match="no daemon answers"):
+        DaemonClient(tmp_path).request_sync("GET", "/status")
+    with pytest.raises(DaemonUnavailableError):
+        ensure_daemon_sync(tmp_path, autostart=False)
+    # A socket file nobody listens on (a daemon killed with -9) reads the same.
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(tmp_path / "daemon.sock"))
+    with pytest.raises(DaemonUnavailableError):
+        DaemonClient(tmp_path).request_sync("GET", "/releases")
