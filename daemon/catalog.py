@@ -108,6 +108,8 @@ class ReleaseRow:
     total_bytes: int
     added: float
     completed: float | None
+    has_torrent: bool
+    """Whether the catalog holds the torrent (``torrent`` is None in a listing without it)."""
 
 
 class Catalog:
@@ -353,9 +355,32 @@ class Catalog:
         row = self._db.execute(query, (rid,)).fetchone()
         return None if row is None else _row(row)
 
-    def releases(self) -> list[ReleaseRow]:
-        """All releases, oldest first."""
-        query = f"SELECT {_COLUMNS} FROM releases ORDER BY added"  # noqa: S608
+    def torrent(self, rid: str) -> bytes | None:
+        """One release's torrent, or None."""
+        row = self._db.execute("SELECT torrent FROM releases WHERE id=?", (rid,)).fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    def count(self) -> int:
+        """How many releases there are."""
+        return int(self._db.execute("SELECT count(*) FROM releases").fetchone()[0])
+
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` release ids that start with ``prefix`` (lowercase hex).
+
+        A range over the primary key's index: no row is read whole, however many there are.
+        """
+        query = "SELECT id FROM releases WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+        return [r[0] for r in self._db.execute(query, (prefix, prefix + "~", limit))]
+
+    def releases(self, *, torrents: bool = True) -> list[ReleaseRow]:
+        """All releases, oldest first.
+
+        Args:
+            torrents: read each torrent too. A listing leaves them out: a big model's
+                torrent carries megabytes of v2 piece hashes.
+        """
+        columns = _COLUMNS if torrents else _COLUMNS.replace(" torrent,", " NULL,", 1)
+        query = f"SELECT {columns} FROM releases ORDER BY added"  # noqa: S608
         rows = self._db.execute(query).fetchall()
         return [_row(r) for r in rows]
 
@@ -400,7 +425,8 @@ def _manifest_fields(
 
 _COLUMNS = (
     "id, name, version, label, publisher, manifest_sha256, state, error, torrent, source, "
-    "include_json, peers_json, trackers_json, tofu, total_bytes, added, completed"
+    "include_json, peers_json, trackers_json, tofu, total_bytes, added, completed, "
+    "torrent IS NOT NULL"
 )
 
 
@@ -431,4 +457,5 @@ def _row(r: tuple[object, ...]) -> ReleaseRow:
         total_bytes=int(r[14]),  # type: ignore[call-overload]
         added=float(r[15]),  # type: ignore[arg-type]
         completed=float(r[16]) if isinstance(r[16], int | float) else None,
+        has_torrent=bool(r[17]),
     )

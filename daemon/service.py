@@ -13,13 +13,15 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from p2pweights import __version__
-from p2pweights.errors import LoadError, P2PWeightsError, UnknownReleaseError
+from p2pweights._sources import needs_torch
+from p2pweights.errors import LoadError, P2PWeightsError, SourceError, UnknownReleaseError
 from p2pweights.keys import load_private_key
 from p2pweights.pack import pack
 from p2pweights.release import open_self_signed, resolve_source
@@ -91,6 +93,7 @@ class Service(FetchFlow):
             target: TorrentFile | MagnetLink = parse_magnet(row.source)
         else:
             target = parse_torrent(row.torrent)
+            self._magnets[row.id] = target.magnet  # parsed here anyway: `ls` need not again
         if row.state in DONE and isinstance(target, TorrentFile):
             # Checked before it seeds: a store file changed while the daemon was down
             # must not go out as the release.
@@ -175,7 +178,16 @@ class Service(FetchFlow):
         key_file: str,
         hybrid: bool = False,
     ) -> dict[str, Any]:
-        """Pack ``source`` with an unencrypted key file, then publish the result."""
+        """Pack ``source`` with an unencrypted key file, then publish the result.
+
+        Raises:
+            SourceError: pickle weights (the daemon never imports torch).
+        """
+        if await asyncio.to_thread(needs_torch, Path(source)):
+            raise SourceError(
+                f"{source[:200]} holds pickle weights, which the daemon does not read (it "
+                "never imports torch): pack it with `p2pw pack`, then publish the release dir"
+            )
         key = load_private_key(Path(key_file))
         staging = self.store.staging / f"{os.getpid()}-{time.monotonic_ns()}"  # swept at start
         try:
@@ -190,7 +202,6 @@ class Service(FetchFlow):
 
     def status(self) -> dict[str, Any]:
         """The daemon's own status."""
-        rows = self.catalog.releases()
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -198,9 +209,12 @@ class Service(FetchFlow):
             "profile": self.config.profile,
             "listen_port": self.engine.listen_port,
             "uptime": round(time.time() - self.started, 1),
-            "releases": len(rows),
+            "releases": self.catalog.count(),
             "active_fetches": len(self._tasks),
             "tcp_port": self.config.tcp_port or None,
+            # Read at request time, so a test can see that nothing the daemon did since
+            # it started (publish, fetch, seed) pulled torch in.
+            "modules_loaded": {m: sys.modules.get(m) is not None for m in ("torch", "numpy")},
         }
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:

@@ -80,12 +80,10 @@ class ServiceState:
     def _row(self, rid: str) -> ReleaseRow:
         row = self.catalog.get(rid.lower()) if HEX64.fullmatch(rid) else None
         if row is None:
-            matches = [
-                r for r in self.catalog.releases() if len(rid) >= 6 and r.id.startswith(rid.lower())
-            ]
-            if len(matches) != 1:
+            matches = self.catalog.ids_with_prefix(rid.lower()) if len(rid) >= 6 else []
+            row = self.catalog.get(matches[0]) if len(matches) == 1 else None
+            if row is None:
                 raise UnknownReleaseError(f"no release {rid[:80]!r}")
-            row = matches[0]
         return self._effective(row)
 
     def _effective(self, row: ReleaseRow) -> ReleaseRow:
@@ -94,11 +92,14 @@ class ServiceState:
         return row
 
     def _magnet(self, row: ReleaseRow) -> str | None:
-        if row.torrent is None:
+        if not row.has_torrent:
             return None
         magnet = self._magnets.get(row.id)
         if magnet is None:  # a release's torrent never changes: parse it once
-            magnet = self._magnets[row.id] = parse_torrent(row.torrent).magnet
+            torrent = row.torrent or self.catalog.torrent(row.id)
+            if torrent is None:  # removed meanwhile
+                return None
+            magnet = self._magnets[row.id] = parse_torrent(torrent).magnet
         return magnet
 
     def show(self, rid: str) -> dict[str, Any]:
@@ -122,7 +123,7 @@ class ServiceState:
             "completed": row.completed,
             "path": str(self.store.releases / row.id),
             "torrent_path": str(self.store.releases / row.id / TORRENT_NAME)
-            if row.torrent
+            if row.has_torrent
             else None,
             "magnet": self._magnet(row),
         }
@@ -157,7 +158,8 @@ class ServiceState:
 
     def list_releases(self) -> list[dict[str, Any]]:
         """Every release, oldest first."""
-        return [self._info(self._effective(r)) for r in self.catalog.releases()]
+        rows = self.catalog.releases(torrents=False)  # magnets are cached; no blob to read
+        return [self._info(self._effective(r)) for r in rows]
 
     def _notify(self, rid: str, kind: str, **extra: Any) -> None:
         self._changed.setdefault(rid, asyncio.Event()).set()

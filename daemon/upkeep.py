@@ -93,7 +93,7 @@ class Upkeep(ServiceState):
         """Every ``store_check_interval`` s, check the files of every complete release."""
         while True:
             await asyncio.sleep(self.config.store_check_interval)
-            for row in self.catalog.releases():
+            for row in self.catalog.releases(torrents=False):
                 if row.state in (*DONE, "damaged"):
                     with contextlib.suppress(P2PWeightsError, sqlite3.Error, OSError):
                         await self._check_store_files(row.id)
@@ -166,7 +166,7 @@ class Upkeep(ServiceState):
         ratio, seconds = self.config.seed_ratio_limit, self.config.seed_time_limit
         while True:
             await asyncio.sleep(5.0)
-            for row in self.catalog.releases():
+            for row in self.catalog.releases(torrents=False):
                 if row.state != "seeding" or row.id not in self.engine:
                     continue
                 try:

@@ -8,7 +8,6 @@ it; the caller gets the path of the verified release dir in the daemon's store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ._canonical import loads_strict
-from .client import DaemonClient, error_named, start_daemon
+from .client import ensure_daemon, error_named
 from .errors import (
-    DaemonUnavailableError,
     LoadError,
     ManifestError,
     ReleaseMismatchError,
@@ -51,26 +49,6 @@ def is_remote(source: str | Path) -> bool:
     """True for magnet links, bare v2 info-hashes and ``.torrent`` files."""
     text = str(source)
     return text.startswith("magnet:") or bool(_HEX64.fullmatch(text)) or text.endswith(".torrent")
-
-
-async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
-    """A client whose daemon answers, starting one in the background if needed.
-
-    Raises:
-        DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
-    """
-    client = DaemonClient(home)
-    try:
-        await client.status()
-    except DaemonUnavailableError:
-        if not autostart:
-            raise
-        # Another process may have started one first (ours then exits because the data
-        # dir is locked): use whichever answers, else report that none does.
-        with contextlib.suppress(DaemonUnavailableError):
-            await asyncio.to_thread(start_daemon, home)
-        await client.status()
-    return client
 
 
 def raise_release_error(info: dict[str, Any]) -> None:

@@ -1,23 +1,26 @@
-"""`p2pw` verbs that work offline: keys, trust, pack, verify, export."""
+"""`p2pw` verbs that work offline: keys, trust, pack, verify, export.
+
+Each verb imports what it works with in its own body, so that loading the CLI to run a
+verb that only talks to the daemon (``p2pw ls``) does not pay for these.
+"""
+
+# ruff: noqa: PLC0415 - the imports inside the verbs are the point (see above)
 
 from __future__ import annotations
 
 import hashlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import ExportError, SourceError
-from ..export import export as export_release
-from ..hf_cache import export_to_hf_cache, resolve_snapshot
-from ..keys import PublicKey, generate_key
-from ..pack import pack as pack_release
 from ..paths import default_key_path
-from ..release import MANIFEST_NAME, open_release, resolve_source
-from ..trust import TrustStore
-from ..verify import verify_chunks
 from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
+
+if TYPE_CHECKING:
+    from ..trust import TrustStore
 
 __all__ = ["source_size"]
 
@@ -46,6 +49,8 @@ def key_generate(
     ctx: Ctx, out: Path | None, ask: bool, passphrase_file: Path | None, force: bool
 ) -> None:
     """Create a new signing key, written with mode 0600."""
+    from ..keys import generate_key
+
     path = out or default_key_path(ctx.home)
     secret = passphrase_from(passphrase_file, prompt="New passphrase", confirm=True, ask=ask)
     priv = generate_key(path, passphrase=secret, overwrite=force)
@@ -104,6 +109,8 @@ def trust() -> None:
 @pass_ctx
 def trust_add(ctx: Ctx, public_key: str, name: str, scopes: tuple[str, ...]) -> None:
     """Trust PUBLIC_KEY (ed25519:...) under NAME, replacing any entry of that key."""
+    from ..keys import PublicKey
+
     pub = PublicKey.parse(public_key)
     store = ctx.trust()
     store.add(pub, name, scopes=scopes)
@@ -222,6 +229,10 @@ def pack(
     max_chunk_mib: int,
 ) -> None:
     """Pack SRC (HF dir, .safetensors, .bin/.pt) into a signed release dir."""
+    from ..hf_cache import resolve_snapshot
+    from ..pack import pack as pack_release
+    from ..release import MANIFEST_NAME, resolve_source
+
     if (src is None) == (hf_ref is None):
         raise SourceError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
     if hf_ref is not None:
@@ -277,6 +288,9 @@ def pack(
 
 
 def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
+    from ..keys import PublicKey
+    from ..trust import TrustStore
+
     if key_text is None:
         return ctx.trust()
     if key_text.startswith("ed25519:"):
@@ -292,6 +306,9 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
 @pass_ctx
 def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
     """Check a release's signature, manifest and chunks."""
+    from ..release import open_release, resolve_source
+    from ..verify import verify_chunks
+
     store = _trust_for(ctx, key_text)
     rel = open_release(resolve_source(release), store)
     chunks = rel.manifest.chunks
@@ -354,6 +371,9 @@ def export(
     With --hf-cache ORG/NAME (and no OUT), write the release into the local Hugging Face
     cache instead, so `from_pretrained("ORG/NAME")` finds it with HF_HUB_OFFLINE=1.
     """
+    from ..export import export as export_release
+    from ..hf_cache import export_to_hf_cache
+
     store = _trust_for(ctx, key_text)
     if (out is None) == (hf_repo is None):
         raise ExportError("give either OUT or --hf-cache ORG/NAME, not both or neither")
@@ -399,5 +419,7 @@ def export(
 
 def _export_bytes(release: Path, store: TrustStore, *, exact: bool) -> int:
     """What an export reports progress in: the original files' bytes, or the chunks'."""
+    from ..release import open_release, resolve_source
+
     manifest = open_release(resolve_source(release), store).manifest
     return sum(f.size for f in manifest.files) if exact else sum(c.size for c in manifest.chunks)
