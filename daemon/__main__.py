@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run in the foreground")
     run.add_argument("--home", help="data dir (default: $P2PW_HOME or the per-user data dir)")
-    run.add_argument("--profile", choices=["default", "local"])
+    run.add_argument("--profile", choices=["default", "local", "lan"])
     run.add_argument("--listen", help="libtorrent listen interfaces, e.g. 127.0.0.2:0")
     run.add_argument("--outgoing-interface")
     run.add_argument(

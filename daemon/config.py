@@ -4,12 +4,15 @@ File: ``$P2PW_CONFIG``; else ``config.toml`` in the data dir, if there is one (h
 for a data dir per daemon); else ``config.toml`` in the per-user config dir
 (platformdirs). Keys (all optional)::
 
-    profile = "default"            # or "local": loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP
+    profile = "default"            # or "local": loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP;
+                                   # or "lan": DHT and LSD inside the LAN, no public
+                                   # bootstrap, no UPnP/NAT-PMP, listen on the LAN address
     listen = "0.0.0.0:6881"        # libtorrent listen interface(s)
     outgoing_interface = ""
     dht = true
     dht_bootstrap = ["dht.libtorrent.org:25401", ...]
     lsd = true
+    lsd_interval = 0               # seconds between LSD re-announces, 0 = libtorrent's 300
     upnp = true
     natpmp = true
     utp = true
@@ -28,7 +31,11 @@ Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import os
+import socket
+import struct
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -41,9 +48,9 @@ from p2pweights.client import socket_path
 from p2pweights.errors import ConfigError
 from p2pweights.paths import data_dir
 
-__all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "load_config"]
+__all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "lan_address", "load_config"]
 
-Profile = Literal["default", "local"]
+Profile = Literal["default", "local", "lan"]
 
 PUBLIC_BOOTSTRAP = (
     "dht.libtorrent.org:25401",
@@ -65,6 +72,7 @@ class DaemonConfig:
     dht: bool = True
     dht_bootstrap: tuple[str, ...] = PUBLIC_BOOTSTRAP
     lsd: bool = True
+    lsd_interval: int = 0
     upnp: bool = True
     natpmp: bool = True
     utp: bool = True
@@ -112,6 +120,17 @@ _LOCAL: dict[str, Any] = {
     "utp": False,
 }
 
+_LAN: dict[str, Any] = {
+    "dht": True,
+    "dht_bootstrap": (),  # a LAN node or two, from the config file: nothing public
+    "lsd": True,
+    "lsd_interval": 60,
+    "upnp": False,
+    "natpmp": False,
+}
+_LAN_PORT = 6881
+_SIOCGIFADDR = 0x8915
+
 _ENV: dict[str, str] = {
     "P2PW_PROFILE": "profile",
     "P2PW_LISTEN": "listen",
@@ -153,7 +172,7 @@ def _coerce(name: str, value: Any) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
         if kind == "Profile":
-            if value not in ("default", "local"):
+            if value not in ("default", "local", "lan"):
                 raise ValueError(value)
             return value
         if not isinstance(value, str):
@@ -203,9 +222,33 @@ def load_config(
     config = DaemonConfig(home=root)
     if merged.get("profile") == "local":
         config = replace(config, **_LOCAL)
+    elif merged.get("profile") == "lan":
+        config = replace(config, **_LAN)
+        if "listen" not in merged:
+            config = replace(config, listen=f"{lan_address()}:{_LAN_PORT}")
     config = replace(config, **merged)
     if len(str(config.socket_path)) > _MAX_SOCKET_PATH:
         raise ConfigError(
             f"data dir {root} is too long for a Unix socket path; use a shorter P2PW_HOME"
         )
     return config
+
+
+def lan_address() -> str:
+    """The host's LAN address: the first private, non-loopback IPv4 address of an interface.
+
+    Raises:
+        ConfigError: no interface has one (then set ``listen`` explicitly).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(
+                    sock.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
+                )
+            except OSError:  # no IPv4 address on this interface
+                continue
+            addr = ipaddress.IPv4Address(packed[20:24])
+            if addr.is_private and not (addr.is_loopback or addr.is_link_local):
+                return str(addr)
+    raise ConfigError("lan profile: no interface has a private IPv4 address; set listen")
