@@ -39,14 +39,16 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Host", "Lab", "LabError", "unavailable"]
+__all__ = ["Host", "Lab", "LabError", "start_opentracker", "tracker_hash", "unavailable"]
 
 DEFAULT_SUBNET = "10.77.0.0/16"
 _CLONE_NEWNET = 0x40000000
@@ -300,6 +302,10 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
         for pid in self._pids:
             if not _wait_pid(pid, 30):
                 with contextlib.suppress(ProcessLookupError):
@@ -309,6 +315,56 @@ class Lab:
             host.ns.close()
         if hasattr(self, "switch"):
             self.switch.close()
+
+
+def tracker_hash(v2_hex: str) -> str:
+    """What a v2 torrent is announced as (BEP 52): its v2 info-hash truncated to 20 bytes."""
+    return v2_hex[:40].lower()
+
+
+def start_opentracker(host: Host, root: Path, v2_hashes: Sequence[str], *, port: int = 6969,
+                      timeout: float = 10.0) -> subprocess.Popen[Any]:
+    """Run Debian's opentracker in ``host``, serving only the given releases.
+
+    opentracker chroots into ``root`` (made 0755: it drops to ``nobody``) and reads its
+    whitelist there: one truncated v2 info-hash a line (:func:`tracker_hash`). It stops
+    with the lab, or when the caller terminates it.
+
+    Returns:
+        The tracker's process; it announces on ``http://ADDR:PORT/announce`` (and UDP).
+
+    Raises:
+        LabError: opentracker is not installed or did not start listening in time.
+
+    """
+    exe = shutil.which("opentracker")
+    if exe is None:
+        raise LabError("opentracker is not installed (apt-get install opentracker)")
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    (root / "whitelist.txt").write_text("".join(tracker_hash(h) + "\n" for h in v2_hashes))
+    (root / "whitelist.txt").chmod(0o644)
+    conf = root / "opentracker.conf"
+    conf.write_text(f"listen.tcp_udp {host.addr}:{port}\n"
+                    f"tracker.rootdir {root}\n"
+                    "access.whitelist /whitelist.txt\n"  # a path inside the chroot
+                    "tracker.user nobody\n")
+    proc = host.popen([exe, "-f", str(conf)], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.PIPE, text=True)
+    # opentracker says nothing when it is ready; a refused connect (instant on a local
+    # bridge) is the only sign it is not yet, so dial until it answers or exits.
+    deadline = time.monotonic() + timeout
+    with host.entered():
+        while True:
+            try:
+                socket.create_connection((host.addr, port), timeout=1).close()
+                return proc
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    err = proc.communicate()[1]
+                    raise LabError(f"opentracker did not start: {err.strip()[-300:]}") from None
+                time.sleep(0.05)
 
 
 def _wait_pid(pid: int, timeout: float) -> bool:
