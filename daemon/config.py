@@ -17,6 +17,8 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     natpmp = true
     utp = true
     upload_rate = 0                # bytes/s, 0 = unlimited
+    upload_slots = 0               # peers uploaded to at once, 0 = 2 under an upload
+                                   # limit, else libtorrent's 8
     download_rate = 0
     rate_limit_local = false       # apply the rate limits to loopback/LAN peers too
     seed_ratio_limit = 0.0         # stop seeding at this upload/size ratio, 0 = never
@@ -77,6 +79,7 @@ class DaemonConfig:
     natpmp: bool = True
     utp: bool = True
     upload_rate: int = 0
+    upload_slots: int = 0
     download_rate: int = 0
     rate_limit_local: bool = False
     seed_ratio_limit: float = 0.0

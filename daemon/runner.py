@@ -48,6 +48,7 @@ def engine_settings(config: DaemonConfig) -> EngineSettings:
         enable_natpmp=config.natpmp,
         enable_utp=config.utp,
         upload_rate_limit=config.upload_rate,
+        unchoke_slots=config.upload_slots,
         download_rate_limit=config.download_rate,
         apply_limits_to_local=config.rate_limit_local,
         allow_multiple_connections_per_ip=config.profile == "local",

@@ -4,7 +4,15 @@ Usage::
 
     .venv/bin/python scripts/bench_swarm.py [--quick] [--n 2,4,8,16] [--size-mib 128]
         [--rate-mbs 8] [--repeats 1] [--workdir DIR] [--out-json PATH] [--plot PATH]
-        [--no-http] [--no-pair] [--json]
+        [--no-http] [--no-pair] [--json] [--net loopback|lab] [--daemon-config TOML]
+
+``--net lab`` (root) puts every daemon in its own host of the network lab
+(``netlab.py``, ``_swarm_lab.py``): its uplink shaped to U by tbf, no libtorrent rate
+limit, N = 2, 4, 8, 16, 32 by default, F = 74 MB (``--size-mib 64``) at U = 4 MB/s, and
+no HTTP baseline or single pair. It adds p50/p99 completion across leechers and each
+host's link use (``eth0`` bytes sent / (U * T)), skips an N whose daemons would not fit in
+memory, and writes ``docs/swarm-lab.json`` and ``docs/swarm-lab.png`` (T / fluid bound
+against N, beside the loopback run in ``docs/swarm.json``).
 
 Set-up (untimed): the synthetic model of ``_synthetic.py`` (at least ``--size-mib``) is
 packed with a fresh key; a seeder daemon (``--profile local``, 127.0.2.1) publishes it.
@@ -106,6 +114,8 @@ _BLOCK = 64 * 1024
 """The HTTP server's write size, and the token bucket's burst."""
 _SAMPLE_S = 0.1
 _ROOT = Path(__file__).resolve().parent.parent
+LAB_CONFIG = ""
+"""``config.toml`` lines for every daemon (``--daemon-config``), to try daemon settings."""
 
 
 def _leecher_addr(i: int) -> str:
@@ -240,6 +250,8 @@ def start_nodes(nodes: list[Node], rate: int, publisher: Any | None) -> None:
         node.home.mkdir(parents=True, mode=0o700)
         if publisher is not None:
             TrustStore.load(node.home / "trust.json").add(publisher, "bench")
+        if LAB_CONFIG:  # read from the data dir: --daemon-config, the's daemon settings
+            (node.home / "config.toml").write_text(LAB_CONFIG)
         if node.host is not None:
             node.pid = node.host.start_daemon(node.home, lab_args(node.addr))
         else:
@@ -682,7 +694,11 @@ def main(argv: list[str] | None = None) -> int:
                         "2,4,8,16,32, 4 MB/s, writes docs/swarm-lab.*)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-rate", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--daemon-config", default="",
+                        help="config.toml text for every daemon, e.g. 'upload_slots = 2'")
     args = parser.parse_args(argv)
+    global LAB_CONFIG  # noqa: PLW0603 (set once, before any daemon starts)
+    LAB_CONFIG = args.daemon_config.replace("\\n", "\n")
     if args.serve:
         _serve(args.serve, args.serve_rate)
         return 0
@@ -693,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n must be comma-separated integers")
     if not sizes_n or min(sizes_n) < 1 or max(sizes_n) > 200:
         parser.error("--n values must be in 1..200")
-    size_mib = args.size_mib or (16.0 if args.quick else 128.0)
+    size_mib = args.size_mib or (16.0 if args.quick else 64.0 if args.net == "lab" else 128.0)
     rate_mbs = args.rate_mbs or (4.0 if args.quick or args.net == "lab" else 8.0)
     if size_mib <= 0 or rate_mbs <= 0 or args.repeats < 1:
         parser.error("--size-mib, --rate-mbs and --repeats must be positive")
