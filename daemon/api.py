@@ -9,7 +9,8 @@ constant time.
 Endpoints (all under ``/v1``)::
 
     GET    /status                       daemon status
-    POST   /publish      {path, hybrid?} or {source, name, version, key_file, label?}
+    POST   /publish      {path, hybrid?, private?, trackers?}
+                         or {source, name, version, key_file, label?}
     POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?}
     GET    /releases                     list
     GET    /releases/{id}                show
@@ -237,14 +238,17 @@ async def status(request: web.Request) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     """POST /v1/publish."""
     f = Fields(
-        await _body(request), {"path", "hybrid", "source", "name", "version", "label", "key_file"}
+        await _body(request),
+        {"path", "hybrid", "private", "trackers", "source", "name", "version", "label", "key_file"},
     )
     service = request.app[SERVICE]
     path = f.text("path")
     if path is not None:
         hybrid = f.flag("hybrid")
         _local_paths_allowed(request, "publish", _absolute("path", path))
-        info = await service.publish(path, hybrid=hybrid)
+        info = await service.publish(
+            path, hybrid=hybrid, private=f.flag("private"), trackers=f.texts("trackers")
+        )
     else:
         source = _absolute("source", f.text("source", required=True) or "")
         name = f.text("name", required=True, max_len=200) or ""

@@ -35,8 +35,9 @@ def cli() -> None:
 @click.option("--home", type=click.Path(path_type=Path), help=_HOME_HELP)
 @click.option(
     "--profile",
-    type=click.Choice(["default", "local"]),
-    help="local: loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP.",
+    type=click.Choice(["default", "lan", "local"]),
+    help="lan: DHT/LSD inside the LAN, no public bootstrap or UPnP; "
+    "local: loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP.",
 )
 @click.option("--listen", metavar="IP:PORT[,...]", help="libtorrent listen interfaces.")
 @click.option("--outgoing-interface", metavar="IP", help="Source address of peer connections.")

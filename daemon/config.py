@@ -4,16 +4,21 @@ File: ``$P2PW_CONFIG``; else ``config.toml`` in the data dir, if there is one (h
 for a data dir per daemon); else ``config.toml`` in the per-user config dir
 (platformdirs). Keys (all optional)::
 
-    profile = "default"            # or "local": loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP
+    profile = "default"            # or "local": loopback only, no DHT/LSD/UPnP/NAT-PMP/uTP;
+                                   # or "lan": DHT and LSD inside the LAN, no public
+                                   # bootstrap, no UPnP/NAT-PMP, listen on the LAN address
     listen = "0.0.0.0:6881"        # libtorrent listen interface(s)
     outgoing_interface = ""
     dht = true
     dht_bootstrap = ["dht.libtorrent.org:25401", ...]
     lsd = true
+    lsd_interval = 0               # seconds between LSD re-announces, 0 = libtorrent's 300
     upnp = true
     natpmp = true
     utp = true
     upload_rate = 0                # bytes/s, 0 = unlimited
+    upload_slots = 0               # peers uploaded to at once, 0 = 2 under an upload
+                                   # limit, else libtorrent's 8
     download_rate = 0
     rate_limit_local = false       # apply the rate limits to loopback/LAN peers too
     seed_ratio_limit = 0.0         # stop seeding at this upload/size ratio, 0 = never
@@ -32,7 +37,11 @@ Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import os
+import socket
+import struct
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -46,9 +55,9 @@ from p2pweights.errors import ConfigError
 from p2pweights.manifest import LIMITS, Limits
 from p2pweights.paths import data_dir
 
-__all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "load_config"]
+__all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "lan_address", "load_config"]
 
-Profile = Literal["default", "local"]
+Profile = Literal["default", "local", "lan"]
 
 PUBLIC_BOOTSTRAP = (
     "dht.libtorrent.org:25401",
@@ -70,10 +79,12 @@ class DaemonConfig:
     dht: bool = True
     dht_bootstrap: tuple[str, ...] = PUBLIC_BOOTSTRAP
     lsd: bool = True
+    lsd_interval: int = 0
     upnp: bool = True
     natpmp: bool = True
     utp: bool = True
     upload_rate: int = 0
+    upload_slots: int = 0
     download_rate: int = 0
     rate_limit_local: bool = False
     seed_ratio_limit: float = 0.0
@@ -135,6 +146,17 @@ _LOCAL: dict[str, Any] = {
     "utp": False,
 }
 
+_LAN: dict[str, Any] = {
+    "dht": True,
+    "dht_bootstrap": (),  # a LAN node or two, from the config file: nothing public
+    "lsd": True,
+    "lsd_interval": 60,
+    "upnp": False,
+    "natpmp": False,
+}
+_LAN_PORT = 6881
+_SIOCGIFADDR = 0x8915
+
 _ENV: dict[str, str] = {
     "P2PW_PROFILE": "profile",
     "P2PW_LISTEN": "listen",
@@ -176,7 +198,7 @@ def _coerce(name: str, value: Any) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
         if kind == "Profile":
-            if value not in ("default", "local"):
+            if value not in ("default", "local", "lan"):
                 raise ValueError(value)
             return value
         if not isinstance(value, str):
@@ -226,9 +248,33 @@ def load_config(
     config = DaemonConfig(home=root)
     if merged.get("profile") == "local":
         config = replace(config, **_LOCAL)
+    elif merged.get("profile") == "lan":
+        config = replace(config, **_LAN)
+        if "listen" not in merged:
+            config = replace(config, listen=f"{lan_address()}:{_LAN_PORT}")
     config = replace(config, **merged)
     if len(str(config.socket_path)) > _MAX_SOCKET_PATH:
         raise ConfigError(
             f"data dir {root} is too long for a Unix socket path; use a shorter P2PW_HOME"
         )
     return config
+
+
+def lan_address() -> str:
+    """The host's LAN address: the first private, non-loopback IPv4 address of an interface.
+
+    Raises:
+        ConfigError: no interface has one (then set ``listen`` explicitly).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(
+                    sock.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
+                )
+            except OSError:  # no IPv4 address on this interface
+                continue
+            addr = ipaddress.IPv4Address(packed[20:24])
+            if addr.is_private and not (addr.is_loopback or addr.is_link_local):
+                return str(addr)
+    raise ConfigError("lan profile: no interface has a private IPv4 address; set listen")

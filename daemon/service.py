@@ -116,7 +116,10 @@ class Service(FetchFlow):
 
     # ------------------------------------------------------------------ publish
 
-    async def publish(self, path: str, *, hybrid: bool = False) -> dict[str, Any]:
+    async def publish(
+        self, path: str, *, hybrid: bool = False, private: bool = False,
+        trackers: Sequence[str] = (),
+    ) -> dict[str, Any]:
         """Seed a local release dir.
 
         The release must be self-consistent (its signature verifies under the key it
@@ -132,7 +135,9 @@ class Service(FetchFlow):
         root = resolve_source(src)
         release = open_self_signed(root)
         await asyncio.to_thread(verify_chunks, root, release.manifest.chunks, "fast")
-        tf = await asyncio.to_thread(make_torrent, root, hybrid=hybrid)
+        tf = await asyncio.to_thread(
+            make_torrent, root, hybrid=hybrid, private=private, trackers=trackers
+        )
         rid = tf.id
         existing = self.catalog.get(rid)
         if existing is not None and existing.state in DONE:

@@ -245,13 +245,25 @@ class DaemonClient:
         return await self.request("GET", "/status")
 
     async def publish(
-        self, path: Path, *, hybrid: bool = False, timeout: float = 6 * 3600
+        self,
+        path: Path,
+        *,
+        hybrid: bool = False,
+        private: bool = False,
+        trackers: Sequence[str] = (),
+        timeout: float = 6 * 3600,
     ) -> dict[str, Any]:
-        """Seed a release dir (the daemon checks and hashes it first: allow for its size)."""
+        """Seed a release dir (the daemon checks and hashes it first: allow for its size).
+
+        ``private`` makes a BEP 27 private torrent, announced only to ``trackers``.
+        """
+        body: dict[str, Any] = {"path": str(path.resolve()), "hybrid": hybrid}
+        if private or trackers:
+            body.update(private=private, trackers=list(trackers))
         return await self.request(
             "POST",
             "/publish",
-            body={"path": str(path.resolve()), "hybrid": hybrid},
+            body=body,
             timeout=timeout,
         )
 

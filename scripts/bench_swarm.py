@@ -4,7 +4,15 @@ Usage::
 
     .venv/bin/python scripts/bench_swarm.py [--quick] [--n 2,4,8,16] [--size-mib 128]
         [--rate-mbs 8] [--repeats 1] [--workdir DIR] [--out-json PATH] [--plot PATH]
-        [--no-http] [--no-pair] [--json]
+        [--no-http] [--no-pair] [--json] [--net loopback|lab] [--daemon-config TOML]
+
+``--net lab`` (root) puts every daemon in its own host of the network lab
+(``netlab.py``, ``_swarm_lab.py``): its uplink shaped to U by tbf, no libtorrent rate
+limit, N = 2, 4, 8, 16, 32 by default, F = 74 MB (``--size-mib 64``) at U = 4 MB/s, and
+no HTTP baseline or single pair. It adds p50/p99 completion across leechers and each
+host's link use (``eth0`` bytes sent / (U * T)), skips an N whose daemons would not fit in
+memory, and writes ``docs/swarm-lab.json`` and ``docs/swarm-lab.png`` (T / fluid bound
+against N, beside the loopback run in ``docs/swarm.json``).
 
 Set-up (untimed): the synthetic model of ``_synthetic.py`` (at least ``--size-mib``) is
 packed with a fresh key; a seeder daemon (``--profile local``, 127.0.2.1) publishes it.
@@ -74,6 +82,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _swarm_lab import (
+    LabPlacement,
+    daemon_rss_mib,
+    lab_args,
+    lab_verdict,
+    mem_available_mib,
+    percentile,
+    plot_ratio,
+)
 from _synthetic import (
     GIB,
     make_synthetic,
@@ -97,6 +114,8 @@ _BLOCK = 64 * 1024
 """The HTTP server's write size, and the token bucket's burst."""
 _SAMPLE_S = 0.1
 _ROOT = Path(__file__).resolve().parent.parent
+LAB_CONFIG = ""
+"""``config.toml`` lines for every daemon (``--daemon-config``), to try daemon settings."""
 
 
 def _leecher_addr(i: int) -> str:
@@ -212,6 +231,8 @@ class Node:
     addr: str
     pid: int = 0
     port: int = 0
+    host: Any = None
+    """The lab host it runs in (``--net lab``), else None: loopback."""
 
     @property
     def peer(self) -> str:
@@ -229,7 +250,12 @@ def start_nodes(nodes: list[Node], rate: int, publisher: Any | None) -> None:
         node.home.mkdir(parents=True, mode=0o700)
         if publisher is not None:
             TrustStore.load(node.home / "trust.json").add(publisher, "bench")
-        node.pid = start_daemon(node.home, extra_args=_daemon_args(node.addr, rate))
+        if LAB_CONFIG:  # read from the data dir: --daemon-config, the's daemon settings
+            (node.home / "config.toml").write_text(LAB_CONFIG)
+        if node.host is not None:
+            node.pid = node.host.start_daemon(node.home, lab_args(node.addr))
+        else:
+            node.pid = start_daemon(node.home, extra_args=_daemon_args(node.addr, rate))
         node.port = int(asyncio.run(DaemonClient(node.home).status())["listen_port"])
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
@@ -281,6 +307,16 @@ class SwarmRun:
     http_s: float | None = None
     http_client_s: list[float] = field(default_factory=list)
     http_ratio_to_cs: float | None = None
+    net: str = "loopback"
+    """``loopback`` (libtorrent's limiter caps every peer) or ``lab`` (tbf-shaped links)."""
+    p50_s: float = 0.0
+    """Median leecher completion time."""
+    p99_s: float = 0.0
+    """Nearest-rank 99th percentile of leecher completion (the slowest at N <= 100)."""
+    link_use: list[float] = field(default_factory=list)
+    """Lab only: each host's link bytes sent / (U * seconds), seeder first."""
+    link_tx_f: list[float] = field(default_factory=list)
+    """Lab only: each host's link bytes sent (headers included) as a multiple of F."""
 
 
 async def _swarm_once(seeder: Node, rid: str, magnet: str, leechers: list[Node],
@@ -349,17 +385,25 @@ def _busy_rate(samples: list[tuple[float, int]]) -> float:
 
 
 def run_swarm(seeder: Node, rid: str, magnet: str, n: int, payload: int, rate: int,
-              work: Path, publisher: Any) -> SwarmRun:
-    """One round with N fresh leechers."""
-    leechers = [Node(work / f"leecher{i}", _leecher_addr(i)) for i in range(n)]
+              work: Path, publisher: Any, placement: LabPlacement | None = None) -> SwarmRun:
+    """One round with N fresh leechers (in lab hosts when ``placement`` is given)."""
+    if placement is None:
+        leechers = [Node(work / f"leecher{i}", _leecher_addr(i)) for i in range(n)]
+    else:
+        leechers = [Node(work / f"leecher{i}", h.addr, host=h)
+                    for i, h in enumerate(placement.leecher_hosts(n))]
+    hosts = [] if placement is None else [seeder.host, *(node.host for node in leechers)]
     fluid = max(payload / rate, n * payload / (rate + n * rate))
     cs = n * payload / rate
     timeout = 10 * fluid + 120
     try:
-        start_nodes(leechers, rate, publisher)
+        # In the lab the link is the limit: no libtorrent rate limit at all.
+        start_nodes(leechers, 0 if placement else rate, publisher)
         cpu0 = [_proc_cpu(p) for p in (seeder.pid, *(n.pid for n in leechers))]
+        tx0 = LabPlacement.tx_bytes(hosts)
         seconds, each, samples, sent, shows = asyncio.run(
             _swarm_once(seeder, rid, magnet, leechers, timeout))
+        tx = [b - b0 for b, b0 in zip(LabPlacement.tx_bytes(hosts), tx0, strict=True)]
         cpu = [_proc_cpu(p) - c for p, c in
                zip((seeder.pid, *(n.pid for n in leechers)), cpu0, strict=True)]
     except BaseException:
@@ -386,6 +430,10 @@ def run_swarm(seeder: Node, rid: str, magnet: str, n: int, payload: int, rate: i
         cpu_seeder_s_per_gib=round(cpu[0] / max(sent / GIB, 1e-9), 2),
         cpu_leecher_s_per_gib=round(median(cpu[1:]) / (payload / GIB), 2),
         failed_bytes=failed,
+        net="loopback" if placement is None else "lab",
+        p50_s=round(percentile(each, 50), 3), p99_s=round(percentile(each, 99), 3),
+        link_use=[round(b / (rate * seconds), 3) for b in tx],
+        link_tx_f=[round(b / payload, 3) for b in tx],
     )
 
 
@@ -455,6 +503,11 @@ class Summary:
                    f"{TARGET_STALL_S} s")
     target_met: bool = False
     benchmark: str = "bench_swarm"
+    net: str = "loopback"
+    skipped: list[str] = field(default_factory=list)
+    """Rounds left out, and why (memory)."""
+    daemon_rss_mib: float = 0.0
+    """The seeder daemon's RSS once seeding: what each of N + 1 daemons costs."""
 
 
 def _files(release: Path, manifest_sha256: str, chunks: dict[str, str]) -> dict[str, str]:
@@ -464,8 +517,12 @@ def _files(release: Path, manifest_sha256: str, chunks: dict[str, str]) -> dict[
 
 
 def bench(work: Path, sizes_n: list[int], size_mib: float, rate: int, repeats: int,
-          http: bool, pair: bool) -> Summary:
-    """Set up once, then one swarm round (and one HTTP round) per N and repeat."""
+          http: bool, pair: bool, net: str = "loopback") -> Summary:
+    """Set up once, then one swarm round (and one HTTP round) per N and repeat.
+
+    With ``net="lab"`` every daemon runs in its own lab host with a shaped uplink; the
+    HTTP baseline and the single pair are loopback-only (HTTP meets N*F/U within 0.1 %).
+    """
     import libtorrent as lt
 
     import p2pweights
@@ -480,17 +537,32 @@ def bench(work: Path, sizes_n: list[int], size_mib: float, rate: int, repeats: i
     files = _files(release, packed.manifest_sha256,
                    {c.path: c.sha256 for c in packed.manifest.chunks})
     payload = sum((release / f).stat().st_size for f in files)
-    seeder = Node(work / "seeder", _SEEDER)
+    placement = LabPlacement(rate) if net == "lab" else None
+    if placement is not None:
+        http = pair = False
+        seeder = Node(work / "seeder", placement.seeder.addr, host=placement.seeder)
+    else:
+        seeder = Node(work / "seeder", _SEEDER)
     runs: list[SwarmRun] = []
+    skipped: list[str] = []
+    rss = 0.0
     try:
-        start_nodes([seeder], rate, None)
+        start_nodes([seeder], 0 if placement else rate, None)
         published = asyncio.run(DaemonClient(seeder.home).publish(release))
         rid, magnet = str(published["id"]), str(published["magnet"])
         ti = lt.torrent_info(Path(published["torrent_path"]).read_bytes())
         with http_server(release, rate) if http else contextlib.nullcontext(0) as port:
+            rss = daemon_rss_mib(seeder.pid)
             for _ in range(repeats):
                 for n in sizes_n:
-                    run = run_swarm(seeder, rid, magnet, n, payload, rate, work, key.public)
+                    # N more daemons must fit in memory, with 2 GiB to spare for the rest.
+                    need, free = n * max(rss, 1.0) * 1.2, mem_available_mib() - 2048
+                    if need > free:
+                        skipped.append(f"N={n}: needs ~{need:.0f} MiB, {free:.0f} MiB free")
+                        print(f"  N={n} skipped: {skipped[-1]}", flush=True)
+                        continue
+                    run = run_swarm(seeder, rid, magnet, n, payload, rate, work, key.public,
+                                    placement)
                     if http:
                         times = run_http(port, files, n, work / "http-out",
                                          10 * n * payload / rate + 60)
@@ -504,15 +576,21 @@ def bench(work: Path, sizes_n: list[int], size_mib: float, rate: int, repeats: i
         raise
     finally:
         stop_nodes([seeder])
+        if placement is not None:
+            placement.close()
     pair_result = run_pair(release, files, payload, work, key.public) if pair else None
     judged = [r for r in runs if r.n in (4, 8)]  # without N = 4 or 8 there is no verdict
     met = bool(judged) and all(r.ratio <= TARGET_RATIO for r in judged) and all(
         r.startup_stall_s <= TARGET_STALL_S for r in runs)
+    extra: dict[str, Any] = {}
+    if placement is not None:
+        met, extra["target"] = lab_verdict(runs)
     return Summary(
         model=f"synthetic llama-like, >= {size_mib:g} MiB", payload_bytes=payload,
         files=len(files), piece_size=int(ti.piece_length()), pieces=int(ti.num_pieces()),
         rate_bytes_s=rate, cpus=os.cpu_count() or 1, repeats=repeats, runs=runs,
-        pair=pair_result, target_met=met)
+        pair=pair_result, target_met=met, net=net, skipped=skipped,
+        daemon_rss_mib=round(rss, 1), **extra)
 
 
 def _with_http(run: SwarmRun, times: list[float]) -> SwarmRun:
@@ -533,6 +611,11 @@ def _print_run(r: SwarmRun) -> None:
           f"{sum(r.leecher_upload_f):.2f}xF, {r.leecher_upload_use:.0%} of their caps; stall "
           f"{r.startup_stall_s:.2f} s; CPU s/GiB seeder {r.cpu_seeder_s_per_gib:.2f}, "
           f"leecher {r.cpu_leecher_s_per_gib:.2f}", flush=True)
+    if r.link_use:
+        print(f"       p50 {r.p50_s:.2f} s, p99 {r.p99_s:.2f} s; link use seeder "
+              f"{r.link_use[0]:.0%}, leechers {min(r.link_use[1:]):.0%}-"
+              f"{max(r.link_use[1:]):.0%} (mean {sum(r.link_use[1:]) / r.n:.0%}); seeder's "
+              f"link sent {r.link_tx_f[0]:.2f}xF", flush=True)
 
 
 def _print(s: Summary) -> None:
@@ -605,32 +688,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP baseline")
     parser.add_argument("--no-pair", action="store_true", help="skip the single pair")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--net", choices=("loopback", "lab"), default="loopback",
+                        help="loopback: libtorrent's limiter caps each peer; lab: each peer in "
+                        "its own namespace, its uplink shaped by tbf (root; N default "
+                        "2,4,8,16,32, 4 MB/s, writes docs/swarm-lab.*)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-rate", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--daemon-config", default="",
+                        help="config.toml text for every daemon, e.g. 'upload_slots = 2'")
     args = parser.parse_args(argv)
+    global LAB_CONFIG  # noqa: PLW0603 (set once, before any daemon starts)
+    LAB_CONFIG = args.daemon_config.replace("\\n", "\n")
     if args.serve:
         _serve(args.serve, args.serve_rate)
         return 0
     try:
-        sizes_n = [int(x) for x in (args.n or ("2,4" if args.quick else "2,4,8,16")).split(",")]
+        default_n = "2,4,8,16,32" if args.net == "lab" else "2,4,8,16"
+        sizes_n = [int(x) for x in (args.n or ("2,4" if args.quick else default_n)).split(",")]
     except ValueError:
         parser.error("--n must be comma-separated integers")
     if not sizes_n or min(sizes_n) < 1 or max(sizes_n) > 200:
         parser.error("--n values must be in 1..200")
-    size_mib = args.size_mib or (16.0 if args.quick else 128.0)
-    rate_mbs = args.rate_mbs or (4.0 if args.quick else 8.0)
+    size_mib = args.size_mib or (16.0 if args.quick else 64.0 if args.net == "lab" else 128.0)
+    rate_mbs = args.rate_mbs or (4.0 if args.quick or args.net == "lab" else 8.0)
     if size_mib <= 0 or rate_mbs <= 0 or args.repeats < 1:
         parser.error("--size-mib, --rate-mbs and --repeats must be positive")
     with work_dir(args.workdir) as work:
         summary = bench(work, sizes_n, size_mib, int(rate_mbs * MB), args.repeats,
-                        http=not args.no_http, pair=not args.no_pair)
+                        http=not args.no_http, pair=not args.no_pair, net=args.net)
     docs = _ROOT / "docs"
-    out_json = args.out_json or (None if args.quick else docs / "swarm.json")
-    out_png = args.plot or (None if args.quick else docs / "swarm.png")
+    stem = "swarm-lab" if args.net == "lab" else "swarm"
+    out_json = args.out_json or (None if args.quick else docs / f"{stem}.json")
+    out_png = args.plot or (None if args.quick else docs / f"{stem}.png")
     if out_json is not None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(asdict(summary), indent=1) + "\n")
-    if out_png is not None:
+    if out_png is not None and args.net == "lab":
+        plot_ratio(asdict(summary), docs / "swarm.json", out_png)
+    elif out_png is not None:
         plot(summary, out_png)
     if args.json:
         print(json.dumps(asdict(summary)))

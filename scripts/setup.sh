@@ -11,6 +11,8 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating $venv" >&2
     "$py" -m venv "$venv"
 fi
+# Debian's opentracker for the lab's private-swarm tests (tests/lab), where root and apt allow.
+command -v opentracker >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q opentracker >/dev/null; } || echo "setup: no opentracker; the lab's private-swarm tests will skip" >&2
 stamp="$venv/.p2pweights-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) $root"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

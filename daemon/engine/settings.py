@@ -48,6 +48,9 @@ class EngineSettings:
     dht_allow_local: bool = False
     """Let the DHT route through private/loopback addresses (a loopback test swarm)."""
     enable_lsd: bool = True
+    lsd_interval: int = 0
+    """Seconds between LSD re-announces of each torrent (``local_service_announce_interval``);
+    0 = libtorrent's 300. A torrent is announced at once when it starts either way."""
     enable_upnp: bool = True
     enable_natpmp: bool = True
     enable_utp: bool = True
@@ -151,6 +154,7 @@ class EngineSettings:
             "dht_restrict_search_ips": not self.dht_allow_local,
             "dht_prefer_verified_node_ids": not self.dht_allow_local,
             "enable_lsd": self.enable_lsd,
+            "local_service_announce_interval": self.lsd_interval or 300,
             "enable_upnp": self.enable_upnp,
             "enable_natpmp": self.enable_natpmp,
             "enable_outgoing_utp": self.enable_utp,

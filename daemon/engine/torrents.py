@@ -80,6 +80,7 @@ def make_torrent(
     hybrid: bool = False,
     piece_size: int = DEFAULT_PIECE_SIZE,
     trackers: Sequence[str] = (),
+    private: bool = False,
 ) -> TorrentFile:
     """Build the torrent of a release directory.
 
@@ -93,6 +94,8 @@ def make_torrent(
         hybrid: also make v1 piece hashes (for v1-only clients); default v2-only.
         piece_size: a power of two from 16 KiB to 64 MiB. Part of the info-hash.
         trackers: announce URLs to put in the torrent.
+        private: set BEP 27's private flag (part of the info-hash): peers come only from
+            the trackers, never from the DHT, PEX or LSD.
 
     Returns:
         The torrent.
@@ -106,6 +109,10 @@ def make_torrent(
     """
     if piece_size < _MIN_PIECE or piece_size > _MAX_PIECE or piece_size & (piece_size - 1):
         raise FormatError(f"piece size {piece_size} is not a power of two in 16 KiB..64 MiB")
+    for url in trackers:
+        _check_tracker(url)
+    if private and not trackers:
+        raise FormatError("a private torrent needs a tracker: it has no other source of peers")
     manifest = _read_manifest(release_dir)
     name = torrent_name(manifest)
     sizes = {
@@ -132,6 +139,7 @@ def make_torrent(
             raise ChunkError(f"cannot hash the release at {release_dir}: {exc}") from exc
     ct.set_creation_date(manifest.created)
     ct.set_creator(CREATOR)
+    ct.set_priv(private)
     for tier, url in enumerate(trackers):
         ct.add_tracker(url, tier)
     torrent = parse_torrent(lt.bencode(ct.generate()))
@@ -143,6 +151,22 @@ def make_torrent(
                 f"the manifest says {chunk.v2_root}"
             )
     return torrent
+
+
+def _check_tracker(value: str, what: str = "tracker") -> str:
+    """``value`` if it is an http/https/udp URL.
+
+    Raises:
+        FormatError: it is not.
+
+    """
+    try:
+        scheme = urllib.parse.urlsplit(value).scheme
+    except ValueError as exc:  # e.g. an unclosed "[" IPv6 host
+        raise FormatError(f"{what} {value[:60]!r} is not a URL") from exc
+    if scheme not in ("http", "https", "udp") or len(value) > 2048:
+        raise FormatError(f"{what} {value[:60]!r} is not an http/https/udp URL")
+    return value
 
 
 def parse_torrent(data: bytes, *, max_files: int = 0) -> TorrentFile:
@@ -291,13 +315,7 @@ def parse_magnet(uri: str) -> MagnetLink:
                 raise FormatError("magnet dn is repeated or too long")
             name = value
         elif key == "tr":
-            try:
-                scheme = urllib.parse.urlsplit(value).scheme
-            except ValueError as exc:  # e.g. an unclosed "[" IPv6 host
-                raise FormatError(f"magnet tracker {value[:60]!r} is not a URL") from exc
-            if scheme not in ("http", "https", "udp") or len(value) > 2048:
-                raise FormatError(f"magnet tracker {value[:60]!r} is not an http/https/udp URL")
-            trackers.append(value)
+            trackers.append(_check_tracker(value, "magnet tracker"))
         elif key == "x.pe":
             peers.append(_parse_peer(value))
     if v2 is None:

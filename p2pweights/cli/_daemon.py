@@ -152,6 +152,10 @@ def _release_line(r: dict[str, Any]) -> str:
     help="Pack first: release dir (default DATA/published/ORG--MODEL-vN).",
 )
 @click.option("--hybrid", is_flag=True, help="Make a hybrid v1+v2 torrent (default v2 only).")
+@click.option(
+    "--private", is_flag=True, help="BEP 27 private torrent: peers only from --tracker."
+)
+@click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Announce URL.")
 @json_option
 @pass_ctx
 def publish(
@@ -165,6 +169,8 @@ def publish(
     passphrase_file: Path | None,
     out: Path | None,
     hybrid: bool,
+    private: bool,
+    trackers: tuple[str, ...],
 ) -> None:
     """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version).
 
@@ -196,7 +202,9 @@ def publish(
                 src, out, name=name, version=version, key=priv, label=label or "", progress=bar
             )
         src = out
-    info = run(client_for(ctx).publish(src, hybrid=hybrid))
+    if private and not trackers:
+        raise LoadError("--private needs at least one --tracker URL (no DHT, PEX or LSD)")
+    info = run(client_for(ctx).publish(src, hybrid=hybrid, private=private, trackers=trackers))
     emit(
         ctx,
         info,
