@@ -68,15 +68,12 @@ class Upkeep(ServiceState):
         if row is None:
             return bad
         if bad and row.state != "damaged":
-            why = (
-                f"DamagedError: {len(bad)} chunk file(s) changed in the store since they were "
-                f"verified (e.g. {bad[0]}); it is not seeded. `p2pw fetch {rid[:16]}` repairs it"
-            )
-            log.error("release %s: %s", rid, why)
-            if rid in self.engine:
-                await self.engine.remove(rid)
-            self.catalog.set_state(rid, "damaged", why)
-            self._notify(rid, "damaged", message=why)
+            # Every complete release that uses a changed file stops seeding, not just this.
+            users = {r for path in bad for r in self.catalog.releases_using(path)}
+            for other in sorted(users):  # this release among them
+                other_row = self.catalog.get(other)
+                if other_row is not None and other_row.state in DONE:
+                    await self._mark_damaged(other, bad)
         elif not bad and row.state == "damaged" and row.torrent is not None:
             tf = parse_torrent(row.torrent)
             self.catalog.set_state(rid, "seeding")
@@ -88,6 +85,18 @@ class Upkeep(ServiceState):
             )
             self._notify(rid, "repaired")
         return bad
+
+    async def _mark_damaged(self, rid: str, bad: list[str]) -> None:
+        why = (
+            f"CorruptChunkError: {len(bad)} chunk file(s) changed in the store since they "
+            f"were verified (e.g. {bad[0]}); it is not seeded. `p2pw fetch {rid[:16]}` "
+            "repairs it"
+        )
+        log.error("release %s: %s", rid, why)
+        if rid in self.engine:
+            await self.engine.remove(rid)
+        self.catalog.set_state(rid, "damaged", why)
+        self._notify(rid, "damaged", message=why)
 
     async def _periodic_store_check(self) -> None:
         """Every ``store_check_interval`` s, check the files of every complete release."""
