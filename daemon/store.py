@@ -155,7 +155,7 @@ class Store:
             return now
         if now.size != chunk.size or sha256_file(path) != chunk.sha256:
             return None
-        return FileStamp.of(path)
+        return now if FileStamp.of(path) == now else None  # not written while hashed
 
     def adopt(self, path: str, size: int, v2_root: str) -> FileStamp | None:
         """The stamp of a store file no record vouches for, if it holds its name's bytes.
