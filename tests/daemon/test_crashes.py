@@ -230,12 +230,15 @@ def store_is_clean(home: Path) -> None:
     assert not left, left
     staging = store / "staging"
     assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
-    assert sorted(p.name for p in store.iterdir()) in (
-        ["chunks", "releases"],
-        ["chunks", "releases", "staging"],
-    )
+    names = {p.name for p in store.iterdir()}
+    assert {"chunks", "releases"} <= names <= {"chunks", "partial", "releases", "staging"}, names
     for p in (store / "chunks").iterdir():
         assert _CHUNK_FILE.fullmatch(p.name) and p.is_file(), p
+    # A fetch's own files: only chunk names, under the id of a release still fetching.
+    for root in (store / "partial").iterdir() if "partial" in names else ():
+        assert _ID.fullmatch(root.name), root
+        for p in root.iterdir():
+            assert _CHUNK_FILE.fullmatch(p.name) and p.is_file(), p
     for root in (store / "releases").iterdir():
         assert _ID.fullmatch(root.name), root
         for p in root.iterdir():
@@ -336,9 +339,12 @@ def test_kill9_at_random_points_of_fetch(
         catalog_intact(leech.home)
         nothing_unverified_counts(leech.home)
         leech.start()  # the fetch goes on by itself from what the catalog recorded
-        store_is_clean(leech.home)
         info = leech.call("wait", rid, 120)
         assert info["state"] == "seeding", (trial, info, leech.log()[-3000:])
+        # Checked once the daemon is done writing (a resumed fetch writes its torrent
+        # through a temp file): nothing the crash left, and no partial file of it.
+        store_is_clean(leech.home)
+        assert not (leech.home / "store" / "partial" / rid).exists()
         nothing_unverified_counts(leech.home)
         loads_bit_identical(info["path"], key, state)
         print(f"fetch trial {trial}: resumed and complete")
