@@ -114,8 +114,9 @@ _BLOCK = 64 * 1024
 """The HTTP server's write size, and the token bucket's burst."""
 _SAMPLE_S = 0.1
 _ROOT = Path(__file__).resolve().parent.parent
-LAB_CONFIG = ""
-"""``config.toml`` lines for every daemon (``--daemon-config``), to try daemon settings."""
+DAEMON_CONFIG = {"all": "", "seeder": ""}
+"""``config.toml`` lines for every daemon (``--daemon-config``) and for the seeder only
+(``--seeder-config``, after those), to try daemon settings."""
 
 
 def _leecher_addr(i: int) -> str:
@@ -250,8 +251,11 @@ def start_nodes(nodes: list[Node], rate: int, publisher: Any | None) -> None:
         node.home.mkdir(parents=True, mode=0o700)
         if publisher is not None:
             TrustStore.load(node.home / "trust.json").add(publisher, "bench")
-        if LAB_CONFIG:  # read from the data dir: --daemon-config, the's daemon settings
-            (node.home / "config.toml").write_text(LAB_CONFIG)
+        # The seeder is the node started with no publisher to trust.
+        config = DAEMON_CONFIG["all"] + ("\n" + DAEMON_CONFIG["seeder"] if publisher is None
+                                         else "")
+        if config.strip():  # a config.toml in the data dir is read first
+            (node.home / "config.toml").write_text(config + "\n")
         if node.host is not None:
             node.pid = node.host.start_daemon(node.home, lab_args(node.addr))
         else:
@@ -696,9 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-rate", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--daemon-config", default="",
                         help="config.toml text for every daemon, e.g. 'upload_slots = 2'")
+    parser.add_argument("--seeder-config", default="",
+                        help="config.toml text for the seeder only")
     args = parser.parse_args(argv)
-    global LAB_CONFIG  # noqa: PLW0603 (set once, before any daemon starts)
-    LAB_CONFIG = args.daemon_config.replace("\\n", "\n")
+    DAEMON_CONFIG.update(all=args.daemon_config.replace("\\n", "\n"),
+                         seeder=args.seeder_config.replace("\\n", "\n"))
     if args.serve:
         _serve(args.serve, args.serve_rate)
         return 0

@@ -33,3 +33,10 @@ def test_lan_profile_bootstrap_from_the_config_file(tmp_path: Path) -> None:
 def test_default_profile_keeps_libtorrents_lsd_interval(tmp_path: Path) -> None:
     config = load_config(tmp_path, environ={})
     assert engine_settings(config).settings_pack()["local_service_announce_interval"] == 300
+
+
+def test_upload_slots_reach_libtorrent(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("upload_slots = 3\n")
+    config = load_config(tmp_path, environ={"P2PW_CONFIG": str(cfg)})
+    assert engine_settings(config).settings_pack()["unchoke_slots_limit"] == 3
