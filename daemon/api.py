@@ -17,6 +17,10 @@ Endpoints (all under ``/v1``)::
     DELETE /releases/{id}?delete_data=1  stop seeding, optionally delete data
     GET    /events                       progress as Server-Sent Events
 
+The web page (``webui``) adds ``/ui/``, ``POST /v1/ui/login`` and the read-only
+``/v1/releases/{id}/chunks``, ``/v1/releases/{id}/peers`` and ``/v1/publishers``; on TCP
+its session cookie stands in for the bearer token.
+
 Local paths (``publish``'s ``path``, ``source`` and ``key_file``; a ``.torrent`` file as
 ``fetch``'s ``uri``) must be absolute and are accepted only on the Unix socket: over TCP
 they are refused with 403. The daemon only reads them; it writes only in its data dir.
@@ -50,6 +54,7 @@ from p2pweights.errors import (
     TrustError,
 )
 
+from . import webui
 from .service import NotFoundError, Service
 
 __all__ = ["MAX_BODY", "SERVICE", "TOKEN", "make_app"]
@@ -103,17 +108,23 @@ def _tcp_port(request: web.Request) -> int | None:
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Origin, Host and token checks, then one JSON error shape for every failure."""
-    if "Origin" in request.headers:
-        return _error(403, ApiError("cross-origin requests are refused"), 15)
     port = _tcp_port(request)
+    # Only the web page's own origin passes, and only with its session cookie (below).
+    if "Origin" in request.headers and not webui.own_origin(request, port):
+        return _error(403, ApiError("cross-origin requests are refused"), 15)
     if port is not None:
         if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
             return _error(403, ApiError("the Host header must name the loopback address"), 15)
         token = request.app[TOKEN]
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token}"
-        if token is None or not hmac.compare_digest(given.encode(), expected.encode()):
-            return _error(401, ApiError("a valid bearer token is required"), 15)
+        if token is not None and hmac.compare_digest(given.encode(), expected.encode()):
+            if "Origin" in request.headers:  # a bearer-token client is not a browser page
+                return _error(403, ApiError("cross-origin requests are refused"), 15)
+        elif request.path != webui.LOGIN_PATH:  # the login checks its one-time token
+            refusal = webui.session_refusal(request, port)
+            if refusal is not None:
+                return _error(refusal.status, refusal, 15)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -349,4 +360,5 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_post("/v1/releases/{id}/order", order)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)
+    webui.setup(app, service)
     return app

@@ -18,6 +18,7 @@ import libtorrent as lt
 from p2pweights._paths import check_relative
 from p2pweights.errors import FormatError
 
+from .peers import PeerInfo, file_progress, peers_of
 from .settings import EngineSettings
 from .torrents import parse_magnet, torrent_from_info
 from .values import (
@@ -448,6 +449,14 @@ class Engine:
     def connect_peer(self, tid: str, host: str, port: int) -> None:
         """Ask the torrent to connect to a peer."""
         self._get(tid).handle.connect_peer((host, port))
+
+    def peers(self, tid: str) -> list[PeerInfo]:
+        """The torrent's connected peers and web seeds, and how each was found."""
+        return peers_of(self._get(tid).handle)
+
+    def file_progress(self, tid: str, *, verified: bool = True) -> list[int]:
+        """Bytes of each file by index, verified only or all in (empty before metadata)."""
+        return file_progress(self._get(tid).handle, verified=verified)
 
     def pause(self, tid: str) -> None:
         """Pause the torrent (it disconnects its peers)."""
