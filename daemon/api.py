@@ -67,6 +67,16 @@ _MAX_ORDER = 1024
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 
+
+class _Streams:
+    """The event streams open now: stopping ends them."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+
+_STREAMS: web.AppKey[_Streams] = web.AppKey("streams", _Streams)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -338,12 +348,26 @@ async def events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    task = asyncio.current_task()
+    streams = request.app[_STREAMS].tasks
+    if task is not None:
+        streams.add(task)
     try:
         async for event in request.app[SERVICE].events():
             await response.write(f"data: {json.dumps(event, sort_keys=True)}\n\n".encode())
     except (ConnectionResetError, ClientConnectionResetError):
         pass  # the subscriber went away
+    finally:
+        if task is not None:
+            streams.discard(task)
     return response
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    # An idle event stream never notices that its reader left; without this, stopping
+    # would wait out aiohttp's 60 s shutdown timeout for each one.
+    for task in list(app[_STREAMS].tasks):
+        task.cancel()
 
 
 def make_app(service: Service, *, token: str | None) -> web.Application:
@@ -351,6 +375,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[TOKEN] = token
+    app[_STREAMS] = _Streams()
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/publish", publish)
     app.router.add_post("/v1/fetch", fetch)
@@ -360,5 +385,6 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_post("/v1/releases/{id}/order", order)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)
+    app.on_shutdown.append(_end_event_streams)
     webui.setup(app, service)
     return app

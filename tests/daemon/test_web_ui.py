@@ -15,6 +15,8 @@ import http.server
 import json
 import socket
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +204,7 @@ class _OtherOrigin(http.server.BaseHTTPRequestHandler):
 _ATTACK = """<!doctype html><html><body>
 <iframe id="frame" src="TARGET/ui/"></iframe>
 <form id="f" method="POST" action="TARGET/v1/fetch" enctype="text/plain" target="frame2">
-<input name='{"uri": "HASH", "x": "' value='"}'>
+<input name='{"uri": "HASH", "include": ["' value='"]}'>
 </form><iframe name="frame2" id="frame2"></iframe>
 <script>
 window.results = {};
@@ -220,6 +222,18 @@ document.body.append(s);
 document.getElementById("frame2").onload = () => { results.form = "sent"; };
 document.getElementById("f").submit();
 </script></body></html>"""
+
+
+def _post(url: str, body: str, cookie: str, origin: str | None) -> int:
+    headers = {"Content-Type": "text/plain", "Cookie": cookie}
+    if origin is not None:
+        headers["Origin"] = origin
+    req = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_no_cookie_wrong_token_and_other_origins_are_refused(
@@ -283,10 +297,19 @@ def test_no_cookie_wrong_token_and_other_origins_are_refused(
     assert ui.daemon.call("releases")[0]["state"] == "seeding"  # the DELETE did nothing
     assert len(ui.daemon.call("releases")) == 1  # and the form POST fetched nothing
     console = " ".join(e["message"] for e in browser.get_log("browser"))
-    assert "X-Frame-Options" in console or "frame-ancestors" in console or "refused" in console
-    # The page itself still works in its own tab: the session was not spent.
+    assert "frame-ancestors 'none'" in console and "has been blocked" in console
+    # The control: the very body the form sent, with the cookie, is refused for its
+    # Origin alone; from the page's own origin it starts a fetch.
+    cookie = f"p2pw_session_{ui.port}={browser.get_cookie(f'p2pw_session_{ui.port}')['value']}"
+    form_body = '{"uri": "' + "0" * 63 + '1", "include": ["="]}\r\n'
+    other = f"http://127.0.0.1:{server.server_address[1]}"
+    assert _post(f"{ui.origin}/v1/fetch", form_body, cookie, other) == 403
+    assert _post(f"{ui.origin}/v1/fetch", form_body, cookie, None) == 403  # no Origin
+    assert _post(f"{ui.origin}/v1/fetch", form_body, cookie, ui.origin) == 202
+    assert len(ui.daemon.call("releases")) == 2
+    # The page itself still works: the session was not spent.
     browser.get(f"{ui.origin}/ui/")
-    wait_dom(browser, "document.querySelectorAll('#release-rows tr').length === 1")
+    wait_dom(browser, "document.querySelectorAll('#release-rows tr').length === 2")
 
 
 def test_hostile_label_and_tensor_name_stay_text(
