@@ -47,12 +47,20 @@ def _sources(p: Any) -> tuple[str, ...]:
     if int(p.connection_type) in (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed)):
         return ("web_seed",)
     bits = int(p.source)
-    found = tuple(name for bit, name in _SOURCES if bits & int(bit))
-    if found:
-        return found
-    # atp.peers arrive as resume-data peers, connect_peer ones with no bit at all.
+    # atp.peers arrive as resume-data peers, connect_peer ones with no bit at all; a peer
+    # named explicitly may also have been learnt of another way since (bits accumulate).
+    found = [name for bit, name in _SOURCES if bits & int(bit)]
     outgoing = bool(int(p.flags) & int(lt.peer_info.outgoing_connection))
-    return ("explicit",) if outgoing or bits & int(lt.peer_info.resume_data) else ("incoming",)
+    if bits & int(lt.peer_info.resume_data) or (not found and outgoing):
+        found.insert(0, "explicit")
+    return tuple(found) or ("incoming",)
+
+
+def _text(value: Any) -> str:
+    """A peer's self-description: bytes from the wire in some bindings, text in others."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _address(p: Any) -> str:
@@ -65,7 +73,7 @@ def peers_of(handle: Any) -> list[PeerInfo]:
     out = [
         PeerInfo(
             address=_address(p),
-            client=str(p.client)[:200],
+            client=_text(p.client)[:200],
             sources=_sources(p),
             download_rate=int(p.payload_down_speed),
             upload_rate=int(p.payload_up_speed),

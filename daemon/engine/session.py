@@ -448,7 +448,8 @@ class Engine:
 
     def connect_peer(self, tid: str, host: str, port: int) -> None:
         """Ask the torrent to connect to a peer."""
-        self._get(tid).handle.connect_peer((host, port))
+        # Tagged like the peers given at add (resume data): the page shows them as named.
+        self._get(tid).handle.connect_peer((host, port), lt.peer_info.resume_data)
 
     def peers(self, tid: str) -> list[PeerInfo]:
         """The torrent's connected peers and web seeds, and how each was found."""

@@ -39,9 +39,12 @@ const DONE = new Set(["seeding", "complete"]);
 function progressOf(r) {
   if (DONE.has(r.state)) return 100;
   const t = r.transfer;
-  if (!t || !t.wanted) return 0;
-  // What the fetch wants, not the whole torrent: the manifest stage wants only two files.
-  return percent(t.wanted_done / t.wanted);
+  // Before "downloading" only the manifest is wanted: no chunk has come yet.
+  if (!t || !t.wanted || r.state !== "downloading") return 0;
+  // libtorrent's "wanted" is only the window of an ordered fetch: measure against the
+  // whole release when every chunk is wanted.
+  const whole = (r.include || []).length === 0 && r.total_bytes ? r.total_bytes : t.wanted;
+  return Math.min(percent(t.wanted_done / Math.max(whole, t.wanted)), 99.9);
 }
 
 function say(text, isError = true) {
@@ -305,7 +308,8 @@ function onEvent(e) {
     return;
   }
   if (!e.id) return;
-  if (e.kind !== "progress") {
+  // file_completed repeats what the chunk event says (after the chunk is recorded).
+  if (e.kind !== "progress" && e.kind !== "file_completed") {
     const log = eventLog.get(e.id) || [];
     log.push(e);
     if (log.length > LOG_MAX) log.shift();
@@ -388,6 +392,7 @@ async function startFetch(ev) {
 // ------------------------------------------------------------------ views
 
 function route() {
+  say("");
   const m = location.hash.match(/^#\/release\/([0-9a-f]{64})$/);
   current = m ? m[1] : null;
   $("overview").hidden = current !== null;
