@@ -113,7 +113,7 @@ function releaseRow(r) {
   else if (r.error) state.append(el("p", { cls: "problem", text: r.error }));
   const ratio = r.total_bytes ? ((t.all_time_upload || 0) / r.total_bytes).toFixed(2) : "–";
   const actions = el("td", { cls: "actions" });
-  actions.append(removeButton(r, false), removeButton(r, true));
+  actions.append(verifyButton(r), removeButton(r, false), removeButton(r, true));
   const tr = el("tr", { "data-id": r.id },
     title,
     publisherCell(r),
@@ -126,6 +126,17 @@ function releaseRow(r) {
     actions,
   );
   return tr;
+}
+
+function verifyButton(r) {
+  const name = r.name || r.id.slice(0, 16);
+  const b = el("button", { type: "button", "aria-label": `Verify ${name}`, text: "Verify" });
+  if (!DONE.has(r.state)) {
+    b.disabled = true;
+    b.title = "A release can be verified once it is complete";
+  }
+  b.addEventListener("click", () => verify(r.id));
+  return b;
 }
 
 function removeButton(r, withData) {
@@ -173,6 +184,7 @@ function renderRelease() {
   const problem = r.problem || r.error || "";
   $("release-problem").textContent = problem;
   $("release-problem").hidden = !problem;
+  $("release-verify").disabled = !DONE.has(r.state);
   const pct = progressOf(r);
   $("release-progress").value = pct;
   $("release-progress-label").textContent = `${pct} % · ${r.state}`;
@@ -370,6 +382,18 @@ async function remove(id, withData) {
   }
 }
 
+async function verify(id) {
+  const r = releases.get(id);
+  const name = r ? (r.name || id.slice(0, 16)) : id.slice(0, 16);
+  say(`Verifying ${name}: re-hashing every chunk…`, false);
+  try {
+    const v = await api("POST", `/v1/releases/${encodeURIComponent(id)}/verify`);
+    say(`${name}: all ${v.chunks} chunks intact (${bytes(v.bytes)} re-hashed in ${v.seconds} s).`, false);
+  } catch (e) {
+    say(`${name}: ${e.message}`);
+  }
+}
+
 async function startFetch(ev) {
   ev.preventDefault();
   const uri = $("fetch-uri").value.trim();
@@ -409,6 +433,7 @@ function route() {
 
 function start() {
   $("fetch-form").addEventListener("submit", startFetch);
+  $("release-verify").addEventListener("click", () => current && verify(current));
   $("release-remove").addEventListener("click", () => current && remove(current, false));
   $("release-remove-data").addEventListener("click", () => current && remove(current, true));
   $("release-title").setAttribute("tabindex", "-1");

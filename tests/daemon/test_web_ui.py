@@ -167,6 +167,10 @@ def test_fetch_from_the_page_completes_and_remove_works(
     assert ui.daemon.call("show", rid)["state"] == "seeding"
     log = browser.find_element("id", "event-log").text
     assert "complete" in log and "chunk" in log
+    # Verify re-hashes every chunk in the store.
+    browser.find_element("id", "release-verify").click()
+    wait_dom(browser, "document.getElementById('message').textContent.includes('intact')")
+    assert f"all {len(cells)} chunks intact" in browser.find_element("id", "message").text
     # Peers: the seeder, found because we named it.
     peers = browser.find_element("id", "peer-rows").text
     assert seeder.addr in peers and "explicit" in peers

@@ -17,6 +17,7 @@ import pytest
 
 from p2pweights import PrivateKey
 from p2pweights.chunking import chunk_order, layer_order
+from p2pweights.errors import CorruptChunkError
 from p2pweights.release import open_self_signed
 from p2pweightsd import webui
 
@@ -152,6 +153,16 @@ def test_login_cookie_origin_and_headers(
     assert sorted(paths) == sorted(c.path for c in manifest.chunks)
     assert {c["state"] for c in doc["chunks"]} == {"verified"}
     assert doc["counts"]["verified"] == len(manifest.chunks)
+
+    # A full verify re-hashes the store's chunks, and names a corrupt one.
+    done = d.call("request", "POST", f"/releases/{rid}/verify")
+    assert done["ok"] and done["chunks"] == len(manifest.chunks)
+    victim = d.home / "store" / doc["chunks"][0]["path"]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CorruptChunkError, match=doc["chunks"][0]["path"].split("/")[-1][:16]):
+        d.call("request", "POST", f"/releases/{rid}/verify")
 
     assert req("DELETE", rm, {**cookie, "Origin": base})[0] == 200
     assert d.call("releases") == []
