@@ -224,11 +224,19 @@ async def root(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ the page's data
 
 
+_MANIFESTS: dict[str, Manifest] = {}
+"""Manifests parsed for the page, by sha256 (a manifest never changes; parsing a big one
+takes a while, and the map is re-read up to once a second)."""
+_MANIFESTS_KEPT = 8
+
+
 def _manifest(service: Service, info: dict[str, Any]) -> Manifest | None:
     """The release's authenticated manifest, or None before it is known."""
     digest = info.get("manifest_sha256")
     if not digest:
         return None
+    if digest in _MANIFESTS:
+        return _MANIFESTS[digest]
     path = service.store.release_dir(str(info["id"])) / "manifest.json"
     try:
         data = path.read_bytes()
@@ -236,7 +244,11 @@ def _manifest(service: Service, info: dict[str, Any]) -> Manifest | None:
         return None
     if hashlib.sha256(data).hexdigest() != digest:  # not the one the catalog authenticated
         return None
-    return Manifest.from_bytes(data)
+    manifest = Manifest.from_bytes(data)
+    while len(_MANIFESTS) >= _MANIFESTS_KEPT:
+        _MANIFESTS.pop(next(iter(_MANIFESTS)))
+    _MANIFESTS[digest] = manifest
+    return manifest
 
 
 def _chunk_list(manifest: Manifest) -> list[tuple[str, str]]:

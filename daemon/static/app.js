@@ -171,10 +171,12 @@ function fact(dl, term, value, code = false) {
   dl.append(el("dt", { text: term }), el("dd", {}, code ? el("code", { text: value }) : value));
 }
 
+let loaded = false; // the first list has come
+
 function renderRelease() {
   const r = releases.get(current);
   if (!r) {
-    $("release-title").textContent = "This release is gone";
+    $("release-title").textContent = loaded ? "No such release (removed?)" : "Loading…";
     $("release-facts").replaceChildren();
     return;
   }
@@ -291,6 +293,7 @@ async function loadAll() {
   publishers = pubs.publishers;
   releases.clear();
   for (const r of list.releases) releases.set(r.id, r);
+  loaded = true;
   renderOverview();
   if (current) { renderRelease(); refreshDetail(); }
 }
@@ -361,7 +364,16 @@ function listen() {
   source.onmessage = (m) => {
     try { onEvent(JSON.parse(m.data)); } catch (err) { say(String(err)); }
   };
-  source.onerror = () => { $("daemon").textContent = "disconnected; reconnecting…"; };
+  source.onerror = () => {
+    // The browser retries a dropped stream by itself; a refused one (401: the daemon
+    // restarted and forgot the session) it gives up on.
+    if (source.readyState === EventSource.CLOSED) {
+      $("daemon").textContent = "logged out";
+      say("The daemon ended this session (it may have restarted): run `p2pw ui` for a new link.");
+    } else {
+      $("daemon").textContent = "disconnected; reconnecting…";
+    }
+  };
 }
 
 // ------------------------------------------------------------------ actions

@@ -122,6 +122,16 @@ def test_page_lists_the_published_release(
     assert "trusted" in row["text"] and "publisher" in row["text"]  # name from the trust store
     assert key.public.fingerprint in row["text"]
     assert row["progress"] == "100"
+    # Every control has a name a screen reader can say, and a keyboard can reach it.
+    controls = [
+        c for c in browser.find_elements("css selector", "a, button, input") if c.is_displayed()
+    ]
+    assert len(controls) >= 8
+    unnamed = [c.get_attribute("outerHTML") for c in controls if not c.accessible_name]
+    assert not unnamed
+    assert all(c.get_attribute("tabindex") in (None, "0") for c in controls)
+    bar = browser.find_element("css selector", "#release-rows progress")
+    assert bar.aria_role == "progressbar" and bar.accessible_name == "Progress of test/model"
     cookies = browser.get_cookies()
     assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
         (f"p2pw_session_{seeder.port}", True, "Strict")
@@ -167,6 +177,11 @@ def test_fetch_from_the_page_completes_and_remove_works(
     assert ui.daemon.call("show", rid)["state"] == "seeding"
     log = browser.find_element("id", "event-log").text
     assert "complete" in log and "chunk" in log
+    controls = [
+        c for c in browser.find_elements("css selector", "a, button, input") if c.is_displayed()
+    ]
+    assert {c.accessible_name for c in controls} >= {"Verify", "Remove", "Remove with data"}
+    assert all(c.accessible_name for c in controls)
     # Verify re-hashes every chunk in the store.
     browser.find_element("id", "release-verify").click()
     wait_dom(browser, "document.getElementById('message').textContent.includes('intact')")
