@@ -44,7 +44,16 @@ from p2pweights.verify import verify_chunks
 
 from .service import Service
 
-__all__ = ["LOGIN_PATH", "LOGIN_TTL", "SESSION_TTL", "Sessions", "cookie_name", "setup"]
+__all__ = [
+    "LOGIN_PATH",
+    "LOGIN_TTL",
+    "SESSION_TTL",
+    "Sessions",
+    "cookie_name",
+    "own_origin",
+    "session_refusal",
+    "setup",
+]
 
 LOGIN_PATH = "/ui/login"
 LOGIN_TTL = 120.0
