@@ -18,6 +18,10 @@ Endpoints (all under ``/v1``)::
     DELETE /releases/{id}?delete_data=1  stop seeding, optionally delete data
     GET    /events                       progress as Server-Sent Events
 
+The web page (``webui``) adds ``/ui/``, ``POST /v1/ui/login`` and the read-only
+``/v1/releases/{id}/chunks``, ``/v1/releases/{id}/peers`` and ``/v1/publishers``; on TCP
+its session cookie stands in for the bearer token.
+
 Local paths (``publish``'s ``path``, ``source`` and ``key_file``; a ``.torrent`` file as
 ``fetch``'s ``uri``) must be absolute and are accepted only on the Unix socket: over TCP
 they are refused with 403. The daemon only reads them; it writes only in its data dir.
@@ -53,6 +57,7 @@ from p2pweights.errors import (
     TrustError,
 )
 
+from . import webui
 from .service import NotFoundError, Service
 
 __all__ = ["MAX_BODY", "SERVICE", "TOKEN", "make_app"]
@@ -64,6 +69,16 @@ _MAX_ORDER = 1024
 """Chunk paths an order may name (the body limit allows about 850 anyway)."""
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+
+
+class _Streams:
+    """The event streams open now: stopping ends them."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+
+_STREAMS: web.AppKey[_Streams] = web.AppKey("streams", _Streams)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -106,17 +121,23 @@ def _tcp_port(request: web.Request) -> int | None:
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Origin, Host and token checks, then one JSON error shape for every failure."""
-    if "Origin" in request.headers:
-        return _error(403, ApiError("cross-origin requests are refused"), 15)
     port = _tcp_port(request)
+    # Only the web page's own origin passes, and only with its session cookie (below).
+    if "Origin" in request.headers and not webui.own_origin(request, port):
+        return _error(403, ApiError("cross-origin requests are refused"), 15)
     if port is not None:
         if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
             return _error(403, ApiError("the Host header must name the loopback address"), 15)
         token = request.app[TOKEN]
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token}"
-        if token is None or not hmac.compare_digest(given.encode(), expected.encode()):
-            return _error(401, ApiError("a valid bearer token is required"), 15)
+        if token is not None and hmac.compare_digest(given.encode(), expected.encode()):
+            if "Origin" in request.headers:  # a bearer-token client is not a browser page
+                return _error(403, ApiError("cross-origin requests are refused"), 15)
+        elif request.path != webui.LOGIN_PATH:  # the login checks its one-time token
+            refusal = webui.session_refusal(request, port)
+            if refusal is not None:
+                return _error(refusal.status, refusal, 15)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -344,12 +365,26 @@ async def events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    task = asyncio.current_task()
+    streams = request.app[_STREAMS].tasks
+    if task is not None:
+        streams.add(task)
     try:
         async for event in request.app[SERVICE].events():
             await response.write(f"data: {json.dumps(event, sort_keys=True)}\n\n".encode())
     except (ConnectionResetError, ClientConnectionResetError):
         pass  # the subscriber went away
+    finally:
+        if task is not None:
+            streams.discard(task)
     return response
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    # An idle event stream never notices that its reader left; without this, stopping
+    # would wait out aiohttp's 60 s shutdown timeout for each one.
+    for task in list(app[_STREAMS].tasks):
+        task.cancel()
 
 
 def make_app(service: Service, *, token: str | None) -> web.Application:
@@ -357,6 +392,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[TOKEN] = token
+    app[_STREAMS] = _Streams()
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/publish", publish)
     app.router.add_post("/v1/fetch", fetch)
@@ -367,4 +403,6 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_post("/v1/releases/{id}/verify", check)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)
+    app.on_shutdown.append(_end_event_streams)
+    webui.setup(app, service)
     return app

@@ -7,6 +7,28 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${P2PW_VENV:-$root/.venv}"
 py="${PYTHON:-python3}"
 
+# apt_install PKG...: install the Debian packages that are missing, where apt is there and
+# we are root; otherwise say what is missing (the tests that need them skip). Quiet, and a
+# no-op once they are in. Other system packages (e.g. nginx-light) can reuse it.
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "setup: apt-get install ${missing[*]}" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}"; } >/dev/null \
+            || echo "setup: could not install ${missing[*]}; the tests that need them skip" >&2
+    else
+        echo "setup: ${missing[*]} missing (not root, or no apt); the tests that need them skip" >&2
+    fi
+}
+
+# The web page's browser tests drive Debian's chromium; nothing downloads a browser.
+apt_install chromium chromium-driver
+
 if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating $venv" >&2
     "$py" -m venv "$venv"

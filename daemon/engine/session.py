@@ -18,17 +18,16 @@ import libtorrent as lt
 from p2pweights._paths import check_relative
 from p2pweights.errors import FormatError
 
-from .alerts import CHECKING_STATES, AlertDispatch, complete_files, status_of
+from .alerts import CHECKING_STATES, complete_files
 from .events import EventStream
+from .queries import TorrentQueries
 from .settings import EngineSettings
-from .torrents import parse_magnet, torrent_from_info
+from .torrents import parse_magnet
 from .values import (
     EngineError,
     EngineEvent,
     MagnetLink,
     TorrentFile,
-    TorrentFileEntry,
-    TorrentStatus,
 )
 from .waiters import Tracked
 
@@ -37,7 +36,7 @@ __all__ = ["Engine", "EventStream"]
 log = logging.getLogger(__name__)
 
 
-class Engine(AlertDispatch):
+class Engine(TorrentQueries):
     """One libtorrent session driven from asyncio. Create it with :meth:`start`.
 
     Every method must be called from the event loop that started the engine.
@@ -236,69 +235,6 @@ class Engine(AlertDispatch):
         self._emit(EngineEvent("added", tid))
         return tid
 
-    def torrents(self) -> list[str]:
-        """Ids of the torrents in the session."""
-        return list(self._torrents)
-
-    def __contains__(self, tid: object) -> bool:
-        """Whether the torrent is in the session (without copying the id list)."""
-        return tid in self._torrents
-
-    def status(self, tid: str) -> TorrentStatus:
-        """A snapshot of the torrent.
-
-        Raises:
-            EngineError: no such torrent, or it is being removed.
-        """
-        t = self._get(tid)
-        try:
-            return t.adjust(status_of(t.handle.status()))
-        except RuntimeError as exc:  # the handle went invalid under us (removal)
-            raise EngineError(f"torrent {tid} is gone: {exc}") from exc
-
-    def torrent_file(self, tid: str) -> TorrentFile | None:
-        """The torrent, once its metadata is known (None before).
-
-        For a torrent added by magnet the bytes hold the info dict only (libtorrent
-        fetches v2 piece layers from peers as it goes); they load as a torrent all the
-        same.
-
-        Raises:
-            OverCapError: the torrent has more files than ``settings.max_torrent_files``.
-        """
-        ti = self._get(tid).handle.torrent_file()
-        if ti is None:
-            return None
-        data = lt.bencode({b"info": lt.bdecode(ti.info_section())})
-        return torrent_from_info(ti, data, max_files=self.settings.max_torrent_files)
-
-    def torrent_files(self, tid: str) -> tuple[TorrentFileEntry, ...]:
-        """The torrent's real files (paths below the root), once metadata is known.
-
-        Raises:
-            EngineError: no metadata yet.
-
-        """
-        tf = self.torrent_file(tid)
-        if tf is None:
-            raise EngineError(f"torrent {tid} has no metadata yet")
-        return tf.files
-
-    def file_paths(self, tid: str) -> dict[int, str]:
-        """Where each real file is, relative to the save path (renames applied)."""
-        handle = self._get(tid).handle
-        ti = handle.torrent_file()
-        if ti is None:
-            raise EngineError(f"torrent {tid} has no metadata yet")
-        fs = ti.layout()
-        renamed = handle.get_renamed_files()
-        pad = lt.file_storage.flag_pad_file
-        return {
-            i: str(renamed.file_path(fs, i))
-            for i in range(fs.num_files())
-            if not fs.file_flags(i) & pad
-        }
-
     async def set_file_priorities(self, tid: str, priorities: Sequence[int]) -> None:
         """Set one 0-7 priority per file index (0 = do not download) and wait until applied.
 
@@ -349,7 +285,8 @@ class Engine(AlertDispatch):
 
     def connect_peer(self, tid: str, host: str, port: int) -> None:
         """Ask the torrent to connect to a peer."""
-        self._get(tid).handle.connect_peer((host, port))
+        # Tagged like the peers given at add (resume data): the page shows them as named.
+        self._get(tid).handle.connect_peer((host, port), lt.peer_info.resume_data)
 
     def pause(self, tid: str) -> None:
         """Pause the torrent (it disconnects its peers)."""

@@ -388,3 +388,27 @@ def load_cmd(
         {"tensors": len(state), "bytes": nbytes, "seconds": round(seconds, 3)},
         [f"loaded {len(state)} verified tensors, {nbytes / 1e6:.1f} MB in {seconds:.2f}s"],
     )
+
+
+# ------------------------------------------------------------------------------ ui
+
+
+@cli.command("ui")
+@click.option("--open", "open_browser", is_flag=True, help="Open the URL in a web browser.")
+@json_option
+@pass_ctx
+def ui(ctx: Ctx, open_browser: bool) -> None:
+    """Print a one-time login URL for the daemon's web page (needs its tcp_port)."""
+    # Minted over the 0600 Unix socket: only this user can log a browser in. The daemon
+    # refuses with a clear message when it has no TCP listener for the page.
+    info = run(client_for(ctx).request("POST", "/ui/login"))
+    url = str(info["url"])
+    opened = False
+    if open_browser:
+        import webbrowser  # noqa: PLC0415 - only --open needs it
+
+        opened = webbrowser.open(url)
+    lines = [url, f"(good for one login, within {info['expires_in']:.0f} s)"]
+    if open_browser and not opened:
+        lines.append("no browser could be opened: open the URL yourself")
+    emit(ctx, {**info, "opened": opened}, lines)
