@@ -26,15 +26,17 @@ apt_install() {
     fi
 }
 
-# The web page's browser tests drive Debian's chromium; nothing downloads a browser.
-apt_install chromium chromium-driver
+# What the tests need from Debian (scripts/test.sh asks; the demo needs none of it): the web
+# page's browser tests drive chromium (nothing downloads a browser), the lab's private
+# swarms use opentracker.
+if [ "${P2PW_SYSTEM_PACKAGES:-}" = 1 ]; then
+    apt_install chromium chromium-driver opentracker
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating $venv" >&2
     "$py" -m venv "$venv"
 fi
-# Debian's opentracker for the lab's private-swarm tests (tests/lab), where root and apt allow.
-command -v opentracker >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q opentracker >/dev/null; } || echo "setup: no opentracker; the lab's private-swarm tests will skip" >&2
 stamp="$venv/.p2pweights-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) $root"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -3,7 +3,7 @@
 # the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup.sh"
+P2PW_SYSTEM_PACKAGES=1 bash "$root/scripts/setup.sh"
 venv="${P2PW_VENV:-$root/.venv}"
 cd "$root"
 "$venv/bin/ruff" check .
