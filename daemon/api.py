@@ -335,8 +335,14 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def check(request: web.Request) -> web.Response:
-    """POST /v1/releases/{id}/verify: check the release's store files now."""
-    return web.json_response(await request.app[SERVICE].check(request.match_info["id"]))
+    """POST /v1/releases/{id}/verify[?full=1]: check the release's store files now.
+
+    Only the files whose stamp moved are hashed, or every one with ``full``; a changed
+    file is a ``CorruptChunkError`` (409) and its releases are ``damaged``.
+    """
+    full = request.query.get("full", "0") in ("1", "true")
+    info = await request.app[SERVICE].check(request.match_info["id"], full=full)
+    return web.json_response(info)
 
 
 async def wait(request: web.Request) -> web.Response:

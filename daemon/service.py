@@ -97,7 +97,8 @@ class Service(FetchFlow):
         if row.state in DONE and isinstance(target, TorrentFile):
             # Checked before it seeds: a store file changed while the daemon was down
             # must not go out as the release.
-            if await self._check_store_files(row.id):
+            bad, _ = await self._check_store_files(row.id)
+            if bad:
                 return
             self.store.drop_partial(row.id)  # a crash after the last chunk was placed
             self.engine.add(

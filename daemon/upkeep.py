@@ -10,7 +10,8 @@ import sqlite3
 import time
 from typing import Any
 
-from p2pweights.errors import P2PWeightsError
+from p2pweights.errors import CorruptChunkError, LoadError, P2PWeightsError
+from p2pweights.manifest import ChunkEntry
 from p2pweights.release import open_self_signed
 
 from .admission import parse_peer, store_layout
@@ -31,42 +32,76 @@ class Upkeep(ServiceState):
 
     # ------------------------------------------------------------------ store integrity
 
-    async def check(self, rid: str) -> dict[str, Any]:
-        """Check a release's store files now (``POST /v1/releases/{id}/verify``).
+    async def check(self, rid: str, *, full: bool = False) -> dict[str, Any]:
+        """Check a complete release's store files now (``POST /v1/releases/{id}/verify``).
 
-        A seeding release with a changed file becomes ``damaged`` and stops seeding; a
-        damaged one whose files are all intact again (a re-fetch of another release
-        repaired a shared chunk) goes back to seeding.
+        Args:
+            rid: the release (id or id prefix).
+            full: hash every file, not only those whose stamp moved.
+
+        Returns:
+            ``id``, ``ok``, ``chunks`` and ``bytes`` checked, ``seconds``. A damaged
+            release whose files are all intact again (a re-fetch of another release
+            repaired a shared chunk) goes back to seeding.
+
+        Raises:
+            LoadError: the release is not complete.
+            CorruptChunkError: a file changed; every complete release using it is now
+                ``damaged`` and no longer seeded.
         """
         row = self._row(rid)
-        if row.state in (*DONE, "damaged"):
-            await self._check_store_files(row.id)
-        return self.show(row.id)
+        if row.state not in (*DONE, "damaged"):
+            raise LoadError(f"only a complete release can be verified; this one is {row.state}")
+        started = time.monotonic()
+        bad, checked = await self._check_store_files(row.id, full=full)
+        if bad:
+            raise CorruptChunkError(
+                f"release {row.id[:16]}: {len(bad)} chunk file(s) changed in the store since "
+                f"they were verified ({', '.join(bad[:3])}); it is no longer seeded, and "
+                f"`p2pw fetch {row.id[:16]}` repairs it"
+            )
+        return {
+            "id": row.id,
+            "ok": True,
+            "chunks": len(checked),
+            "bytes": sum(c.size for c in checked),
+            "seconds": round(time.monotonic() - started, 3),
+        }
 
-    async def _check_store_files(self, rid: str) -> list[str]:
-        """Re-check the store files of a complete or damaged release; returns the bad ones.
+    async def _check_store_files(
+        self, rid: str, *, full: bool = False
+    ) -> tuple[list[str], list[ChunkEntry]]:
+        """Re-check the store files of a complete or damaged release.
 
         A file whose stamp (size, mtime, ctime, inode) still equals the one recorded when
-        it was hashed costs one ``stat``; any other is hashed again. Bad files mark the
-        release ``damaged``: it is no longer seeded, and ``show`` and ``doctor`` say why.
+        it was hashed costs one ``stat`` (unless ``full``); any other is hashed again.
+        Only files the release has in the store count: a selective fetch has none of the
+        chunks it did not want. Bad files mark every complete release using them
+        ``damaged``: no longer seeded, and ``show`` and ``doctor`` say why.
+
+        Returns:
+            The bad chunk paths, and every chunk checked.
         """
         paths = self.catalog.release_chunk_paths(rid)
         known = self.catalog.store_chunks(paths)
         chunks = {p: k.entry() for p, k in known.items()}
-        if len(chunks) < len(paths):  # files never stamped (a catalog from schema 1)
+        # Files never stamped (a catalog from schema 1): the signed manifest names them.
+        unstamped = {p for p in paths if p not in known and (self.store.root / p).exists()}
+        if unstamped:
             manifest = open_self_signed(self.store.releases / rid).manifest
-            chunks.update({c.path: c for c in manifest.chunks if c.path not in chunks})
-        stamps = {p: k.stamp for p, k in known.items()}
+            chunks.update({c.path: c for c in manifest.chunks if c.path in unstamped})
+        stamps = {} if full else {p: k.stamp for p, k in known.items()}
         now = await asyncio.to_thread(
             lambda: {p: self.store.intact(c, stamps.get(p)) for p, c in chunks.items()}
         )
         bad = sorted(p for p, stamp in now.items() if stamp is None)
         for path, stamp in now.items():
-            if stamp is not None and stamp != stamps.get(path):
+            if stamp is not None and stamp != (known[path].stamp if path in known else None):
                 self.catalog.record_chunk(chunks[path], stamp)  # hashed just now
+        checked = list(chunks.values())
         row = self.catalog.get(rid)
         if row is None:
-            return bad
+            return bad, checked
         if bad and row.state != "damaged":
             # Every complete release that uses a changed file stops seeding, not just this.
             users = {r for path in bad for r in self.catalog.releases_using(path)}
@@ -84,7 +119,7 @@ class Upkeep(ServiceState):
                 seed_mode=True,  # every file was just checked
             )
             self._notify(rid, "repaired")
-        return bad
+        return bad, checked
 
     async def _mark_damaged(self, rid: str, bad: list[str]) -> None:
         why = (

@@ -22,7 +22,6 @@ DENY``, ``nosniff``, ``Cross-Origin-Resource-Policy: same-origin`` and ``no-stor
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hashlib
 import hmac
@@ -40,7 +39,6 @@ from p2pweights.keys import PublicKey
 from p2pweights.manifest import Manifest
 from p2pweights.paths import trust_path
 from p2pweights.trust import TrustStore
-from p2pweights.verify import verify_chunks
 
 from .service import Service
 
@@ -351,36 +349,6 @@ async def peers(request: web.Request) -> web.Response:
     return web.json_response({"id": rid, "peers": rows})
 
 
-async def verify(request: web.Request) -> web.Response:
-    """POST /v1/releases/{id}/verify: re-hash every wanted chunk in the store (full mode).
-
-    Raises:
-        ApiError: the release is not complete, or its manifest is not the authenticated one.
-        ChunkError: a chunk is missing or corrupt (409, with which one).
-    """
-    service = request.app[_SERVICE]
-    info = service.show(request.match_info["id"])
-    if info["state"] not in _DONE:
-        raise ApiError(
-            f"only a complete release can be verified; this one is {info['state']}",
-            status=409,
-            exit_code=15,
-        )
-    manifest = _manifest(service, info)
-    if manifest is None:
-        raise ApiError("the store's manifest is not the authenticated one", status=409)
-    rid = str(info["id"])
-    wanted = _wanted(manifest, list(info.get("include") or []))
-    chunks = [c for c in manifest.chunks if c.path in wanted]
-    started = time.monotonic()
-    await asyncio.to_thread(verify_chunks, service.store.release_dir(rid), chunks, "full")
-    seconds = round(time.monotonic() - started, 3)
-    size = sum(c.size for c in chunks)
-    return web.json_response(
-        {"id": rid, "ok": True, "chunks": len(chunks), "bytes": size, "seconds": seconds}
-    )
-
-
 async def publishers(request: web.Request) -> web.Response:
     """GET /v1/publishers: name, fingerprint and trust of each releases' publisher key."""
     service = request.app[_SERVICE]
@@ -412,4 +380,3 @@ def setup(app: web.Application, service: Service) -> None:
     app.router.add_get("/v1/releases/{id}/chunks", chunks)
     app.router.add_get("/v1/releases/{id}/peers", peers)
     app.router.add_get("/v1/publishers", publishers)
-    app.router.add_post("/v1/releases/{id}/verify", verify)

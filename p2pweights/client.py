@@ -307,9 +307,14 @@ class DaemonClient:
         """One release."""
         return await self.request("GET", f"/releases/{rid}")
 
-    async def check(self, rid: str) -> dict[str, Any]:
-        """Have the daemon check the release's store files now (``damaged`` if changed)."""
-        return await self.request("POST", f"/releases/{rid}/verify")
+    async def check(self, rid: str, *, full: bool = False) -> dict[str, Any]:
+        """Have the daemon check a complete release's store files now.
+
+        Raises:
+            CorruptChunkError: a file changed; the release is ``damaged``, not seeded.
+        """
+        params = {"full": "1"} if full else None
+        return await self.request("POST", f"/releases/{rid}/verify", params=params)
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Until the release is complete or failed (``timed_out`` says which)."""

@@ -399,7 +399,7 @@ async function verify(id) {
   const name = r ? (r.name || id.slice(0, 16)) : id.slice(0, 16);
   say(`Verifying ${name}: re-hashing every chunk…`, false);
   try {
-    const v = await api("POST", `/v1/releases/${encodeURIComponent(id)}/verify`);
+    const v = await api("POST", `/v1/releases/${encodeURIComponent(id)}/verify?full=1`);
     say(`${name}: all ${v.chunks} chunks intact (${bytes(v.bytes)} re-hashed in ${v.seconds} s).`, false);
   } catch (e) {
     say(`${name}: ${e.message}`);

@@ -273,7 +273,9 @@ def test_a_store_file_written_anyway_is_found_not_seeded_and_repaired(
         byte = fh.read(1)
         fh.seek(200)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    info = node.call("check", rid)
+    with pytest.raises(CorruptChunkError, match=releases["target"].sha256[:16]):
+        node.call("check", rid)
+    info = node.call("show", rid)
     assert info["state"] == "damaged", info
     assert "changed in the store" in info["error"]
     assert "transfer" not in info  # no longer seeded
@@ -293,3 +295,23 @@ def test_a_store_file_written_anyway_is_found_not_seeded_and_repaired(
     assert "transfer" in info
     _assert_store_holds_victim(node, releases["target"])
     _assert_victim_loads(node, rid, releases["state"])
+    assert node.call("check", rid, full=True)["ok"]
+
+
+def test_a_selective_fetch_is_checked_on_its_own_chunks_only(
+    daemons: DaemonFactory, key: PrivateKey, releases: dict[str, Any]
+) -> None:
+    """Chunks a ``--include`` fetch did not want are absent, not damaged: the check (and
+    the one before seeding after a restart) counts only files the release has."""
+    pub = daemons(name="pub")
+    magnet = pub.call("publish", releases["victim"])["magnet"]
+    node = daemons(name="node")
+    _trust(node, key, "org")
+    rid = node.call("fetch", magnet, peers=[pub.peer], include=["model.layers.0.*"])["id"]
+    assert _done(node, rid)["state"] == "seeding"
+    total = len(Manifest.from_bytes((releases["victim"] / MANIFEST_NAME).read_bytes()).chunks)
+    done = node.call("check", rid, full=True)
+    assert done["ok"] and 0 < done["chunks"] < total
+    node.stop()
+    node.start()
+    assert node.call("show", rid)["state"] == "seeding"
