@@ -47,6 +47,9 @@ _CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import p2pweights
+# `import p2pweights` is light and loads torch on first use: import what is measured here
+# before the clock starts, as any process that loads tensors has done.
+import p2pweights.loader, p2pweights.remote, p2pweights.stream  # noqa: E401
 
 def status(field):
     for line in open("/proc/self/status"):
