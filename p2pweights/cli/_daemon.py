@@ -185,6 +185,8 @@ def publish(
 
     if (src is None) == (hf_ref is None):
         raise LoadError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
+    if private and not trackers:
+        raise LoadError("--private needs at least one --tracker URL (no DHT, PEX or LSD)")
     if hf_ref is not None:
         snap = resolve_snapshot(hf_ref)
         src = snap.path
@@ -202,8 +204,6 @@ def publish(
                 src, out, name=name, version=version, key=priv, label=label or "", progress=bar
             )
         src = out
-    if private and not trackers:
-        raise LoadError("--private needs at least one --tracker URL (no DHT, PEX or LSD)")
     info = run(client_for(ctx).publish(src, hybrid=hybrid, private=private, trackers=trackers))
     emit(
         ctx,

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from p2pweights.errors import FormatError
+from p2pweights.errors import FormatError, LoadError
 from p2pweightsd.engine.torrents import make_torrent
+
+from .conftest import p2pw
 
 URL = "http://10.77.0.1:6969/announce"
 
@@ -34,3 +36,10 @@ def test_private_needs_a_tracker_and_trackers_must_be_urls(
         make_torrent(release, private=True)
     with pytest.raises(FormatError, match="http/https/udp"):
         make_torrent(release, trackers=["file:///etc/passwd"])
+
+
+def test_cli_private_without_tracker_is_refused_before_anything(tmp_path: Path) -> None:
+    out = p2pw(tmp_path / "home", "publish", str(tmp_path), "--private")
+    assert out.returncode == LoadError.exit_code
+    assert "--private needs at least one --tracker" in out.stderr
+    assert not (tmp_path / "home" / "daemon.pid").exists()  # no daemon was started for it
