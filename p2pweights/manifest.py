@@ -303,7 +303,7 @@ _FILE_KEYS = {
 
 def _parse(doc: object, limits: Limits) -> Manifest:
     fmt = doc.get("format") if isinstance(doc, dict) else None
-    if fmt in _OLD_FORMATS:
+    if isinstance(fmt, str) and fmt in _OLD_FORMATS:
         raise ManifestError(
             f"manifest format {fmt} is no longer read; this version reads {FORMAT}: "
             "the publisher must pack the release again"
