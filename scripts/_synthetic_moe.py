@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["MoeShape", "make_moe", "moe_specs", "moe_shape_for"]
+__all__ = ["MoeShape", "make_moe", "moe_shape_for", "moe_specs"]
 
 _PER_LAYER = 8
 """Tensors of a layer besides its experts: q, k, v, o, two norms, the router, a shared gate."""

@@ -841,7 +841,9 @@ def _kind_list(doc: Doc) -> None:
     doc["files"][0]["kind"] = ["blob"]
 
 
-@pytest.mark.parametrize("mutate", [_dtype_list, _order_list, _names_list, _wrong_types, _kind_list])
+@pytest.mark.parametrize(
+    "mutate", [_dtype_list, _order_list, _names_list, _wrong_types, _kind_list]
+)
 def test_unhashable_values_where_strings_belong_are_manifest_errors(
     release: Path, mutate: Callable[[Doc], None]
 ) -> None:
