@@ -9,13 +9,14 @@ parses, so a hostile manifest costs time and memory bounded by its size.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from typing import Any
 
 from .errors import ManifestError
 
-__all__ = ["MAX_DEPTH", "dumps", "encode_parsed", "loads_strict"]
+__all__ = ["MAX_DEPTH", "Pairs", "dumps", "encode_parsed", "loads_strict"]
 
 MAX_DEPTH = 32
 
@@ -60,12 +61,25 @@ def _reject_floats(value: Any, depth: int) -> None:
         raise ManifestError(f"JSON nesting deeper than {MAX_DEPTH}")
     if isinstance(value, float):
         raise ManifestError("floats are not allowed in canonical JSON")
+    if type(value) is list and not set(map(type, value)) - {str, int, bool, type(None)}:
+        return  # most of a big manifest is flat lists of names or indices: checked in C
     if isinstance(value, dict):
         for item in value.values():
             _reject_floats(item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
             _reject_floats(item, depth + 1)
+
+
+class Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as its ``(key, value)`` pairs, in order (``loads_strict(pairs=True)``).
+
+    A list subclass, so json's scanner builds it in C with no Python call per object; the
+    caller refuses duplicate keys (``len(dict(p)) != len(p)``) and nesting its schema does
+    not allow.
+    """
+
+    __slots__ = ()
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -110,13 +124,18 @@ def _too_deep(value: Any, level: int) -> bool:
     return any(_too_deep(v, level + 1) for v in items if type(v) in (list, dict))
 
 
-def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
+def loads_strict(
+    data: bytes, *, max_bytes: int, what: str = "manifest", pairs: bool = False
+) -> Any:
     """Parse hostile JSON bytes with hard limits.
 
     Args:
         data: the raw bytes.
         max_bytes: refuse input longer than this.
         what: a noun for error messages.
+        pairs: return objects as :class:`Pairs` and leave duplicate keys and nesting
+            depth to the caller's schema check (a 100,000-entry safetensors header then
+            costs no Python call per entry here).
 
     Returns:
         The decoded value.
@@ -131,10 +150,15 @@ def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{what} is not valid UTF-8 (byte {exc.start})") from exc
+    # A 100,000-tensor header or manifest allocates as many containers, and each batch of
+    # them would start a collection that walks every one made so far: that was most of
+    # the parse time. Nothing parsed here can form a cycle.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=Pairs if pairs else _no_duplicates,
             parse_constant=_refuse_constant,
             parse_float=_refuse_float,
         )
@@ -144,7 +168,10 @@ def loads_strict(data: bytes, *, max_bytes: int, what: str = "manifest") -> Any:
         raise ManifestError(f"{what} is not acceptable JSON: {str(exc)[:120]}") from exc
     except RecursionError as exc:  # far deeper than MAX_DEPTH: the scanner's own guard
         raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels") from exc
-    if _too_deep(value, 1):
+    finally:
+        if collecting:
+            gc.enable()
+    if not pairs and _too_deep(value, 1):
         raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels")
     # "\ud800" escapes decode to lone surrogates, which are not text; only escapes can
     # produce them, so the walk runs only when the input has such an escape.
@@ -163,6 +190,6 @@ def _reject_surrogates(value: Any, what: str) -> None:
         for key, item in value.items():
             _reject_surrogates(key, what)
             _reject_surrogates(item, what)
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):  # Pairs hold (key, value) tuples
         for item in value:
             _reject_surrogates(item, what)

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import torch
 
-from ._canonical import dumps, loads_strict
+from ._canonical import Pairs, dumps, loads_strict
 from .errors import ManifestError, SafetensorsHeaderError, SourceError
 
 __all__ = [
@@ -133,19 +133,35 @@ def _fail(where: str, msg: str) -> SafetensorsHeaderError:
 
 
 def _check_shape(where: str, name: str, raw: object) -> tuple[int, ...]:
-    if not isinstance(raw, list) or len(raw) > MAX_RANK:
+    if type(raw) is not list or len(raw) > MAX_RANK:
         raise _fail(where, f"tensor {name!r} has a bad shape")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in raw):
         raise _fail(where, f"tensor {name!r} has a bad shape {raw!r:.80}")
     return tuple(raw)
 
 
+def _unique(where: str, pairs: object, what: str = "header") -> dict[str, object]:
+    """A JSON object read as :class:`Pairs`, as a dict; a repeated key is refused."""
+    if type(pairs) is not Pairs:
+        raise _fail(where, f"{what} must be a JSON object")
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _fail(where, f"duplicate JSON key {dup[:80]!r} in the {what}")
+    return out
+
+
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+
+
 def _parse_entries(where: str, header: dict[str, object], data_len: int) -> list[HeaderTensor]:
     tensors: list[HeaderTensor] = []
-    for name, entry in header.items():
+    for name, raw in header.items():
         if name == "__metadata__":
             continue
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        entry = dict(raw) if type(raw) is Pairs and len(raw) == 3 else {}
+        if entry.keys() != _ENTRY_KEYS:
             raise _fail(where, f"tensor {name!r:.80} entry must have dtype, shape, data_offsets")
         dtype = entry["dtype"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
@@ -153,7 +169,7 @@ def _parse_entries(where: str, header: dict[str, object], data_len: int) -> list
         shape = _check_shape(where, name, entry["shape"])
         offsets = entry["data_offsets"]
         if (
-            not isinstance(offsets, list)
+            type(offsets) is not list
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         ):
@@ -202,19 +218,21 @@ def read_header(fh: BinaryIO, file_size: int, *, where: str) -> ParsedHeader:
     if len(raw) != header_len:
         raise _fail(where, "file ended inside the header")
     try:
-        header = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, what="safetensors header")
+        # As pairs: no Python call per tensor entry while parsing; duplicates and nesting
+        # are refused below, entry by entry (the schema allows only flat lists of ints).
+        pairs = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, what="safetensors header",
+                             pairs=True)
     except ManifestError as exc:
         raise _fail(where, str(exc)) from exc
-    if not isinstance(header, dict):
+    if type(pairs) is not Pairs:
         raise _fail(where, "header is not a JSON object")
-    metadata = header.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    header = _unique(where, pairs)
+    metadata = _unique(where, header.get("__metadata__", Pairs()), "__metadata__")
+    if set(map(type, metadata.values())) - {str}:
         raise _fail(where, "__metadata__ must map strings to strings")
     data_len = file_size - 8 - header_len
     tensors = _parse_entries(where, header, data_len)
-    return ParsedHeader(raw, dict(metadata), tuple(tensors), file_size)
+    return ParsedHeader(raw, metadata, tuple(tensors), file_size)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

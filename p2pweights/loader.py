@@ -61,6 +61,21 @@ def _tensor_from_storage(storage: torch.UntypedStorage, entry: TensorEntry) -> t
     return base.view(DTYPES[entry.dtype].torch_dtype).reshape(entry.shape)
 
 
+def _typed_view(storage: torch.UntypedStorage, dtype: str) -> torch.Tensor:
+    """The whole of ``storage`` as a flat tensor of ``dtype`` (less any partial element)."""
+    d = DTYPES[dtype]
+    base = torch.empty(0, dtype=d.torch_dtype)
+    base.set_(storage, 0, (storage.nbytes() // d.itemsize,))  # type: ignore[call-overload]
+    return base
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = [1] * len(shape)
+    for k in range(len(shape) - 2, -1, -1):
+        strides[k] = strides[k + 1] * max(shape[k + 1], 1)
+    return tuple(strides)
+
+
 class ReleaseReader:
     """A lazily loaded, authenticated release, shaped like ``safetensors.safe_open``.
 
@@ -137,6 +152,33 @@ class ReleaseReader:
                 str(self.release.chunk_path(c.path)), False, c.size
             )
             self._storages[c.path] = cast(torch.UntypedStorage, storage)
+
+    def tensors(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Verified tensors for ``names``, in that order: :meth:`prepare`, then one view each.
+
+        On the CPU each tensor is one ``as_strided`` view of a typed view of its chunk's
+        map, made straight from the manifest's columns (no per-tensor entry object), which
+        keeps a 100,000-tensor load close to safetensors' own per-tensor cost.
+        """
+        self.prepare(names)
+        if self._copier is not None:
+            return {n: self.get_tensor(n) for n in names}
+        table = self.release.manifest.tensors
+        bases: dict[tuple[str, str], torch.Tensor] = {}
+        strides: dict[tuple[int, ...], tuple[int, ...]] = {}
+        out: dict[str, torch.Tensor] = {}
+        for n in names:
+            i = table.position(n)
+            _, dtype, shape, begin, _ = table.layout(i)
+            chunk = table.chunk_at(i)
+            base = bases.get((chunk, dtype))
+            if base is None:
+                base = bases[(chunk, dtype)] = _typed_view(self._storages[chunk], dtype)
+            stride = strides.get(shape)
+            if stride is None:
+                stride = strides[shape] = _contiguous_strides(shape)
+            out[n] = base.as_strided(shape, stride, begin // DTYPES[dtype].itemsize)
+        return out
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """One tensor, verified, on the reader's device.
@@ -252,9 +294,7 @@ def load(
     patterns = _patterns(include)
     root = _local_root(source, home=home, include=patterns, peers=peers)
     with open(root, verify=verify, device=device, trust=trust, home=home) as reader:
-        names = _select(reader.keys(), patterns)
-        reader.prepare(names)
-        return {n: reader.get_tensor(n) for n in names}
+        return reader.tensors(_select(reader.keys(), patterns))
 
 
 def load_into(
