@@ -179,14 +179,23 @@ class TensorTable(Mapping[str, TensorEntry]):
         """The names of the tensors at ``positions``."""
         return tuple(map(self._names.__getitem__, positions))
 
-    def chunk_at(self, i: int) -> str:
-        """The chunk path of the tensor at position ``i``."""
+    def _chunk_column(self) -> list[int]:
+        """Each tensor's chunk index, made on first use from the chunk bounds."""
         if self._chunk_of is None:
             chunk_of: list[int] = []
             for c in range(len(self._chunks)):
                 chunk_of.extend([c] * (self._bounds[c + 1] - self._bounds[c]))
             self._chunk_of = chunk_of
-        return self._chunks[self._chunk_of[i]]
+        return self._chunk_of
+
+    def chunk_at(self, i: int) -> str:
+        """The chunk path of the tensor at position ``i``."""
+        return self._chunks[self._chunk_column()[i]]
+
+    def chunk_by_name(self) -> dict[str, str]:
+        """Every tensor's chunk path, by name (no entry objects made)."""
+        column = map(self._chunks.__getitem__, self._chunk_column())
+        return dict(zip(self._names, column, strict=True))
 
     def chunk_of(self, name: str) -> str:
         """The chunk path holding tensor ``name``.

@@ -143,7 +143,7 @@ class ReleaseReader:
                     )
                 )
             return
-        paths = {tensors[n].chunk for n in wanted} - set(self._storages)
+        paths = {tensors.chunk_of(n) for n in wanted} - set(self._storages)
         chunks = [c for c in self.release.manifest.chunks if c.path in paths]
         verify_chunks(self.release.root, chunks, self._verify)
         for c in chunks:
