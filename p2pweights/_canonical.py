@@ -9,11 +9,11 @@ parses, so a hostile manifest costs time and memory bounded by its size.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from typing import Any
 
+from ._gc import paused_gc
 from .errors import ManifestError
 
 __all__ = ["MAX_DEPTH", "Pairs", "dumps", "encode_parsed", "loads_strict"]
@@ -150,27 +150,21 @@ def loads_strict(
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{what} is not valid UTF-8 (byte {exc.start})") from exc
-    # A 100,000-tensor header or manifest allocates as many containers, and each batch of
-    # them would start a collection that walks every one made so far: that was most of
-    # the parse time. Nothing parsed here can form a cycle.
-    collecting = gc.isenabled()
-    gc.disable()
+    # A 100,000-tensor header or manifest allocates as many containers (see _gc).
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=Pairs if pairs else _no_duplicates,
-            parse_constant=_refuse_constant,
-            parse_float=_refuse_float,
-        )
+        with paused_gc():
+            value = json.loads(
+                text,
+                object_pairs_hook=Pairs if pairs else _no_duplicates,
+                parse_constant=_refuse_constant,
+                parse_float=_refuse_float,
+            )
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{what} is not valid JSON: {exc.msg} at byte {exc.pos}") from exc
     except ValueError as exc:  # e.g. integers past Python's digit limit
         raise ManifestError(f"{what} is not acceptable JSON: {str(exc)[:120]}") from exc
     except RecursionError as exc:  # far deeper than MAX_DEPTH: the scanner's own guard
         raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels") from exc
-    finally:
-        if collecting:
-            gc.enable()
     if not pairs and _too_deep(value, 1):
         raise ManifestError(f"{what} nests deeper than {MAX_DEPTH} levels")
     # "\ud800" escapes decode to lone surrogates, which are not text; only escapes can

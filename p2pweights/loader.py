@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import torch
 
+from ._gc import paused_gc
 from ._safetensors import DTYPES
 from ._staging import StagingCopier
 from .errors import LoadError
@@ -163,6 +164,10 @@ class ReleaseReader:
         self.prepare(names)
         if self._copier is not None:
             return {n: self.get_tensor(n) for n in names}
+        with paused_gc():  # one tensor object each: see _gc
+            return self._views(names)
+
+    def _views(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         table = self.release.manifest.tensors
         bases: dict[tuple[str, str], torch.Tensor] = {}
         strides: dict[tuple[int, ...], tuple[int, ...]] = {}

@@ -36,6 +36,7 @@ from itertools import accumulate
 from typing import Any, Literal
 
 from ._canonical import dumps, encode_parsed, loads_strict
+from ._gc import paused_gc
 from ._header_spec import HeaderSpec
 from ._paths import check_relative
 from ._safetensors import DTYPES, MAX_HEADER_BYTES, MAX_RANK
@@ -188,7 +189,8 @@ class Manifest:
             ManifestError: schema, limits, or non-canonical encoding.
             UnsafePathError: a file name that could escape its directory.
         """
-        manifest = _parse(doc, limits)
+        with paused_gc():  # one entry per chunk and file, columns per tensor: see _gc
+            manifest = _parse(doc, limits)
         if encode_parsed(doc) != data:
             raise ManifestError("manifest is not in canonical form (sorted keys, no whitespace)")
         return manifest

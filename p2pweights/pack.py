@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._atomic import TMP_SUFFIX, atomic_write_bytes
+from ._gc import paused_gc
 from ._header_spec import HeaderSpec, describe_header
 from ._safetensors import build_header
 from ._sources import Source, SourceFile, open_source
@@ -140,6 +141,7 @@ def pack(
     )
 
 
+@paused_gc()  # a big checkpoint's plan, chunk lists and manifest: see _gc
 def _write_release(
     source: Source,
     out: Path,
