@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from ._safetensors import DTYPES, expected_nbytes
 
@@ -107,21 +108,24 @@ class TensorTable(Mapping[str, TensorEntry]):
                 empty list), each with its tensors in file order.
         """
         type_index: dict[tuple[str, tuple[int, ...]], int] = {}
+        sizes: list[int] = []
         names: list[str] = []
         type_of: list[int] = []
         begin: list[int] = []
         bounds = [0]
         for _, data, tensors in chunks:
-            pos = data
-            for name, dtype, shape in tensors:
-                k = type_index.setdefault((dtype, tuple(shape)), len(type_index))
-                names.append(name)
-                type_of.append(k)
-                begin.append(pos)
-                pos += expected_nbytes(dtype, tuple(shape))
+            # Column-wise (100,000 tensors): only each chunk's distinct types loop in Python.
+            keys = [(dtype, tuple(shape)) for _, dtype, shape in tensors]
+            for k in dict.fromkeys(keys):
+                if k not in type_index:
+                    type_index[k] = len(type_index)
+                    sizes.append(expected_nbytes(*k))
+            kinds = list(map(type_index.__getitem__, keys))
+            names += [t[0] for t in tensors]
+            type_of += kinds
+            begin += list(accumulate(map(sizes.__getitem__, kinds), initial=data))[:-1]
             bounds.append(len(names))
         types = [TensorType(d, s) for d, s in type_index]
-        sizes = [t.nbytes for t in types]
         return cls(
             chunks=[c[0] for c in chunks],
             bounds=bounds,

@@ -181,9 +181,8 @@ def _write_release(
         }
         # Then the chunks, largest first, so the pool does not end on one big chunk while
         # the other workers sit idle; the results are still taken in plan order.
-        by_size = sorted(
-            range(len(plan)), key=lambda i: -sum(source.tensors[n].nbytes for n in plan[i])
-        )
+        nbytes = {n: t.nbytes for n, t in source.tensors.items()}
+        by_size = sorted(range(len(plan)), key=lambda i: -sum(map(nbytes.__getitem__, plan[i])))
         tensor_jobs = {i: pool.submit(write_group, plan[i]) for i in by_size}
         blob_jobs = [pool.submit(write_blob, i) for i in range(len(blobs))]
         chunk_results = [tensor_jobs[i].result() for i in range(len(plan))]
