@@ -4,8 +4,8 @@ Three checks, in the order a fetch meets them:
 
 1. :func:`store_layout` — on metadata: the torrent holds only ``manifest.json``, a 64-byte
    ``manifest.sig`` and ``chunks/<sha256>[.safetensors]`` files, and a chunk name the store
-   already has carries the same size and v2 root (else libtorrent could be made to
-   overwrite a verified chunk that other releases share).
+   already has carries the same size and v2 root. Chunks download into the fetch's own
+   partial files; only verified, unchanged store files are mapped, read-only in effect.
 2. :func:`authenticate` — once the manifest files are in: trusted publisher (or trust on
    first use, when asked), good signature, valid schema, and a chunk list equal to the
    torrent's files, size and v2 root for each.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from p2pweights.errors import FormatError, LoadError, ReleaseMismatchError, UntrustedKeyError
-from p2pweights.manifest import LIMITS
+from p2pweights.manifest import LIMITS, Limits
 from p2pweights.release import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -34,7 +34,7 @@ from p2pweights.trust import TrustStore
 
 from .catalog import Catalog
 from .engine import TorrentFile
-from .store import Store
+from .store import FileStamp, Store
 
 __all__ = [
     "CHUNK_NAME",
@@ -79,11 +79,20 @@ def manifest_only(tf: TorrentFile) -> list[int]:
 
 
 def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> dict[int, str]:
-    """Where each torrent file goes in the store; refuses anything not of a release."""
+    """Where each torrent file goes; refuses anything not of a release.
+
+    A chunk goes onto its store file only when the store holds it verified and unchanged
+    (its stamp still equals the one recorded when it was hashed): libtorrent then finds
+    it complete and only ever reads it. Every other chunk goes to the fetch's own partial
+    file, and reaches the store only through :meth:`Store.place`, which hashes it first.
+    A chunk name the store knows under another size or v2 root is refused outright: the
+    torrent claims bytes for that name that the store's verified file does not hold.
+    """
     layout: dict[int, str] = {}
     names = {f.path for f in tf.files}
     if MANIFEST_NAME not in names or SIGNATURE_NAME not in names:
         raise ReleaseMismatchError("the torrent has no manifest.json and manifest.sig")
+    known = catalog.store_chunks([f.path for f in tf.files if CHUNK_NAME.fullmatch(f.path)])
     for f in tf.files:
         if f.path == MANIFEST_NAME:
             if f.size > LIMITS.manifest_bytes:
@@ -94,15 +103,15 @@ def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> d
                 raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
             layout[f.index] = store.signature_path(rid)
         elif CHUNK_NAME.fullmatch(f.path):
-            known = catalog.chunk_identity(f.path)
-            if known is not None and known != (f.size, f.v2_root):
-                # Same name, other bytes: a lie. Mapping it would let libtorrent
-                # overwrite a verified chunk that other releases use.
+            rec = known.get(f.path)
+            if rec is not None and (rec.size, rec.v2_root) != (f.size, f.v2_root):
                 raise ReleaseMismatchError(
                     f"torrent file {f.path} claims other bytes than the store's verified "
                     "chunk of that name"
                 )
-            layout[f.index] = f.path
+            now = _stamp(store, f.path)
+            unchanged = rec is not None and now is not None and rec.stamp == now
+            layout[f.index] = f.path if unchanged else store.partial_path(rid, f.path)
         else:
             raise ReleaseMismatchError(
                 f"torrent file {f.path[:80]!r} is not part of a p2pweights release"
@@ -111,24 +120,36 @@ def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> d
     return layout
 
 
-def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -> Release:
+def _stamp(store: Store, path: str) -> FileStamp | None:
+    try:
+        return FileStamp.of(store.root / path)
+    except FileNotFoundError:
+        return None
+
+
+def authenticate(
+    root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool, limits: Limits = LIMITS
+) -> Release:
     """The release at ``root``, authenticated and checked against the torrent ``tf``.
 
     With ``tofu`` an unknown publisher is trusted, but only once the signature, schema,
-    expiry and the torrent's file list all check out under its key.
+    expiry and the torrent's file list all check out under its key, and only for this
+    release's name. A key already in the trust store is never trusted on first use: one
+    accepted for another name stays refused (``OutOfScopeError``).
 
     Raises:
-        UntrustedKeyError, SignatureError, ManifestError, ReleaseExpiredError: the manifest.
+        UntrustedKeyError, OutOfScopeError, SignatureError, ManifestError,
+        ReleaseExpiredError: the manifest (``ManifestError`` too when over ``limits``).
         ReleaseMismatchError: the torrent's files differ from the signed chunk list.
     """
     trust = TrustStore.load(trust_file)
     try:
-        release = open_release(root, trust)
+        release = open_release(root, trust, limits=limits)
         new_key = None
     except UntrustedKeyError:
         if not tofu:
             raise
-        release = open_self_signed(root)
+        release = open_self_signed(root, limits=limits)
         new_key = release.manifest.publisher
     chunks = {c.path: c for c in release.manifest.chunks}
     files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
@@ -144,8 +165,18 @@ def authenticate(root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool) -
                 f"torrent file {path} has another size or v2 root than the signed manifest"
             )
     if new_key is not None:
-        trust.add(new_key, f"tofu-{new_key.fingerprint.replace(':', '')}")
-        log.warning("trusting publisher %s on first use", new_key.fingerprint)
+        # Scoped to this release's exact name (names hold no fnmatch wildcards): the key
+        # signs nothing else the user loads, until they widen it with `p2pw trust add`.
+        trust.add(
+            new_key,
+            f"tofu-{new_key.fingerprint.replace(':', '')}",
+            scopes=[release.manifest.name],
+        )
+        log.warning(
+            "trusting publisher %s on first use, for %s only",
+            new_key.fingerprint,
+            release.manifest.name,
+        )
     return release
 
 

@@ -20,6 +20,8 @@ Endpoints (all under ``/v1``)::
 Local paths (``publish``'s ``path``, ``source`` and ``key_file``; a ``.torrent`` file as
 ``fetch``'s ``uri``) must be absolute and are accepted only on the Unix socket: over TCP
 they are refused with 403. The daemon only reads them; it writes only in its data dir.
+So is ``fetch``'s ``trust_on_first_use``: it changes the user's trust store, which only
+the user may do.
 """
 
 from __future__ import annotations
@@ -208,6 +210,14 @@ def _absolute(name: str, path: str) -> str:
     return path
 
 
+def _socket_only(request: web.Request, what: str) -> None:
+    """Refuse ``what`` with 403 unless the request came in on the Unix socket."""
+    if _tcp_port(request) is not None:
+        raise ApiError(
+            f"{what}; over TCP that is refused, use the Unix socket", status=403, exit_code=15
+        )
+
+
 def _local_paths_allowed(request: web.Request, what: str, path: str) -> None:
     """Only the Unix socket may name local paths; TCP callers get a 403.
 
@@ -216,13 +226,7 @@ def _local_paths_allowed(request: web.Request, what: str, path: str) -> None:
     another program, or another machine through a forwarded port: it must not make the
     daemon read (and then seed to the world) an arbitrary file of this user.
     """
-    if _tcp_port(request) is not None:
-        raise ApiError(
-            f"{what} names a local path ({path[:80]!r}); over TCP that is refused, "
-            "use the Unix socket",
-            status=403,
-            exit_code=15,
-        )
+    _socket_only(request, f"{what} names a local path ({path[:80]!r})")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -271,6 +275,10 @@ async def fetch(request: web.Request) -> web.Response:
     tofu, ordered = f.flag("trust_on_first_use"), f.flag("ordered")
     if uri.endswith(".torrent") and not uri.startswith("magnet:"):  # a local .torrent file
         _local_paths_allowed(request, "fetch of a .torrent file", uri)
+    if tofu:
+        # It adds a key to the user's trust store for good: a token holder (another
+        # program, or a forwarded port) must not decide whom this user trusts.
+        _socket_only(request, "trust_on_first_use changes the trust store")
     info = await request.app[SERVICE].fetch(
         uri,
         peers=peers,
@@ -299,6 +307,11 @@ async def list_releases(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     """GET /v1/releases/{id}."""
     return web.json_response(request.app[SERVICE].show(request.match_info["id"]))
+
+
+async def check(request: web.Request) -> web.Response:
+    """POST /v1/releases/{id}/verify: check the release's store files now."""
+    return web.json_response(await request.app[SERVICE].check(request.match_info["id"]))
 
 
 async def wait(request: web.Request) -> web.Response:
@@ -347,6 +360,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)
     app.router.add_post("/v1/releases/{id}/order", order)
+    app.router.add_post("/v1/releases/{id}/verify", check)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)
     return app

@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Literal
 
 from p2pweights.errors import CatalogError
+from p2pweights.manifest import ChunkEntry, chunk_of_address
 from p2pweights.release import Release
 
-__all__ = ["Catalog", "ReleaseRow", "ReleaseState"]
+from .store import FileStamp
+
+__all__ = ["Catalog", "ReleaseRow", "ReleaseState", "StoreChunk"]
 
 ReleaseState = Literal[
-    "metadata", "manifest", "downloading", "paused", "seeding", "complete", "error"
+    "metadata", "manifest", "downloading", "paused", "seeding", "complete", "damaged", "error"
 ]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS releases (
@@ -47,13 +50,41 @@ CREATE TABLE IF NOT EXISTS release_chunks (
 );
 CREATE INDEX IF NOT EXISTS release_chunks_path ON release_chunks(path);
 CREATE TABLE IF NOT EXISTS chunks (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, sha256 TEXT NOT NULL, v2_root TEXT NOT NULL
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, sha256 TEXT NOT NULL, v2_root TEXT NOT NULL,
+    mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER
 );
 CREATE TABLE IF NOT EXISTS resume (
     release_id TEXT PRIMARY KEY REFERENCES releases(id) ON DELETE CASCADE,
     data BLOB NOT NULL, saved REAL NOT NULL
 );
 """
+_MIGRATE_1_TO_2 = """
+ALTER TABLE chunks ADD COLUMN mtime_ns INTEGER;
+ALTER TABLE chunks ADD COLUMN ctime_ns INTEGER;
+ALTER TABLE chunks ADD COLUMN inode INTEGER;
+DELETE FROM chunks;
+UPDATE meta SET value='2' WHERE key='schema';
+"""
+"""Schema 1 recorded a chunk's identity as soon as a signed manifest named it, before its
+bytes were in the store; schema 2 records only files that were hashed when placed. The
+old rows are dropped: the daemon hashes each store file once more when it restores the
+releases that use it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChunk:
+    """A verified file of the store: its signed identity, and its stamp when placed."""
+
+    path: str
+    size: int
+    sha256: str
+    v2_root: str
+    stamp: FileStamp | None
+    """None only in rows not yet re-stamped; such a file is hashed before use."""
+
+    def entry(self) -> ChunkEntry:
+        """The chunk as a manifest lists it (its kind follows from its name)."""
+        return chunk_of_address(self.path, self.size, self.v2_root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +108,8 @@ class ReleaseRow:
     total_bytes: int
     added: float
     completed: float | None
+    has_torrent: bool
+    """Whether the catalog holds the torrent (``torrent`` is None in a listing without it)."""
 
 
 class Catalog:
@@ -99,8 +132,10 @@ class Catalog:
                     self._db.execute(
                         "INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),)
                     )
-                elif row[0] != str(_SCHEMA_VERSION):
-                    raise CatalogError(f"catalog {path} has schema {row[0]}, not {_SCHEMA_VERSION}")
+            if row is not None and row[0] == "1":
+                self._db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}COMMIT;")
+            elif row is not None and row[0] != str(_SCHEMA_VERSION):
+                raise CatalogError(f"catalog {path} has schema {row[0]}, not {_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"catalog {path} is damaged or unreadable: {exc}") from exc
 
@@ -205,23 +240,86 @@ class Catalog:
         self._db.executemany(
             "INSERT INTO release_chunks VALUES (?, ?)", [(rid, c[0]) for c in chunks]
         )
-        self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", chunks)
 
     def record_release(self, rid: str, release: Release, torrent: bytes | None) -> None:
         """:meth:`set_manifest` with the fields an authenticated release gives."""
         with self._tx():
             self._manifest(rid, *_manifest_fields(release), torrent)
 
-    def add_published(self, rid: str, release: Release, *, source: str, torrent: bytes) -> None:
+    def add_published(
+        self,
+        rid: str,
+        release: Release,
+        *,
+        source: str,
+        torrent: bytes,
+        stamps: dict[str, FileStamp],
+    ) -> None:
         """Add a published release as seeding, with its manifest, in one transaction.
 
-        A ``kill -9`` then leaves either no row or a seeding row with its chunk list (a
-        seeding row without one would guard none of its chunk names in the store).
+        A ``kill -9`` then leaves either no row or a seeding row with its chunk list and
+        the stamps of its (verified, imported) store files.
         """
         with self._tx():
             self._upsert(rid, source, "seeding", torrent, (), (), (), False)
             self._manifest(rid, *_manifest_fields(release), torrent)
+            for chunk in release.manifest.chunks:
+                self._record_chunk(chunk, stamps[chunk.path])
             self._set_state(rid, "seeding", None)
+
+    def record_chunk(self, chunk: ChunkEntry, stamp: FileStamp) -> None:
+        """Note that the store file of ``chunk`` was hashed and looked like ``stamp``."""
+        with self._tx():
+            self._record_chunk(chunk, stamp)
+
+    def _record_chunk(self, chunk: ChunkEntry, stamp: FileStamp) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                chunk.path,
+                chunk.size,
+                chunk.sha256,
+                chunk.v2_root,
+                stamp.mtime_ns,
+                stamp.ctime_ns,
+                stamp.inode,
+            ),
+        )
+
+    def forget_chunk(self, path: str) -> None:
+        """Drop the record of a store file that is gone or no longer intact."""
+        with self._tx():
+            self._db.execute("DELETE FROM chunks WHERE path=?", (path,))
+
+    def store_chunks(self, paths: Sequence[str] | None = None) -> dict[str, StoreChunk]:
+        """The records of the store files at ``paths`` (every one when None)."""
+        query = "SELECT path, size, sha256, v2_root, mtime_ns, ctime_ns, inode FROM chunks"
+        if paths is None:
+            rows = self._db.execute(query).fetchall()
+        else:
+            rows = []
+            wanted = list(paths)
+            for i in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                part = wanted[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows += self._db.execute(f"{query} WHERE path IN ({marks})", part).fetchall()
+        return {str(r[0]): _store_chunk(r) for r in rows}
+
+    def release_chunk_paths(self, rid: str) -> list[str]:
+        """The chunk paths an authenticated release uses."""
+        return [
+            str(r[0])
+            for r in self._db.execute(
+                "SELECT path FROM release_chunks WHERE release_id=? ORDER BY path", (rid,)
+            )
+        ]
+
+    def releases_using(self, path: str) -> list[str]:
+        """The releases whose manifest lists chunk ``path``."""
+        return [
+            str(r[0])
+            for r in self._db.execute("SELECT release_id FROM release_chunks WHERE path=?", (path,))
+        ]
 
     def set_state(self, rid: str, state: ReleaseState, error: str | None = None) -> None:
         """Move a release to ``state``; ``complete``/``seeding`` stamp the completion time."""
@@ -257,9 +355,32 @@ class Catalog:
         row = self._db.execute(query, (rid,)).fetchone()
         return None if row is None else _row(row)
 
-    def releases(self) -> list[ReleaseRow]:
-        """All releases, oldest first."""
-        query = f"SELECT {_COLUMNS} FROM releases ORDER BY added"  # noqa: S608
+    def torrent(self, rid: str) -> bytes | None:
+        """One release's torrent, or None."""
+        row = self._db.execute("SELECT torrent FROM releases WHERE id=?", (rid,)).fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    def count(self) -> int:
+        """How many releases there are."""
+        return int(self._db.execute("SELECT count(*) FROM releases").fetchone()[0])
+
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` release ids that start with ``prefix`` (lowercase hex).
+
+        A range over the primary key's index: no row is read whole, however many there are.
+        """
+        query = "SELECT id FROM releases WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+        return [r[0] for r in self._db.execute(query, (prefix, prefix + "~", limit))]
+
+    def releases(self, *, torrents: bool = True) -> list[ReleaseRow]:
+        """All releases, oldest first.
+
+        Args:
+            torrents: read each torrent too. A listing leaves them out: a big model's
+                torrent carries megabytes of v2 piece hashes.
+        """
+        columns = _COLUMNS if torrents else _COLUMNS.replace(" torrent,", " NULL,", 1)
+        query = f"SELECT {columns} FROM releases ORDER BY added"  # noqa: S608
         rows = self._db.execute(query).fetchall()
         return [_row(r) for r in rows]
 
@@ -285,10 +406,6 @@ class Catalog:
                 self._db.executemany("DELETE FROM chunks WHERE path=?", [(p,) for p in orphans])
         return orphans
 
-    def chunk_identity(self, path: str) -> tuple[int, str] | None:
-        """(size, v2 root) a signed manifest gave the store's chunk at ``path``, if any."""
-        row = self._db.execute("SELECT size, v2_root FROM chunks WHERE path=?", (path,)).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
 
 
 def _manifest_fields(
@@ -308,8 +425,17 @@ def _manifest_fields(
 
 _COLUMNS = (
     "id, name, version, label, publisher, manifest_sha256, state, error, torrent, source, "
-    "include_json, peers_json, trackers_json, tofu, total_bytes, added, completed"
+    "include_json, peers_json, trackers_json, tofu, total_bytes, added, completed, "
+    "torrent IS NOT NULL"
 )
+
+
+def _store_chunk(r: tuple[object, ...]) -> StoreChunk:
+    size = int(r[1])  # type: ignore[call-overload]
+    stamp = None
+    if isinstance(r[4], int) and isinstance(r[5], int) and isinstance(r[6], int):
+        stamp = FileStamp(size, r[4], r[5], r[6])
+    return StoreChunk(str(r[0]), size, str(r[2]), str(r[3]), stamp)
 
 
 def _row(r: tuple[object, ...]) -> ReleaseRow:
@@ -331,4 +457,5 @@ def _row(r: tuple[object, ...]) -> ReleaseRow:
         total_bytes=int(r[14]),  # type: ignore[call-overload]
         added=float(r[15]),  # type: ignore[arg-type]
         completed=float(r[16]) if isinstance(r[16], int | float) else None,
+        has_torrent=bool(r[17]),
     )

@@ -19,7 +19,11 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     seed_ratio_limit = 0.0         # stop seeding at this upload/size ratio, 0 = never
     seed_time_limit = 0            # stop seeding after this many seconds, 0 = never
     resume_interval = 60           # seconds between periodic resume-data saves
+    store_check_interval = 300     # seconds between checks that store files are unchanged
     tcp_port = 0                   # also serve the API on 127.0.0.1:PORT (bearer token)
+    max_torrent_files = 20000      # refuse a torrent of more files (and a manifest of more
+                                   # chunks or files); 0 = the format's own limits
+    max_manifest_tensors = 500000  # refuse a manifest of more tensors; 0 = the format's limit
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 ``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
@@ -39,6 +43,7 @@ import platformdirs
 
 from p2pweights.client import socket_path
 from p2pweights.errors import ConfigError
+from p2pweights.manifest import LIMITS, Limits
 from p2pweights.paths import data_dir
 
 __all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "load_config"]
@@ -74,7 +79,25 @@ class DaemonConfig:
     seed_ratio_limit: float = 0.0
     seed_time_limit: int = 0
     resume_interval: float = 60.0
+    store_check_interval: float = 300.0
     tcp_port: int = 0
+    max_torrent_files: int = 20_000
+    """Caps on what a fetch accepts, far below libtorrent's bdecode limit (about 450,000
+    files) and the format's (:data:`p2pweights.manifest.LIMITS`): a 50,000-file torrent
+    costs the daemon about 95 MB before a byte of it is checked. The largest open-weight
+    checkpoints come to a few thousand chunks and on the order of 100,000 tensors."""
+    max_manifest_tensors: int = 500_000
+
+    @property
+    def manifest_limits(self) -> Limits:
+        """The format's limits, lowered to this config's caps (a cap of 0 lowers nothing)."""
+        files = min(self.max_torrent_files or LIMITS.chunks, LIMITS.chunks)
+        return replace(
+            LIMITS,
+            chunks=files,
+            files=min(files, LIMITS.files),
+            tensors=min(self.max_manifest_tensors or LIMITS.tensors, LIMITS.tensors),
+        )
 
     @property
     def socket_path(self) -> Path:

@@ -18,9 +18,9 @@ from p2pweights._atomic import TMP_SUFFIX
 from p2pweights.client import running_daemon_pid
 from p2pweights.errors import CatalogError, DaemonError, P2PWeightsError
 from p2pweights.release import MANIFEST_NAME, open_self_signed
-from p2pweights.verify import verify_chunks
+from p2pweights.verify import ChunkRecords
 
-from .catalog import Catalog
+from .catalog import Catalog, ReleaseRow
 from .config import DaemonConfig
 from .engine import parse_torrent
 from .store import TORRENT_NAME, Store
@@ -60,19 +60,11 @@ def diagnose(config: DaemonConfig) -> list[Finding]:
             return [Finding("error", f"{exc}; run `p2pw doctor --repair` to rebuild it")]
         try:
             rows = catalog.releases()
+            known = {r.id for r in rows}
+            for row in rows:
+                findings += _check_release(catalog, store, row)
         finally:
             catalog.close()
-        known = {r.id for r in rows}
-        for row in rows:
-            root = store.releases / row.id
-            if row.state in ("seeding", "complete") and not (root / MANIFEST_NAME).is_file():
-                findings.append(
-                    Finding(
-                        "error",
-                        f"release {row.id[:16]} is in the catalog, "
-                        "but its manifest is missing from the store",
-                    )
-                )
         findings.append(Finding("ok", f"catalog readable: {len(rows)} releases"))
     if store.releases.exists():
         for root in sorted(store.releases.iterdir()):
@@ -90,6 +82,31 @@ def diagnose(config: DaemonConfig) -> list[Finding]:
             Finding("warning", f"{len(temps)} temp files left by a crash (--repair removes them)")
         )
     return findings
+
+
+def _check_release(catalog: Catalog, store: Store, row: ReleaseRow) -> list[Finding]:
+    """A complete release's manifest and store files (hashed only where a stamp moved)."""
+    rid = row.id[:16]
+    if row.state == "damaged":
+        return [Finding("error", f"release {rid} is damaged: {row.error}")]
+    if row.state not in ("seeding", "complete"):
+        return []
+    if not (store.releases / row.id / MANIFEST_NAME).is_file():
+        return [
+            Finding("error", f"release {rid} is in the catalog, but its manifest is missing")
+        ]
+    files = catalog.store_chunks(catalog.release_chunk_paths(row.id))
+    changed = [path for path, f in files.items() if store.intact(f.entry(), f.stamp) is None]
+    if not changed:
+        return []
+    return [
+        Finding(
+            "error",
+            f"release {rid}: {len(changed)} chunk file(s) changed in the store since they "
+            f"were verified (e.g. {changed[0]}); the daemon stops seeding it. "
+            f"`p2pw fetch {rid}` repairs it",
+        )
+    ]
 
 
 def repair(config: DaemonConfig) -> list[Finding]:
@@ -132,11 +149,24 @@ def _readmit(catalog: Catalog, store: Store, root: Path) -> Finding:
     m = release.manifest
     catalog.add_release(rid, source=tf.magnet, state="manifest", torrent=tf.data)
     catalog.record_release(rid, release, tf.data)
-    try:
-        verify_chunks(root, m.chunks, "full")  # records each chunk it hashed
-    except P2PWeightsError as exc:
+    bad = []
+    for chunk in m.chunks:  # every file hashed; the intact ones are stamped
+        stamp = store.intact(chunk, None)
+        if stamp is None:
+            bad.append(chunk.path)
+        else:
+            catalog.record_chunk(chunk, stamp)
+    if bad:
         # The daemon finishes it on its next start, as a download of what is missing.
         catalog.set_state(rid, "downloading")
-        return Finding("warning", f"{m.name} v{m.version}: {exc}; will be fetched again")
+        return Finding(
+            "warning",
+            f"{m.name} v{m.version}: {len(bad)} chunks missing or damaged "
+            f"(e.g. {bad[0]}); will be fetched again",
+        )
+    records = ChunkRecords(root)  # the loader's fast-mode records, for bytes hashed above
+    for chunk in m.chunks:
+        records.record(root / chunk.path, chunk.sha256)
+    records.save()
     catalog.set_state(rid, "seeding")
     return Finding("ok", f"{m.name} v{m.version} ({rid[:16]}): all chunks verified, seeding")

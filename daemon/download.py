@@ -36,8 +36,10 @@ class Download:
     wanted: list[str]
     order: list[str] | None = None
     """Chunk paths, most wanted first; None downloads in libtorrent's own order."""
+    complete: dict[str, None] = field(default_factory=dict)
+    """Chunks libtorrent has whole (maybe still being hashed and placed in the store)."""
     ready: dict[str, None] = field(default_factory=dict)
-    """Chunks complete, flushed and recorded, in the order they came."""
+    """Chunks complete, placed in the store and recorded, in the order they came."""
     index: dict[str, int] = field(init=False)
     """Each file's index in the torrent (``TorrentFile.file`` scans the file list)."""
     sizes: dict[str, int] = field(init=False)
@@ -59,7 +61,7 @@ class Download:
             wanted, named = set(self.wanted), set(self.order)
             ranked = [p for p in self.order if p in wanted]
             ranked += [p for p in self.wanted if p not in named]
-        return [p for p in ranked if p not in self.ready]
+        return [p for p in ranked if p not in self.complete]
 
     def priorities(self) -> list[int]:
         """One libtorrent priority per file: the metadata files, then the chunks."""
@@ -68,7 +70,7 @@ class Download:
             for path in self.wanted:
                 prios[self.index[path]] = PRIO_CHUNK
             return prios
-        for path in self.ready:
+        for path in self.complete:
             prios[self.index[path]] = PRIO_CHUNK
         window = 0
         for count, path in enumerate(self.pending()):

@@ -54,6 +54,7 @@ def engine_settings(config: DaemonConfig) -> EngineSettings:
         # libtorrent's 60 s default would stall that. 0 only on loopback: elsewhere a
         # failing peer would be redialled without any back-off.
         min_reconnect_time=0 if config.profile == "local" else 5,
+        max_torrent_files=config.max_torrent_files,
         # Keep the link to a seeder while we are briefly upload-only (manifest stage):
         # closing it costs a reconnect of a second or more per fetch.
         close_redundant_connections=False,

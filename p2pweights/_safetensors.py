@@ -13,12 +13,13 @@ import struct
 from dataclasses import dataclass
 from itertools import chain
 from operator import gt, itemgetter, lt, mul, sub
-from typing import Any, BinaryIO, NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from ._canonical import Pairs, dumps, loads_strict
-from .errors import ManifestError, SafetensorsHeaderError, SourceError
+from .errors import ManifestError, SafetensorsHeaderError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DTYPES",
@@ -29,7 +30,6 @@ __all__ = [
     "HeaderTensor",
     "ParsedHeader",
     "build_header",
-    "dtype_name",
     "expected_nbytes",
     "read_header",
 ]
@@ -41,51 +41,43 @@ MAX_RANK = 64
 
 @dataclass(frozen=True, slots=True)
 class DType:
-    """A safetensors dtype and its torch twin."""
+    """A safetensors dtype and its size; torch's twin is looked up only by tensor code."""
 
     name: str
-    torch_dtype: torch.dtype
     itemsize: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype (imports torch: for code that makes or reads tensors)."""
+        from ._torch_dtypes import TORCH_DTYPES  # noqa: PLC0415 - the format core has no torch
+
+        return TORCH_DTYPES[self.name]
 
 
 # Whole-byte dtypes that both safetensors and torch know. Sub-byte formats (F4, F6_*) are
 # refused with a clear error: torch packs them in ways that differ from safetensors.
 _DTYPE_LIST = [
-    DType("BOOL", torch.bool, 1),
-    DType("U8", torch.uint8, 1),
-    DType("I8", torch.int8, 1),
-    DType("F8_E5M2", torch.float8_e5m2, 1),
-    DType("F8_E4M3", torch.float8_e4m3fn, 1),
-    DType("F8_E5M2FNUZ", torch.float8_e5m2fnuz, 1),
-    DType("F8_E4M3FNUZ", torch.float8_e4m3fnuz, 1),
-    DType("F8_E8M0", torch.float8_e8m0fnu, 1),
-    DType("I16", torch.int16, 2),
-    DType("U16", torch.uint16, 2),
-    DType("F16", torch.float16, 2),
-    DType("BF16", torch.bfloat16, 2),
-    DType("I32", torch.int32, 4),
-    DType("U32", torch.uint32, 4),
-    DType("F32", torch.float32, 4),
-    DType("C64", torch.complex64, 8),
-    DType("F64", torch.float64, 8),
-    DType("I64", torch.int64, 8),
-    DType("U64", torch.uint64, 8),
+    DType("BOOL", 1),
+    DType("U8", 1),
+    DType("I8", 1),
+    DType("F8_E5M2", 1),
+    DType("F8_E4M3", 1),
+    DType("F8_E5M2FNUZ", 1),
+    DType("F8_E4M3FNUZ", 1),
+    DType("F8_E8M0", 1),
+    DType("I16", 2),
+    DType("U16", 2),
+    DType("F16", 2),
+    DType("BF16", 2),
+    DType("I32", 4),
+    DType("U32", 4),
+    DType("F32", 4),
+    DType("C64", 8),
+    DType("F64", 8),
+    DType("I64", 8),
+    DType("U64", 8),
 ]
 DTYPES: dict[str, DType] = {d.name: d for d in _DTYPE_LIST}
-_BY_TORCH: dict[torch.dtype, DType] = {d.torch_dtype: d for d in _DTYPE_LIST}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The safetensors name of a torch dtype.
-
-    Raises:
-        SourceError: if safetensors has no whole-byte equivalent.
-
-    """
-    try:
-        return _BY_TORCH[dtype].name
-    except KeyError:
-        raise SourceError(f"dtype {dtype} has no safetensors equivalent") from None
 
 
 def expected_nbytes(dtype: str, shape: tuple[int, ...]) -> int:

@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, NamedTuple
 
 from ._gc import paused_gc
-from ._safetensors import ParsedHeader, dtype_name, read_header
+from ._safetensors import ParsedHeader, read_header
 from .errors import SourceError, UnsafePickleError
 from .manifest import FileKind
 
-__all__ = ["Source", "SourceFile", "SourceTensor", "open_source"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Source", "SourceFile", "SourceTensor", "needs_torch", "open_source"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,17 @@ def open_source(src: Path) -> Source:
     return source
 
 
+def needs_torch(src: Path) -> bool:
+    """True when packing ``src`` would read pickle weights, which only torch can read.
+
+    Raises:
+        SourceError: a dir entry that is not a regular file (as :func:`open_source`).
+    """
+    if src.is_file():
+        return _weight_kind(src.name) == "torch"
+    return src.is_dir() and any(f.kind == "torch" for f in _scan_dir(src)[0])
+
+
 def _weight_kind(name: str) -> FileKind | None:
     if name.endswith(".safetensors"):
         return "safetensors"
@@ -197,6 +209,11 @@ def _add_safetensors(source: Source, f: SourceFile) -> None:
 
 
 def _add_torch(source: Source, f: SourceFile) -> None:
+    # torch is imported only here: packing safetensors sources does not need it.
+    import torch  # noqa: PLC0415
+
+    from ._torch_dtypes import dtype_name  # noqa: PLC0415
+
     state = _load_pickle(f)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -216,6 +233,8 @@ def _add_torch(source: Source, f: SourceFile) -> None:
 
 
 def _load_pickle(f: SourceFile) -> object:
+    import torch  # noqa: PLC0415 - only pickles need torch
+
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols other than 2; the restricted unpickler

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ._safetensors import DTYPES
+from ._torch_dtypes import TORCH_DTYPES
 from .errors import CorruptChunkError, MissingChunkError
 from .manifest import ChunkEntry, TensorEntry
 from .verify import check_digest
@@ -76,7 +76,7 @@ class StagingCopier:
             check_digest(chunk, hashlib.sha256(staged.numpy().data).hexdigest())
         out: dict[str, torch.Tensor] = {}
         for e in entries:
-            dtype = DTYPES[e.dtype].torch_dtype
+            dtype = TORCH_DTYPES[e.dtype]
             src = staged[e.begin - start : e.end - start].view(dtype).reshape(e.shape)
             dst = torch.empty(e.shape, dtype=dtype, device=self.device)
             dst.copy_(src, non_blocking=self._pinned)

@@ -3,30 +3,43 @@
 The library reaches the daemon only through this module, over HTTP on the daemon's Unix
 socket (or 127.0.0.1 TCP with a bearer token). It never imports the daemon: it starts it
 as a process (``python -m p2pweightsd run``), the way ``docker`` or ``ollama`` users expect.
+
+Two transports share one error mapping: the async methods use aiohttp (imported on first
+use), and :meth:`DaemonClient.request_sync` uses the standard library's ``http.client``,
+so a CLI verb that makes one call (``p2pw ls``, ``show``, ``status``, ``rm``) costs what
+a plain Python start costs, not aiohttp's import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import http.client
 import json
 import os
 import select
+import socket
 import sys
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from . import errors
 from .errors import ApiError, DaemonError, DaemonUnavailableError, P2PWeightsError
 
+if TYPE_CHECKING:
+    import aiohttp
+
 __all__ = [
     "DaemonClient",
     "daemon_log_path",
+    "ensure_daemon",
+    "ensure_daemon_sync",
     "error_named",
+    "fetch_body",
     "running_daemon_pid",
     "socket_path",
     "start_daemon",
@@ -70,6 +83,38 @@ def _remote_error(status: int, data: dict[str, Any]) -> P2PWeightsError:
     )
 
 
+def _decode(status: int, raw: bytes) -> dict[str, Any]:
+    """The JSON object of one answer, or the daemon's error raised as our exception."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        data = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        data = {"error": text[:200]}
+    if status >= 400:
+        raise _remote_error(status, data if isinstance(data, dict) else {})
+    if not isinstance(data, dict):
+        raise ApiError("daemon answered with a non-object", status=status)
+    return data
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over the daemon's Unix socket."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self._path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonClient:
     """A connection recipe for one daemon; each call opens a short-lived session.
@@ -87,6 +132,8 @@ class DaemonClient:
     timeout: float = 120.0
 
     def _session(self, timeout: float) -> aiohttp.ClientSession:
+        import aiohttp  # noqa: PLC0415 - heavy; one-shot CLI calls use request_sync
+
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         connector: aiohttp.BaseConnector = (
             aiohttp.TCPConnector()
@@ -118,36 +165,80 @@ class DaemonClient:
             P2PWeightsError: the daemon refused, re-raised as the class it raised (or
                 ``ApiError`` with the remote type and exit code).
         """
+        import aiohttp  # noqa: PLC0415 - heavy; one-shot CLI calls use request_sync
+
         try:
             async with (
                 self._session(timeout or self.timeout) as session,
                 session.request(method, self._url(path), json=body, params=params) as resp,
             ):
-                text = await resp.text()
-                try:
-                    data = json.loads(text) if text else {}
-                except json.JSONDecodeError:
-                    data = {"error": text[:200]}
-                if resp.status >= 400:
-                    raise _remote_error(resp.status, data)
-                if not isinstance(data, dict):
-                    raise ApiError("daemon answered with a non-object", status=resp.status)
-                return data
+                return _decode(resp.status, await resp.read())
         except (
             aiohttp.ClientConnectorError,
             aiohttp.ServerDisconnectedError,
             FileNotFoundError,
             ConnectionRefusedError,
         ) as exc:
-            where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
-            raise DaemonUnavailableError(f"no daemon answers at {where}") from exc
+            raise self._unavailable() from exc
         except TimeoutError as exc:
-            raise DaemonError(
-                f"the daemon did not answer {method} {path} within "
-                f"{timeout or self.timeout:.0f}s (it may still be working)"
-            ) from exc
+            raise self._late(method, path, timeout) from exc
         except aiohttp.ClientError as exc:
             raise DaemonError(f"talking to the daemon failed: {exc}") from exc
+
+    def request_sync(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One API call without an event loop or aiohttp (standard library only).
+
+        Raises:
+            The same as :meth:`request`.
+        """
+        seconds = timeout or self.timeout
+        conn: http.client.HTTPConnection = (
+            http.client.HTTPConnection("127.0.0.1", self.tcp_port, timeout=seconds)
+            if self.tcp_port
+            else _UnixHTTPConnection(socket_path(self.home), seconds)
+        )
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        url = f"/v1{path}" + (f"?{urlencode(params)}" if params else "")
+        try:
+            try:
+                conn.connect()
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise self._unavailable() from exc
+            except OSError as exc:  # e.g. a socket of another user's daemon
+                raise DaemonError(f"cannot connect to the daemon: {exc}") from exc
+            try:
+                conn.request(method, url, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except TimeoutError as exc:
+                raise self._late(method, path, timeout) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise DaemonError(f"talking to the daemon failed: {exc}") from exc
+            return _decode(resp.status, raw)
+        finally:
+            conn.close()
+
+    def _unavailable(self) -> DaemonUnavailableError:
+        where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
+        return DaemonUnavailableError(f"no daemon answers at {where}")
+
+    def _late(self, method: str, path: str, timeout: float | None) -> DaemonError:
+        return DaemonError(
+            f"the daemon did not answer {method} {path} within "
+            f"{timeout or self.timeout:.0f}s (it may still be working)"
+        )
 
     async def status(self) -> dict[str, Any]:
         """GET /status."""
@@ -178,19 +269,17 @@ class DaemonClient:
 
         ``ordered`` asks for the chunks in layer order (for a streaming reader).
         """
-        if uri.endswith(".torrent") and Path(uri).is_file():
-            uri = str(Path(uri).resolve())
         return await self.request(
             "POST",
             "/fetch",
-            body={
-                "uri": uri,
-                "peers": list(peers),
-                "trackers": list(trackers),
-                "include": list(include),
-                "trust_on_first_use": trust_on_first_use,
-                "ordered": ordered,
-            },
+            body=fetch_body(
+                uri,
+                peers=peers,
+                trackers=trackers,
+                include=include,
+                trust_on_first_use=trust_on_first_use,
+                ordered=ordered,
+            ),
         )
 
     async def order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
@@ -206,6 +295,10 @@ class DaemonClient:
         """One release."""
         return await self.request("GET", f"/releases/{rid}")
 
+    async def check(self, rid: str) -> dict[str, Any]:
+        """Have the daemon check the release's store files now (``damaged`` if changed)."""
+        return await self.request("POST", f"/releases/{rid}/verify")
+
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Until the release is complete or failed (``timed_out`` says which)."""
         return await self.request(
@@ -220,6 +313,8 @@ class DaemonClient:
 
     async def events(self) -> AsyncGenerator[dict[str, Any]]:
         """The daemon's event stream (Server-Sent Events), until it closes."""
+        import aiohttp  # noqa: PLC0415 - heavy; one-shot CLI calls use request_sync
+
         try:
             async with (
                 self._session(24 * 3600) as session,
@@ -231,6 +326,68 @@ class DaemonClient:
                         yield json.loads(line[len("data: ") :])
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailableError(f"no daemon answers at {socket_path(self.home)}") from exc
+
+
+def fetch_body(
+    uri: str,
+    *,
+    peers: Sequence[str] = (),
+    trackers: Sequence[str] = (),
+    include: Sequence[str] = (),
+    trust_on_first_use: bool = False,
+    ordered: bool = False,
+) -> dict[str, Any]:
+    """The body of ``POST /fetch`` (a local ``.torrent`` is sent as an absolute path)."""
+    if uri.endswith(".torrent") and Path(uri).is_file():
+        uri = str(Path(uri).resolve())
+    return {
+        "uri": uri,
+        "peers": list(peers),
+        "trackers": list(trackers),
+        "include": list(include),
+        "trust_on_first_use": trust_on_first_use,
+        "ordered": ordered,
+    }
+
+
+async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
+    """A client whose daemon answers, starting one in the background if needed.
+
+    Raises:
+        DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
+    """
+    import asyncio  # noqa: PLC0415 - the sync twin below needs no event loop
+
+    client = DaemonClient(home)
+    try:
+        await client.status()
+    except DaemonUnavailableError:
+        if not autostart:
+            raise
+        # Another process may have started one first (ours then exits because the data
+        # dir is locked): use whichever answers, else report that none does.
+        with contextlib.suppress(DaemonUnavailableError):
+            await asyncio.to_thread(start_daemon, home)
+        await client.status()
+    return client
+
+
+def ensure_daemon_sync(home: Path, *, autostart: bool = True) -> DaemonClient:
+    """:func:`ensure_daemon` without an event loop (for one-shot CLI verbs).
+
+    Raises:
+        DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
+    """
+    client = DaemonClient(home)
+    try:
+        client.request_sync("GET", "/status")
+    except DaemonUnavailableError:
+        if not autostart:
+            raise
+        with contextlib.suppress(DaemonUnavailableError):
+            start_daemon(home)
+        client.request_sync("GET", "/status")
+    return client
 
 
 def running_daemon_pid(home: Path) -> int | None:

@@ -3,6 +3,7 @@
     P2PWeightsError                         every error this package raises on purpose
     ├── FormatError (ValueError)            input that is not a well-formed release/checkpoint
     │   ├── ManifestError                   the manifest breaks the schema, a limit, or form
+    │   ├── OverCapError                    a torrent or manifest over a cap of the daemon's config
     │   ├── UnsafePathError                 a path is absolute, has `..`, or leaves its directory
     │   ├── SafetensorsHeaderError          a safetensors header is malformed or lies about sizes
     │   └── SourceError                     a pack source is missing, unsupported or inconsistent
@@ -10,6 +11,7 @@
     ├── TrustError                          who signed, and whether we believe them
     │   ├── SignatureError (ValueError)     the signature does not match the manifest bytes
     │   ├── UntrustedKeyError               the publisher key is not in the trust store
+    │   ├── OutOfScopeError                 the key is trusted, but not for this release's name
     │   └── ReleaseExpiredError             the manifest's expiry time has passed
     ├── ChunkError                          a chunk on disk is not what the signed manifest says
     │   ├── MissingChunkError (FileNotFoundError)
@@ -48,6 +50,8 @@ __all__ = [
     "LoadError",
     "ManifestError",
     "MissingChunkError",
+    "OutOfScopeError",
+    "OverCapError",
     "P2PWeightsError",
     "ReleaseExpiredError",
     "ReleaseMismatchError",
@@ -78,6 +82,10 @@ class FormatError(P2PWeightsError, ValueError):
 
 class ManifestError(FormatError):
     """The manifest breaks the schema, a limit, or canonical form."""
+
+
+class OverCapError(FormatError):
+    """A torrent or manifest is over a cap of the daemon's config (files, tensors)."""
 
 
 class UnsafePathError(FormatError):
@@ -112,6 +120,16 @@ class UntrustedKeyError(TrustError):
     """The publisher key is not in the trust store (nor given explicitly)."""
 
     exit_code = 4
+
+
+class OutOfScopeError(TrustError):
+    """The publisher key is trusted, but its trust entry does not cover this release's name.
+
+    Not an ``UntrustedKeyError``: a key already in the trust store is never trusted again
+    on first use, so a key accepted for one name cannot widen itself to another.
+    """
+
+    exit_code = 18
 
 
 class ReleaseExpiredError(TrustError):

@@ -1,10 +1,16 @@
 """Export a release as a Hugging Face model directory.
 
 The default export copies no tensor data: every tensor chunk is already a valid
-safetensors file, so the export is symlinks to the chunks (named like HF shards), a
-generated ``model.safetensors.index.json``, and links to the blob files (config,
-tokenizer, ...). ``exact=True`` instead rebuilds every original file byte for byte from
-the chunks and the manifest's recorded headers, and checks each against its signed sha256.
+safetensors file, so each one becomes an HF shard that is a copy-on-write clone of the
+chunk (a reflink) where the filesystem can make one, else a symlink to the read-only
+(0444) chunk. The blob files (config, tokenizer, ...) are written as real copies and the
+``model.safetensors.index.json`` is generated, so ``save_pretrained`` into the export
+writes the export's own files, never the store's. ``exact=True`` instead rebuilds every
+original file byte for byte from the chunks and the manifest's recorded headers, and
+checks each against its signed sha256.
+
+:func:`reuse_export` decides whether a directory already holds a release's linked export
+(``fetch(local_dir=...)`` run again): every file must be what :func:`export` writes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +28,16 @@ from ._atomic import atomic_write_bytes, atomic_writer
 from ._canonical import dumps
 from ._header_spec import HeaderSpec, render_header
 from ._paths import join_inside
+from ._reflink import clone_file, copy_file
 from .chunking import natural_key
 from .errors import ExportError, UnsafePathError
-from .manifest import FileEntry, Manifest
+from .hashing import hash_files
+from .manifest import ChunkEntry, FileEntry, Manifest
 from .release import EXPORT_POINTER, Release, open_release, resolve_source
 from .trust import TrustStore, trust_for
 from .verify import VerifyMode, verify_chunks
 
-__all__ = ["ExportResult", "export"]
+__all__ = ["ExportResult", "export", "reuse_export"]
 
 # Weight index files of the original layout; a linked export writes its own.
 _ORIGINAL_INDEXES = {"model.safetensors.index.json", "pytorch_model.bin.index.json"}
@@ -97,17 +106,19 @@ def export(
             written = _write_exact(release, out, progress) if exact else _write_linked(release, out)
         except OSError as exc:
             raise ExportError(f"cannot write the export in {out}: {exc.strerror or exc}") from exc
-        pointer = {
-            "release": str(release.root.resolve()),
-            "manifest_sha256": release.manifest_sha256,
-        }
         # Replace, never follow: a blob of the same name must not redirect this write.
-        atomic_write_bytes(out / EXPORT_POINTER, dumps(pointer))
+        atomic_write_bytes(out / EXPORT_POINTER, _pointer_bytes(release))
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
     return ExportResult(out, tuple(written), exact)
+
+
+def _pointer_bytes(release: Release) -> bytes:
+    """The export's ``.p2pweights-export.json``: where its release is, and which one."""
+    doc = {"release": str(release.root.resolve()), "manifest_sha256": release.manifest_sha256}
+    return dumps(doc)
 
 
 def _shard_order(manifest: Manifest) -> list[str]:
@@ -119,49 +130,147 @@ def _shard_order(manifest: Manifest) -> list[str]:
     return sorted(first, key=lambda c: first[c])
 
 
-def _link(out: Path, rel: str, target: Path) -> None:
-    dest = join_inside(out, rel, what="file name")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(target.resolve(), dest)
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One file of a linked export: a chunk's whole bytes, or bytes made here."""
+
+    chunk: ChunkEntry | None
+    shard: bool = False
+    """A tensor chunk: cloned, or linked read-only. Otherwise a blob: copied."""
+    data: bytes = b""
 
 
-def _write_linked(release: Release, out: Path) -> list[str]:
+def _plan_linked(release: Release) -> dict[str, _Planned]:
+    """Every file a linked export holds (but its pointer), by name."""
     manifest = release.manifest
+    chunks = {c.path: c for c in manifest.chunks}
     shards = _shard_order(manifest)
-    written: list[str] = []
     if len(shards) == 1:
         names = {shards[0]: "model.safetensors"}
     else:
         n = len(shards)
         names = {c: f"model-{i:05d}-of-{n:05d}.safetensors" for i, c in enumerate(shards, 1)}
-    for chunk, fname in names.items():
-        _link(out, fname, release.chunk_path(chunk))
-        written.append(fname)
+    plan = {fname: _Planned(chunks[chunk], shard=True) for chunk, fname in names.items()}
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.end - t.begin for t in manifest.tensors.values())},
             "weight_map": {t.name: names[t.chunk] for t in manifest.tensors.values()},
         }
-        (out / "model.safetensors.index.json").write_text(
-            json.dumps(index, indent=2, sort_keys=True)
-        )
-        written.append("model.safetensors.index.json")
+        data = json.dumps(index, indent=2, sort_keys=True).encode("utf-8")
+        plan["model.safetensors.index.json"] = _Planned(None, data=data)
     for f in manifest.files:
         if (
             f.kind != "blob"
             or f.name in _ORIGINAL_INDEXES
-            or f.name in names.values()
+            or f.name in plan
             or f.name == EXPORT_POINTER
         ):
             continue
-        if f.chunk is None:
-            dest = join_inside(out, f.name, what="file name")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.touch()
-        else:
-            _link(out, f.name, release.chunk_path(f.chunk))
-        written.append(f.name)
-    return sorted(written)
+        plan[f.name] = _Planned(None if f.chunk is None else chunks[f.chunk])
+    for name in plan:
+        # A name under another file's name would be written through that file (a link
+        # into the store, or a clone) or fail depending on the filesystem: refuse it here.
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in plan:
+                raise UnsafePathError(f"file name {name[:80]!r} lies under another file")
+    return plan
+
+
+def _write_linked(release: Release, out: Path) -> list[str]:
+    plan = _plan_linked(release)
+    for name, item in plan.items():
+        dest = join_inside(out, name, what="file name")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if item.chunk is None:
+            with atomic_writer(dest, durable=False) as fh:
+                fh.write(item.data)
+            continue
+        src = release.chunk_path(item.chunk.path)
+        if not item.shard:
+            # Small files that tools rewrite in place (config, tokenizer): a real copy, so
+            # the write lands in the export, not in the store.
+            copy_file(src, dest)
+        elif not clone_file(src, dest):
+            # No reflinks here: link the chunk itself, which is read-only (0444).
+            os.symlink(src.resolve(), dest)
+    return sorted(plan)
+
+
+def reuse_export(release: Release, out: Path) -> None:
+    """Accept ``out`` as the linked export of ``release`` that :func:`export` would write.
+
+    Every file in ``out`` must be the export's pointer, a shard that links to the
+    release's own chunk file, or bytes identical to what the export writes (a clone or
+    copy is hashed against its signed sha256), and none may be missing. A blob that an
+    older export linked into the store is replaced by a copy.
+
+    Raises:
+        ExportError: a file that is not the export's (other weights, an edited config,
+            a stray or missing file).
+        ChunkError: the release's own chunks are damaged.
+    """
+    verify_chunks(release.root, release.manifest.chunks, "fast")
+    plan = _plan_linked(release)
+    where = f"{out} is not the export of {release.manifest.name} v{release.manifest.version}"
+    seen: set[str] = set()
+    to_hash: list[tuple[str, Path, ChunkEntry]] = []
+    to_copy: list[tuple[Path, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        here = Path(dirpath)
+        # os.walk lists a link to a dir among the dirs and does not enter it: an entry too.
+        links = [d for d in dirnames if (here / d).is_symlink()]
+        for entry in sorted([*links, *filenames]):
+            path = here / entry
+            rel = path.relative_to(out).as_posix()
+            seen.add(rel)
+            item = plan.get(rel)
+            if rel == EXPORT_POINTER:
+                ok = _holds(path, _pointer_bytes(release))
+            elif item is None:
+                raise ExportError(f"{where}: {rel} is not one of its files")
+            elif item.chunk is None:
+                ok = _holds(path, item.data)
+            elif path.is_symlink():
+                chunk = release.chunk_path(item.chunk.path)
+                ok = _resolves_to(path, chunk.resolve())
+                if ok and not item.shard:
+                    to_copy.append((chunk, path))
+            else:
+                ok = _is_file_of_size(path, item.chunk.size)
+                to_hash.append((rel, path, item.chunk))
+            if not ok:
+                raise ExportError(f"{where}: {rel} differs from the release's")
+    missing = sorted(set(plan) - seen)
+    if missing:
+        raise ExportError(f"{where}: {missing[0]} is missing")
+    digests = hash_files([path for _, path, _ in to_hash])
+    for (rel, _, expected), digest in zip(to_hash, digests, strict=True):
+        if digest != expected.sha256:
+            raise ExportError(f"{where}: {rel} differs from the release's")
+    try:
+        for src, dest in to_copy:
+            copy_file(src, dest)
+    except OSError as exc:
+        raise ExportError(f"cannot update the export in {out}: {exc.strerror or exc}") from exc
+
+
+def _is_file_of_size(path: Path, size: int) -> bool:
+    st = path.lstat()
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    if not _is_file_of_size(path, len(data)):
+        return False
+    return path.read_bytes() == data
+
+
+def _resolves_to(path: Path, target: Path) -> bool:
+    try:
+        return path.resolve(strict=True) == target
+    except (OSError, RuntimeError):
+        return False
 
 
 def _write_exact(release: Release, out: Path, progress: Callable[[int], None] | None) -> list[str]:

@@ -17,8 +17,10 @@ gets the same "commit", a different release a different one, and the commit doub
 manifest-sha256 prefix for ``p2pweights.fetch(..., revision=...)``.
 
 Everything read from the cache is treated as untrusted: repo ids and revisions must be
-well formed, a snapshot's symlinks must land on regular files in the repo's own ``blobs/``,
-and an export never writes outside the cache dir, nor through a symlink planted in it.
+well formed, the repo's dir and its ``blobs/``, ``snapshots/`` and ``refs/`` must be real
+directories (not links), a snapshot's symlinks must land on regular files in the repo's
+own real ``blobs/``, and an export never writes outside the cache dir, nor through a
+symlink planted in it.
 """
 
 from __future__ import annotations
@@ -182,8 +184,9 @@ def _is_real_dir(path: Path) -> bool:
 
 
 def _read_ref(repo_dir: Path, rev: str) -> str:
+    refs = _plain_dir(repo_dir / "refs", repo_dir.name)
     try:
-        ref = join_inside(repo_dir / "refs", rev, what="revision")
+        ref = join_inside(refs, rev, what="revision")
     except UnsafePathError as exc:
         raise SourceError(str(exc)) from exc
     try:
@@ -201,29 +204,60 @@ def _read_ref(repo_dir: Path, rev: str) -> str:
     return commit
 
 
+def _plain_dir(path: Path, repo: str) -> Path:
+    """``path`` itself, if it is a real directory and not a symlink to one.
+
+    Raises:
+        SourceError: a symlink (it could lead anywhere the user can read), or no dir at all.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        raise SourceError(f"{repo} in the HF cache has no {path.name}/") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(mode):
+        raise SourceError(f"{repo}: {path.name} in the HF cache is a symlink; refused")
+    if not stat.S_ISDIR(mode):
+        raise SourceError(f"{repo}: {path.name} in the HF cache is not a directory")
+    return path
+
+
 def resolve_snapshot(spec: str, cache_dir: Path | None = None) -> HFSnapshot:
     """Find ``ORG/NAME[@REVISION]`` in the local HF cache and check every file of it.
 
     The revision defaults to ``main``; a branch or tag is resolved through ``refs/<name>``,
-    a 40-hex commit is used as is. Each snapshot entry must be a regular file or a symlink
-    that resolves to a regular file inside the repo's ``blobs/``.
+    a 40-hex commit is used as is. Only the cache dir itself may be a symlink (a cache
+    moved to another disk); ``models--ORG--NAME``, its ``blobs/``, ``snapshots/``,
+    ``refs/`` and the snapshot dir must be real directories, so "inside ``blobs/``" means
+    inside the repo's own ``blobs/``, not wherever a planted link points. Each snapshot
+    entry must be a regular file or a symlink that resolves to a regular file directly in
+    that real ``blobs/``.
 
     Raises:
-        SourceError: a malformed spec, a repo or revision not in the cache, or a snapshot
-            entry that is dangling, a directory link, or leads outside ``blobs/``.
+        SourceError: a malformed spec, a repo or revision not in the cache, a repo dir
+            that is a symlink, or a snapshot entry that is dangling, a directory link, or
+            leads outside the repo's real ``blobs/``.
     """
     ref = parse_repo_ref(spec)
     cache = cache_dir if cache_dir is not None else hf_cache_dir()
-    repo_dir = cache / repo_folder(ref.repo_id)
-    if not repo_dir.is_dir():
-        raise SourceError(f"{ref.repo_id} is not in the HF cache at {cache} (no {repo_dir.name})")
+    try:
+        root = cache.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise SourceError(f"{ref.repo_id} is not in the HF cache at {cache} (no cache)") from None
+    folder = repo_folder(ref.repo_id)
+    if not os.path.lexists(root / folder):
+        raise SourceError(f"{ref.repo_id} is not in the HF cache at {cache} (no {folder})")
+    # Every path below is joined from the real root and names that are checked not to be
+    # links, so each one is already its own real path.
+    repo_dir = _plain_dir(root / folder, folder)
     rev = ref.revision or "main"
     commit = rev if _COMMIT.fullmatch(rev) else _read_ref(repo_dir, rev)
-    snap = repo_dir / "snapshots" / commit
-    base = repo_dir.resolve()
-    if not snap.is_dir() or not snap.resolve().is_relative_to(base):
+    blobs = _plain_dir(repo_dir / "blobs", folder)
+    snapshots = _plain_dir(repo_dir / "snapshots", folder)
+    if not os.path.lexists(snapshots / commit):
         raise SourceError(f"{ref.repo_id}: no snapshot {commit} in the HF cache at {cache}")
-    blobs = (repo_dir / "blobs").resolve()
+    snap = _plain_dir(snapshots / commit, folder)
     files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(snap):
         here = Path(dirpath)
@@ -255,7 +289,8 @@ def _check_entry(path: Path, rel: str, blobs: Path) -> None:
         target = path.resolve(strict=True)
     except (OSError, RuntimeError):
         raise SourceError(f"snapshot entry {rel} is a dangling symlink") from None
-    if not target.is_relative_to(blobs):
+    # blobs/ is flat and real: the whole chain of links must end directly in it.
+    if target.parent != blobs:
         raise SourceError(f"snapshot entry {rel} links outside the repo's blobs/")
     if not stat.S_ISREG(target.stat().st_mode):
         raise SourceError(f"snapshot entry {rel} does not link to a regular file")

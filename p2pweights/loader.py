@@ -1,4 +1,4 @@
-"""Loading verified tensors: ``load``, ``load_into`` and the lazy ``open``.
+"""Loading verified tensors: ``load`` and the lazy ``open`` (``load_into`` is in ``_load_into``).
 
 CPU tensors are views into a private (copy-on-write) memory map of each chunk file, made
 with ``torch.UntypedStorage.from_file``: no tensor byte is copied, and writing to a tensor
@@ -16,13 +16,14 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
 import torch
 
 from ._gc import paused_gc
 from ._safetensors import DTYPES
 from ._staging import StagingCopier
+from ._torch_dtypes import TORCH_DTYPES
 from .errors import LoadError
 from .manifest import TensorEntry
 from .release import Release, open_release, resolve_source
@@ -31,7 +32,7 @@ from .remote import is_remote
 from .trust import TrustStore, trust_for
 from .verify import VerifyMode, check_mode, verify_chunks
 
-__all__ = ["ReleaseReader", "load", "load_into", "open"]
+__all__ = ["ReleaseReader", "load", "open"]
 
 Source = str | Path
 
@@ -59,14 +60,13 @@ def _select(names: Iterable[str], patterns: list[str] | None) -> list[str]:
 def _tensor_from_storage(storage: torch.UntypedStorage, entry: TensorEntry) -> torch.Tensor:
     base = torch.empty(0, dtype=torch.uint8)
     base.set_(storage, entry.begin, (entry.end - entry.begin,))  # type: ignore[call-overload]
-    return base.view(DTYPES[entry.dtype].torch_dtype).reshape(entry.shape)
+    return base.view(TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
 
 
 def _typed_view(storage: torch.UntypedStorage, dtype: str) -> torch.Tensor:
     """The whole of ``storage`` as a flat tensor of ``dtype`` (less any partial element)."""
-    d = DTYPES[dtype]
-    base = torch.empty(0, dtype=d.torch_dtype)
-    base.set_(storage, 0, (storage.nbytes() // d.itemsize,))  # type: ignore[call-overload]
+    base = torch.empty(0, dtype=TORCH_DTYPES[dtype])
+    base.set_(storage, 0, (storage.nbytes() // DTYPES[dtype].itemsize,))  # type: ignore[call-overload]
     return base
 
 
@@ -301,49 +301,3 @@ def load(
     with open(root, verify=verify, device=device, trust=trust, home=home) as reader:
         return reader.tensors(_select(reader.keys(), patterns))
 
-
-def load_into(
-    module: torch.nn.Module,
-    source: Source,
-    *,
-    strict: bool = True,
-    verify: VerifyMode = "fast",
-    include: Iterable[str] | str | None = None,
-    trust: TrustStore | None = None,
-    home: Path | str | None = None,
-    peers: Sequence[str] = (),
-    stream: bool = False,
-) -> Any:
-    """Load a verified state dict into ``module`` (``module.load_state_dict``).
-
-    With ``stream`` the module is filled tensor by tensor as chunks land (layer order;
-    a remote source's first layers arrive first), instead of after the whole fetch.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``: torch's result, or with ``stream`` a
-        :class:`~p2pweights.stream.IncompatibleKeys` with the same fields.
-
-    Raises:
-        LoadError: with ``strict``, keys or shapes that do not match the module.
-        Everything :func:`load` raises.
-
-    """
-    if stream:
-        from .stream import load_into_streaming  # noqa: PLC0415 - stream imports this module
-
-        return load_into_streaming(
-            module,
-            source,
-            strict=strict,
-            verify=verify,
-            include=include,
-            trust=trust,
-            home=home,
-            peers=peers,
-        )
-    state = load(source, verify=verify, include=include, trust=trust, home=home, peers=peers)
-    try:
-        return module.load_state_dict(state, strict=strict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise LoadError(" ".join(line.strip() for line in first)[:500]) from exc

@@ -56,6 +56,7 @@ __all__ = [
     "TensorTable",
     "TensorType",
     "chunk_address",
+    "chunk_of_address",
     "publisher_in",
 ]
 
@@ -96,6 +97,17 @@ def chunk_address(sha256: str, kind: ChunkKind) -> str:
     the bytes, and no publisher can name a path outside ``chunks/``.
     """
     return f"chunks/{sha256}.safetensors" if kind == "tensors" else f"chunks/{sha256}"
+
+
+def chunk_of_address(path: str, size: int, v2_root: str) -> ChunkEntry:
+    """The chunk a content address names, with the size and v2 root given for it.
+
+    The inverse of :func:`chunk_address`: the path gives the sha256 and the kind. The
+    caller must have checked ``path`` (e.g. against ``chunks/<64 hex>[.safetensors]``).
+    """
+    name = path.removeprefix("chunks/")
+    kind: ChunkKind = "tensors" if name.endswith(".safetensors") else "blob"
+    return ChunkEntry(path, size, name.removesuffix(".safetensors"), v2_root, kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,10 @@
 """Pack a checkpoint into a signed release: chunks, manifest.json, manifest.sig.
 
 Each chunk is streamed from the source into a temp file through one bounded buffer while
-its sha256 and BitTorrent v2 root are computed on the same bytes, then renamed to its
-content address. Chunks are written by a small thread pool (file I/O and hashlib release
-the GIL), so hashing runs on both cores. If anything fails, the output dir is removed:
-a half-written release never looks like a release.
+its sha256 and BitTorrent v2 root are computed on the same bytes, then made read-only
+(0444) and renamed to its content address. Chunks are written by a small thread pool
+(file I/O and hashlib release the GIL), so hashing runs on both cores. If anything fails,
+the output dir is removed: a half-written release never looks like a release.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ __all__ = ["PackResult", "pack"]
 _BUF = 1024 * 1024
 """Copy buffer: small enough to stay in a core's cache while it is written and hashed twice."""
 _local = threading.local()
+_CHUNK_MODE = 0o444
+"""Chunks are immutable once written: an export that links one must not make it writable."""
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just written."""
@@ -319,6 +321,7 @@ def _write_tensor_chunk(
         if digest.size != layout.total_size:
             raise SourceError(f"tensor bytes changed size while packing ({names[0]!r})")
         rel = chunk_address(digest.sha256, "tensors")
+        os.chmod(tmp, _CHUNK_MODE)
         os.replace(tmp, out / rel)
     finally:
         tmp.unlink(missing_ok=True)
@@ -341,6 +344,7 @@ def _copy_blob(path: Path, out: Path, report: Progress) -> ChunkEntry:
                 report(n)
         digest = hasher.digest()
         rel = chunk_address(digest.sha256, "blob")
+        os.chmod(tmp, _CHUNK_MODE)
         os.replace(tmp, out / rel)
     finally:
         tmp.unlink(missing_ok=True)

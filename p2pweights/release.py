@@ -2,8 +2,9 @@
 
 A release directory holds ``manifest.json``, ``manifest.sig`` and ``chunks/``. Opening one
 reads the manifest under a size limit, checks that its publisher is trusted, checks the
-Ed25519 signature over the exact bytes, then parses the full schema and the expiry. Only
-then does any caller see a :class:`Manifest`.
+Ed25519 signature over the exact bytes, then parses the full schema, checks that the
+publisher's trust entry covers the release's name, and the expiry. Only then does any
+caller see a :class:`Manifest`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from ._canonical import loads_strict
 from .errors import LoadError, ManifestError, ReleaseExpiredError, SignatureError
 from .keys import SIGNATURE_BYTES
-from .manifest import LIMITS, Manifest, publisher_in
+from .manifest import LIMITS, Limits, Manifest, publisher_in
 from .trust import TrustStore
 
 __all__ = [
@@ -96,7 +97,7 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
-def open_self_signed(root: Path) -> Release:
+def open_self_signed(root: Path, *, limits: Limits = LIMITS) -> Release:
     """Authenticate the release at ``root`` under the key it names, trusted or not.
 
     This proves the release is intact and self-consistent (for seeding it, repairing a
@@ -104,43 +105,52 @@ def open_self_signed(root: Path) -> Release:
     publisher is. Loading always goes through :func:`open_release` with a trust store.
 
     Raises:
-        The same as :func:`open_release`, except ``UntrustedKeyError``.
+        The same as :func:`open_release`, except ``UntrustedKeyError`` and
+        ``OutOfScopeError``.
     """
-    return _open(root, None)
+    return _open(root, None, limits=limits)
 
 
-def open_release(root: Path, trust: TrustStore, *, now: float | None = None) -> Release:
+def open_release(
+    root: Path, trust: TrustStore, *, now: float | None = None, limits: Limits = LIMITS
+) -> Release:
     """Authenticate and parse the release at ``root``.
 
     Args:
         root: the release directory.
-        trust: the keys to believe.
+        trust: the keys to believe, each for the release names of its entry's scope.
         now: the time to check expiry against (tests).
+        limits: the manifest's caps (the daemon passes its config's, which are lower).
 
     Returns:
         The release.
 
     Raises:
-        ManifestError: missing or malformed manifest.
+        ManifestError: missing or malformed manifest, or over ``limits``.
         UntrustedKeyError: the publisher is not trusted.
         SignatureError: the signature is missing, malformed, or wrong.
+        OutOfScopeError: the publisher is trusted, but not for this release's name.
         ReleaseExpiredError: past its expiry.
 
     """
-    return _open(root, trust, now=now)
+    return _open(root, trust, now=now, limits=limits)
 
 
-def _open(root: Path, trust: TrustStore | None, *, now: float | None = None) -> Release:
-    data = _read_limited(root / MANIFEST_NAME, LIMITS.manifest_bytes, "manifest")
+def _open(
+    root: Path, trust: TrustStore | None, *, now: float | None = None, limits: Limits = LIMITS
+) -> Release:
+    data = _read_limited(root / MANIFEST_NAME, limits.manifest_bytes, "manifest")
     try:
         sig = _read_limited(root / SIGNATURE_NAME, SIGNATURE_BYTES, "signature")
     except ManifestError as exc:
         raise SignatureError(str(exc)) from exc
-    doc = loads_strict(data, max_bytes=LIMITS.manifest_bytes)  # parsed once, used twice
+    doc = loads_strict(data, max_bytes=limits.manifest_bytes)  # parsed once, used twice
     key = publisher_in(doc)
     name = trust.require(key) if trust is not None else f"key-{key.fingerprint}"
     key.verify(sig, data)
-    manifest = Manifest.from_parsed(doc, data)
+    manifest = Manifest.from_parsed(doc, data, limits=limits)
+    if trust is not None:  # the name is the publisher's word only once the signature held
+        trust.require_scope(key, manifest.name)
     when = time.time() if now is None else now
     if manifest.expires is not None and when > manifest.expires:
         raise ReleaseExpiredError(

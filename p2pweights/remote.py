@@ -8,7 +8,6 @@ it; the caller gets the path of the verified release dir in the daemon's store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ._canonical import loads_strict
-from .client import DaemonClient, error_named, start_daemon
+from .client import ensure_daemon, error_named
 from .errors import (
-    DaemonUnavailableError,
     LoadError,
     ManifestError,
     ReleaseMismatchError,
     SwarmError,
 )
-from .export import export
+from .export import export, reuse_export
 from .paths import data_dir
 from .release import EXPORT_POINTER, Release, open_release
 from .trust import trust_for
@@ -51,26 +49,6 @@ def is_remote(source: str | Path) -> bool:
     """True for magnet links, bare v2 info-hashes and ``.torrent`` files."""
     text = str(source)
     return text.startswith("magnet:") or bool(_HEX64.fullmatch(text)) or text.endswith(".torrent")
-
-
-async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
-    """A client whose daemon answers, starting one in the background if needed.
-
-    Raises:
-        DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
-    """
-    client = DaemonClient(home)
-    try:
-        await client.status()
-    except DaemonUnavailableError:
-        if not autostart:
-            raise
-        # Another process may have started one first (ours then exits because the data
-        # dir is locked): use whichever answers, else report that none does.
-        with contextlib.suppress(DaemonUnavailableError):
-            await asyncio.to_thread(start_daemon, home)
-        await client.status()
-    return client
 
 
 def raise_release_error(info: dict[str, Any]) -> None:
@@ -204,7 +182,10 @@ async def fetch_async(
 
 
 def _exported_from(local_dir: Path, release: Path) -> str | None:
-    """The manifest sha256 of an earlier export of ``release`` into ``local_dir``, if any."""
+    """The manifest sha256 that ``local_dir``'s export pointer names, if it names ``release``.
+
+    A claim only: :func:`p2pweights.export.reuse_export` then checks every file.
+    """
     pointer = local_dir / EXPORT_POINTER
     if not pointer.is_file() or pointer.is_symlink():
         return None
@@ -222,7 +203,9 @@ def export_to_local_dir(release: Path, local_dir: Path, *, home: Path | str | No
     """A linked export of a fetched release into ``local_dir``, for ``from_pretrained``.
 
     Exporting the same release into the same dir again is a no-op, as with
-    ``snapshot_download(local_dir=...)``; any other non-empty dir is refused.
+    ``snapshot_download(local_dir=...)``, but only when every file there is still the
+    export's own (a pointer file alone proves nothing: its fields are public); any other
+    non-empty dir is refused.
 
     Raises:
         ExportError: ``local_dir`` holds something else.
@@ -231,6 +214,7 @@ def export_to_local_dir(release: Path, local_dir: Path, *, home: Path | str | No
     local_dir = Path(local_dir).expanduser()
     rel = _open_fetched(release, home)
     if _exported_from(local_dir, release) == rel.manifest_sha256:
+        reuse_export(rel, local_dir)
         return local_dir
     export(release, local_dir, home=home)
     return local_dir

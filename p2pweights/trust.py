@@ -1,10 +1,18 @@
-"""The trust store: publisher keys this user believes, each under a name.
+"""The trust store: publisher keys this user believes, each under a name and a scope.
 
-It is one small JSON file (``trust.json`` in the data dir), rewritten atomically.
+It is one small JSON file (``trust.json`` in the data dir), rewritten atomically::
+
+    {"keys": {"org": "ed25519:...",
+              "other": {"key": "ed25519:...", "scopes": ["other/*"]}}}
+
+A plain key string trusts the key for every release name (the form every entry had
+before scopes, so older files load as they are); the object form limits the key to
+release names (``ORG/MODEL``) that match one of its ``fnmatch`` patterns, case-sensitive.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,22 +20,37 @@ from pathlib import Path
 
 from ._atomic import atomic_write_bytes
 from ._canonical import dumps, loads_strict
-from .errors import KeyFileError, ManifestError, TrustStoreError, UntrustedKeyError
+from .errors import (
+    KeyFileError,
+    ManifestError,
+    OutOfScopeError,
+    TrustStoreError,
+    UntrustedKeyError,
+)
 from .keys import PublicKey
 from .paths import data_dir, trust_path
 
 __all__ = ["TrustEntry", "TrustStore"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SCOPE_RE = re.compile(r"[A-Za-z0-9._*?\[\]!/-]{1,201}")
+"""A scope: the characters of a release name plus fnmatch's ``* ? [ ] !``."""
+_MAX_SCOPES = 256
 _MAX_FILE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class TrustEntry:
-    """A trusted publisher key and the name the user gave it."""
+    """A trusted publisher key, the name the user gave it, and the names it may sign."""
 
     name: str
     key: PublicKey
+    scopes: tuple[str, ...] = ()
+    """``fnmatch`` patterns of release names this key is trusted for; empty = every name."""
+
+    def covers(self, release_name: str) -> bool:
+        """True when this entry trusts its key for releases named ``release_name``."""
+        return not self.scopes or any(fnmatch.fnmatchcase(release_name, p) for p in self.scopes)
 
 
 class TrustStore:
@@ -64,10 +87,8 @@ class TrustStore:
                 or not isinstance(doc["keys"], dict)
             ):
                 raise ManifestError('trust store must be {"keys": {name: key}}')
-            entries = [
-                TrustEntry(_check_name(n), PublicKey.parse(k)) for n, k in doc["keys"].items()
-            ]
-        except (ManifestError, KeyFileError) as exc:
+            entries = [_entry_of(n, v) for n, v in doc["keys"].items()]
+        except (ManifestError, KeyFileError, TrustStoreError) as exc:
             raise TrustStoreError(f"trust store {path} is damaged: {exc}") from exc
         return cls(entries, path=path)
 
@@ -78,7 +99,12 @@ class TrustStore:
 
     def name_of(self, key: PublicKey) -> str | None:
         """The name under which ``key`` is trusted, or None."""
-        return next((e.name for e in self._entries if e.key == key), None)
+        entry = self.entry_of(key)
+        return None if entry is None else entry.name
+
+    def entry_of(self, key: PublicKey) -> TrustEntry | None:
+        """The entry that trusts ``key``, or None."""
+        return next((e for e in self._entries if e.key == key), None)
 
     def require(self, key: PublicKey) -> str:
         """The trusted name of ``key``.
@@ -95,18 +121,45 @@ class TrustStore:
             )
         return name
 
-    def add(self, key: PublicKey, name: str) -> None:
-        """Trust ``key`` under ``name`` and save.
+    def require_scope(self, key: PublicKey, release_name: str) -> None:
+        """Check that the trusted ``key`` may sign releases named ``release_name``.
+
+        Call it only with the name of a manifest whose signature by ``key`` verified.
 
         Raises:
-            TrustStoreError: if the name is taken by another key or is malformed.
+            UntrustedKeyError: if the key is not trusted at all.
+            OutOfScopeError: if its entry is limited to names that do not match.
+
+        """
+        entry = self.entry_of(key)
+        if entry is None:
+            self.require(key)  # raises UntrustedKeyError
+        elif not entry.covers(release_name):
+            raise OutOfScopeError(
+                f"publisher key {key.fingerprint} is trusted as {entry.name!r} only for "
+                f"{', '.join(entry.scopes)[:200]}, not for release {release_name!r}; "
+                f"widen it with `p2pw trust add {key.text} --name {entry.name} --scope ...` "
+                "if you trust it for that name"
+            )
+
+    def add(self, key: PublicKey, name: str, *, scopes: Iterable[str] = ()) -> None:
+        """Trust ``key`` under ``name`` for release names matching ``scopes``, and save.
+
+        An existing entry of the key is replaced, scopes included; no scopes means every
+        release name.
+
+        Raises:
+            TrustStoreError: if the name is taken by another key, or the name or a scope
+                is malformed.
 
         """
         _check_name(name)
+        patterns = _check_scopes(list(scopes))
         for e in self._entries:
             if e.name == name and e.key != key:
                 raise TrustStoreError(f"name {name!r} already trusts key {e.key.fingerprint}")
-        self._entries = [e for e in self._entries if e.key != key] + [TrustEntry(name, key)]
+        entry = TrustEntry(name, key, patterns)
+        self._entries = [e for e in self._entries if e.key != key] + [entry]
         self._save()
 
     def remove(self, name_or_key: str) -> TrustEntry:
@@ -126,11 +179,42 @@ class TrustStore:
     def _save(self) -> None:
         if self.path is None:
             return
-        doc = {"keys": {e.name: e.key.text for e in self._entries}}
+        # An unscoped entry keeps the plain string form, readable by older versions.
+        doc = {
+            "keys": {
+                e.name: {"key": e.key.text, "scopes": list(e.scopes)} if e.scopes else e.key.text
+                for e in self._entries
+            }
+        }
         try:
             atomic_write_bytes(self.path, dumps(doc) + b"\n", mode=0o600)
         except OSError as exc:
             raise TrustStoreError(f"cannot write trust store {self.path}: {exc.strerror}") from exc
+
+
+def _entry_of(name: object, value: object) -> TrustEntry:
+    """An entry of the file: a key string, or ``{"key": ..., "scopes": [...]}``."""
+    if isinstance(value, dict):
+        if set(value) != {"key", "scopes"} or not isinstance(value["scopes"], list):
+            raise ManifestError('a scoped trust entry must be {"key": KEY, "scopes": [PATTERN]}')
+        if not value["scopes"]:
+            raise ManifestError(f"trust entry {name!r} has an empty scope list")
+        return TrustEntry(
+            _check_name(name), PublicKey.parse(value["key"]), _check_scopes(value["scopes"])
+        )
+    return TrustEntry(_check_name(name), PublicKey.parse(value))
+
+
+def _check_scopes(scopes: list[object]) -> tuple[str, ...]:
+    if len(scopes) > _MAX_SCOPES:
+        raise TrustStoreError(f"a trust entry takes at most {_MAX_SCOPES} scopes")
+    for pattern in scopes:
+        if not isinstance(pattern, str) or not _SCOPE_RE.fullmatch(pattern):
+            raise TrustStoreError(
+                f"scope {str(pattern)[:80]!r} is not a release-name pattern "
+                "(letters, digits, '.', '_', '-', '/' and the wildcards * ? [ ] !)"
+            )
+    return tuple(dict.fromkeys(str(p) for p in scopes))
 
 
 def _check_name(name: object) -> str:

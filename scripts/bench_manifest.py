@@ -178,7 +178,8 @@ def _print(report: dict[str, object]) -> None:
     print(f"model: {model['tensors']:,} tensors, {model['bytes'] / 2**20:.0f} MiB in "
           f"{model['shards']} shards ({model['layers']} layers x {model['experts']} experts)")
     figures, met = report["figures"], report["met"]
-    assert isinstance(figures, dict) and isinstance(met, dict)
+    assert isinstance(figures, dict)
+    assert isinstance(met, dict)
     print(f"manifest: {report['manifest_bytes']:,} B = {figures['bytes_per_tensor']:.1f} "
           f"B/tensor (target <= 150) {'ok' if met['bytes_per_tensor'] else 'MISSED'}")
     for label, key, baseline, target in (

@@ -60,12 +60,33 @@ def test_trust_flow_and_verify(
     run_json(capsys, "trust", "add", pub, "--name", "org")
     fingerprint = run_json(capsys, "key", "show")["fingerprint"]
     assert run_json(capsys, "trust", "list")["keys"] == [
-        {"name": "org", "public_key": pub, "fingerprint": fingerprint}
+        {"name": "org", "public_key": pub, "fingerprint": fingerprint, "scopes": ["*"]}
     ]
     ok = run_json(capsys, "verify", str(release), "--full")
     assert ok["publisher_name"] == "org" and ok["mode"] == "full"
     assert run_json(capsys, "trust", "remove", "org")["removed"] == "org"
     assert run(capsys, "trust", "remove", "org")[0] == 10
+
+
+def test_scoped_trust_from_the_cli(
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+) -> None:
+    """`trust add --scope` limits a key to release names; `verify` outside it exits 18."""
+    release, pub = published  # named org/model
+    added = run_json(
+        capsys, "trust", "add", pub, "--name", "org", "--scope", "other/*", "--scope", "org/m?"
+    )
+    assert added["scopes"] == ["other/*", "org/m?"]
+    code, _, err = run(capsys, "verify", str(release))
+    assert code == 18 and "not for release 'org/model'" in err, err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = run(capsys, "trust", "list")
+    assert code == 0 and out.strip().endswith("\tother/*,org/m?"), out
+    run_json(capsys, "trust", "add", pub, "--name", "org", "--scope", "org/*")
+    assert run_json(capsys, "trust", "list")["keys"][0]["scopes"] == ["org/*"]
+    assert run_json(capsys, "verify", str(release))["publisher_name"] == "org"
+    code, _, err = run(capsys, "trust", "add", pub, "--name", "org", "--scope", "org/{a,b}")
+    assert code == 10 and "not a release-name pattern" in err, err
 
 
 def test_exit_codes_per_failure_class(

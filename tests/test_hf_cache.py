@@ -287,6 +287,77 @@ def test_snapshot_entries_that_leave_blobs_are_refused(
     assert "\n" not in str(info.value)
 
 
+# A fake private key where a user keeps theirs: what a planted link tries to publish.
+_SECRET = b"-----BEGIN OPENSSH PRIVATE KEY-----\nfake key for the test\n"
+
+
+@pytest.mark.parametrize("linked", ["blobs", "snapshots"])
+@pytest.mark.parametrize("verb", ["pack", "publish"])
+def test_a_linked_blobs_or_snapshots_dir_never_packs_a_file_from_outside(
+    cache: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    _isolated_home: Path,
+    key: PrivateKey,
+    linked: str,
+    verb: str,
+) -> None:
+    """Finding 3: "inside blobs/" must mean the repo's own real blobs/, not a link's target."""
+    repo = cache / "models--org--model"
+    # The user's ~/.ssh (which holds their key) is made the repo's blobs/ or snapshots/
+    # through a link, and config.json is pointed at the key through that link.
+    dot_ssh = tmp_path / "dot-ssh"
+    os.replace(repo / linked, dot_ssh)
+    (dot_ssh / "id_ed25519").write_bytes(_SECRET)
+    (repo / linked).symlink_to(dot_ssh)
+    config = repo / "snapshots" / COMMIT / "config.json"
+    config.unlink()
+    config.symlink_to("../../blobs/id_ed25519" if linked == "blobs" else "../id_ed25519")
+    assert config.read_bytes() == _SECRET  # the link really leads to the key
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    before = snapshot(tmp_path)
+    out = tmp_path / "rel"
+    key_file = str(tmp_path / "keys" / "publisher.pem")
+    code, _, err = run(capsys, verb, "--from-hf-cache", "org/model", "--version", "1",
+                       "--key", key_file, "--out", str(out))  # fmt: skip
+    assert code == SourceError.exit_code, err
+    assert err.count("\n") == 1 and "symlink" in err
+    assert not out.exists() and snapshot(tmp_path) == before
+    # Nothing was packed or handed to a daemon either.
+    assert not (_isolated_home / "published").exists()
+    with pytest.raises(SourceError, match="symlink"):
+        resolve_snapshot("org/model", cache)
+
+
+@pytest.mark.parametrize("linked", ["repo", "refs", "snapshot"])
+def test_a_linked_repo_refs_or_snapshot_dir_is_refused(
+    cache: Path, tmp_path: Path, linked: str
+) -> None:
+    repo = cache / "models--org--model"
+    moved = tmp_path / "elsewhere"
+    if linked == "repo":
+        os.replace(repo, moved)
+        repo.symlink_to(moved)
+    elif linked == "refs":
+        os.replace(repo / "refs", moved)
+        (repo / "refs").symlink_to(moved)
+    else:  # the snapshot dir itself, kept inside the repo so only the link is wrong
+        os.replace(repo / "snapshots" / COMMIT, repo / "moved")
+        (repo / "snapshots" / COMMIT).symlink_to(repo / "moved")
+    with pytest.raises(SourceError, match="symlink") as info:
+        resolve_snapshot("org/model", cache)
+    assert type(info.value) is SourceError and "\n" not in str(info.value)
+
+
+def test_a_linked_cache_root_is_followed(cache: Path, tmp_path: Path) -> None:
+    """The cache dir itself may be a link (a cache moved to another disk)."""
+    (tmp_path / "link-to-cache").symlink_to(cache)
+    snap = resolve_snapshot("org/model", tmp_path / "link-to-cache")
+    assert snap.path == cache / "models--org--model" / "snapshots" / COMMIT
+    assert snap.files == ("1_Pooling/config.json", "config.json", "model.safetensors")
+
+
 def test_pack_from_hf_cache_carries_the_snapshot_files(
     cache: Path,
     capsys: pytest.CaptureFixture[str],

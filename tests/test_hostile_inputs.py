@@ -77,6 +77,7 @@ def flip_byte(path: Path, offset: int, mask: int = 0x01) -> None:
     """XOR one byte of ``path`` in place (same inode, same size)."""
     size = path.stat().st_size
     pos = offset % size
+    path.chmod(0o644)  # chunks are written 0444; whoever owns the file can undo that
     with open(path, "r+b") as fh:
         fh.seek(pos)
         (old,) = fh.read(1)
@@ -275,6 +276,7 @@ def test_chunk_swapped_in_from_another_release_is_corrupt(
 
 def test_truncated_chunk_is_corrupt_in_fast_mode(damaged: Path, trust: TrustStore) -> None:
     chunk = tensor_chunk(damaged, "model.embed_tokens.weight")
+    chunk.chmod(0o644)  # chunks are written 0444
     chunk.write_bytes(chunk.read_bytes()[:-1])
     with expect(CorruptChunkError):
         p2pweights.load(damaged, trust=trust, verify="fast")

@@ -73,6 +73,7 @@ def test_include_loads_and_verifies_only_matching_chunks(
     manifest = p2pweights.open_release(release, trust).manifest
     # Damage layer 3's chunk: a load of layer 0 alone never reads it...
     layer3 = manifest.tensors["model.layers.3.mlp.up_proj.weight"].chunk
+    (release / layer3).chmod(0o644)  # chunks are written 0444
     with (release / layer3).open("r+b") as fh:
         fh.seek(100)
         fh.write(b"\xff\xff")

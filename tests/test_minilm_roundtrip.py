@@ -93,12 +93,15 @@ def test_linked_export_copies_no_tensor_data(
     release, trust = minilm_release
     out = tmp_path / "linked"
     result = p2pweights.export(release, out, trust=trust)
+    manifest = p2pweights.open_release(release, trust).manifest
     shards = [f for f in result.files if f.endswith(".safetensors")]
     assert shards
     for name in shards:
         path = out / name
-        assert path.is_symlink()
-        assert path.resolve().parent == (release / "chunks").resolve()
+        if path.is_symlink():  # no reflinks on this filesystem: the read-only chunk itself
+            assert path.resolve().parent == (release / "chunks").resolve()
+        else:  # a copy-on-write clone of the chunk
+            assert f"chunks/{_sha(path)}.safetensors" in {c.path for c in manifest.chunks}
     assert (out / "model.safetensors.index.json").is_file()
     # The export is itself a source for load().
     loaded = p2pweights.load(out, trust=trust)
@@ -130,6 +133,31 @@ def test_forward_pass_on_exported_dir_equals_original(
     got = _embed(out)
     assert got.shape == expected.shape == (2, got.shape[1], 384)
     assert torch.equal(got, expected)
+
+
+def test_save_pretrained_into_a_linked_export_leaves_every_chunk_unchanged(
+    minilm_release: tuple[Path, TrustStore], minilm_dir: Path, tmp_path: Path
+) -> None:
+    """Finding 6: transformers rewrites config and tokenizer files in place."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    release, trust = minilm_release
+    out = tmp_path / "hf"
+    p2pweights.export(release, out, trust=trust)
+    chunks = sorted((release / "chunks").iterdir())
+    before = {p.name: _sha(p) for p in chunks}
+    config = AutoConfig.from_pretrained(str(out))
+    config.p2pw_probe = "saved into the export"
+    config.save_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(str(out))
+    assert {p.name: _sha(p) for p in chunks} == before
+    p2pweights.verify_release(release, trust, mode="full")
+    # The export took the writes, and still loads.
+    assert AutoConfig.from_pretrained(str(out)).p2pw_probe == "saved into the export"
+    assert AutoTokenizer.from_pretrained(str(out)).model_max_length == 128
+    assert torch.equal(_embed(out), _embed(minilm_dir))
 
 
 def test_load_into_bert_gives_identical_outputs(

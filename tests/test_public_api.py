@@ -27,6 +27,8 @@ def test_public_names_are_pinned() -> None:
         "Manifest",
         "ManifestError",
         "MissingChunkError",
+        "OutOfScopeError",
+        "OverCapError",
         "P2PWeightsError",
         "PackResult",
         "PrivateKey",

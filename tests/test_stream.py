@@ -103,6 +103,7 @@ def test_stream_stops_at_a_corrupt_chunk_after_yielding_the_good_ones(
     path = release / victim
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # same size: only a full check sees it
+    path.chmod(0o644)  # chunks are written 0444
     path.write_bytes(bytes(data))
     seen: list[str] = []
 
@@ -156,6 +157,7 @@ def test_full_verify_on_a_device_hashes_the_staged_bytes(
     path = release / rel.manifest.tensors["lm_head.weight"].chunk
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
+    path.chmod(0o644)  # chunks are written 0444
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptChunkError, match="sha256"):
         p2pweights.load(release, trust=trust, device="meta", verify="full")

@@ -1,143 +1,47 @@
-"""One libtorrent session driven from asyncio: alerts, waiters, torrents."""
+"""One libtorrent session driven from asyncio: the engine's operations on torrents.
+
+The alert handling lives in :mod:`.alerts`, the waiters in :mod:`.waiters`, the event
+streams in :mod:`.events`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import math
-import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self, cast, get_args
+from typing import Any, Self, cast
 
 import libtorrent as lt
 
 from p2pweights._paths import check_relative
 from p2pweights.errors import FormatError
 
+from .alerts import CHECKING_STATES, AlertDispatch, complete_files, status_of
+from .events import EventStream
 from .settings import EngineSettings
 from .torrents import parse_magnet, torrent_from_info
 from .values import (
     EngineError,
     EngineEvent,
     MagnetLink,
-    TorrentFailedError,
     TorrentFile,
     TorrentFileEntry,
-    TorrentState,
     TorrentStatus,
 )
+from .waiters import Tracked
+
+__all__ = ["Engine", "EventStream"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class _Waiter:
-    ready: Callable[[], bool]
-    future: asyncio.Future[None]
-
-
-@dataclass(eq=False)
-class _Torrent:
-    id: str
-    handle: Any
-    waiters: list[_Waiter] = field(default_factory=list)
-    once: dict[str, list[asyncio.Future[Any]]] = field(default_factory=dict)
-    error: str | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    payload_down: int = 0
-    """Payload counted before a reconnect (libtorrent resets its session counters)."""
-    payload_up: int = 0
-    disk_full: str | None = None
-    """libtorrent's message while the torrent is stopped by a full disk."""
-
-    def adjust(self, status: TorrentStatus) -> TorrentStatus:
-        """``status`` with the payload counted before any reconnect added back."""
-        if not (self.payload_down or self.payload_up):
-            return status
-        return replace(
-            status,
-            total_payload_download=status.total_payload_download + self.payload_down,
-            total_payload_upload=status.total_payload_upload + self.payload_up,
-        )
-
-
-class EventStream:
-    """Events of one subscriber; iterate with ``async for``, stop with :meth:`close`."""
-
-    def __init__(self, engine: Engine, maxsize: int) -> None:
-        self._engine = engine
-        self._queue: asyncio.Queue[EngineEvent | None] = asyncio.Queue(maxsize)
-        self.dropped = 0
-        """Events dropped because the subscriber fell behind (oldest go first)."""
-
-    def _put(self, event: EngineEvent | None) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(event)
-                return
-            except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self._queue.get_nowait()
-                    self.dropped += 1
-
-    def drain(self) -> list[EngineEvent]:
-        """Every event queued so far, without waiting."""
-        out: list[EngineEvent] = []
-        while not self._queue.empty():
-            event = self._queue.get_nowait()
-            if event is None:
-                self._put(None)
-                break
-            out.append(event)
-        return out
-
-    def close(self) -> None:
-        """Stop this stream; a pending ``async for`` ends."""
-        self._engine._subscribers.discard(self)
-        self._put(None)
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> EngineEvent:
-        event = await self._queue.get()
-        if event is None:
-            self._put(None)  # stay closed for later calls
-            raise StopAsyncIteration
-        return event
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Engine:
+class Engine(AlertDispatch):
     """One libtorrent session driven from asyncio. Create it with :meth:`start`.
 
     Every method must be called from the event loop that started the engine.
     """
-
-    def __init__(
-        self, session: Any, settings: EngineSettings, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self._ses: Any = session
-        self.settings = settings
-        self._loop = loop
-        self._torrents: dict[str, _Torrent] = {}
-        self._subscribers: set[EventStream] = set()
-        self._listen: asyncio.Future[int] = loop.create_future()
-        self._listen_failures: list[str] = []
-        self._closed = False
-        self._rsock, self._wsock = socket.socketpair()
-        self._rsock.setblocking(False)
-        self._wsock.setblocking(False)
-        self._ticker: asyncio.Task[None] | None = None
 
     # ---- lifecycle
 
@@ -178,11 +82,6 @@ class Engine:
         engine._ticker = loop.create_task(engine._tick(), name="p2pw-engine-ticker")
         log.info("engine listening on port %d", engine.listen_port)
         return engine
-
-    @property
-    def listen_port(self) -> int:
-        """The TCP port the session listens on."""
-        return int(self._ses.listen_port())
 
     async def __aenter__(self) -> Self:
         return self
@@ -226,7 +125,7 @@ class Engine:
         self._loop.remove_reader(self._rsock.fileno())
         closed = EngineError("engine closed")
         for t in list(self._torrents.values()):
-            self._fail(t, closed)
+            t.fail(closed)
         self._torrents.clear()
         if not self._listen.done():
             self._listen.set_exception(closed)
@@ -332,7 +231,7 @@ class Engine:
         except RuntimeError as exc:
             raise EngineError(f"libtorrent refused torrent {torrent.id}: {exc}") from exc
         tid = str(handle.info_hashes().v2)
-        self._torrents[tid] = _Torrent(tid, handle)
+        self._torrents[tid] = Tracked(tid, handle)
         log.info("added torrent %s (%s)", tid, "resume" if resume_data else "new")
         self._emit(EngineEvent("added", tid))
         return tid
@@ -353,7 +252,7 @@ class Engine:
         """
         t = self._get(tid)
         try:
-            return t.adjust(_status_of(t.handle.status()))
+            return t.adjust(status_of(t.handle.status()))
         except RuntimeError as exc:  # the handle went invalid under us (removal)
             raise EngineError(f"torrent {tid} is gone: {exc}") from exc
 
@@ -363,12 +262,15 @@ class Engine:
         For a torrent added by magnet the bytes hold the info dict only (libtorrent
         fetches v2 piece layers from peers as it goes); they load as a torrent all the
         same.
+
+        Raises:
+            OverCapError: the torrent has more files than ``settings.max_torrent_files``.
         """
         ti = self._get(tid).handle.torrent_file()
         if ti is None:
             return None
         data = lt.bencode({b"info": lt.bdecode(ti.info_section())})
-        return torrent_from_info(ti, data)
+        return torrent_from_info(ti, data, max_files=self.settings.max_torrent_files)
 
     def torrent_files(self, tid: str) -> tuple[TorrentFileEntry, ...]:
         """The torrent's real files (paths below the root), once metadata is known.
@@ -409,7 +311,7 @@ class Engine:
         if t.handle.torrent_file() is None:
             t.handle.prioritize_files(prios)
             return
-        fut = self._expect(t, "file_prio")
+        fut = t.expect(self._loop, "file_prio")
         t.handle.prioritize_files(prios)
         await fut
 
@@ -422,7 +324,7 @@ class Engine:
         """
         t = self._get(tid)
         async with t.lock:  # never between a save_resume_data's pause and its alert
-            fut = self._expect(t, "paused")
+            fut = t.expect(self._loop, "paused")
             t.handle.pause()
             await fut
             st = t.handle.status()
@@ -454,9 +356,13 @@ class Engine:
         self._get(tid).handle.pause()
 
     async def wait_metadata(self, tid: str) -> TorrentFile:
-        """Wait until the torrent's metadata is known, and return it."""
+        """Wait until the torrent's metadata is known, and return it.
+
+        Raises:
+            OverCapError: the torrent has more files than ``settings.max_torrent_files``.
+        """
         t = self._get(tid)
-        await self._wait(t, lambda: t.handle.torrent_file() is not None)
+        await t.wait(self._loop, lambda: t.handle.torrent_file() is not None)
         tf = self.torrent_file(tid)
         assert tf is not None
         return tf
@@ -469,8 +375,11 @@ class Engine:
         """
         t = self._get(tid)
         wanted = sorted(set(indices))
-        await self._wait(
-            t, lambda: t.handle.torrent_file() is not None and _complete(t.handle, wanted) == wanted
+        await t.wait(
+            self._loop,
+            lambda: (
+                t.handle.torrent_file() is not None and complete_files(t.handle, wanted) == wanted
+            ),
         )
         await self.flush(tid)
 
@@ -486,16 +395,16 @@ class Engine:
         done: list[int] = []
 
         def ready() -> bool:
-            done[:] = _complete(t.handle, wanted)
+            done[:] = complete_files(t.handle, wanted)
             return bool(done) or not wanted
 
-        await self._wait(t, ready)
+        await t.wait(self._loop, ready)
         return done
 
     async def flush(self, tid: str) -> None:
         """Write out whatever libtorrent still holds in memory for the torrent."""
         t = self._get(tid)
-        fut = self._expect(t, "flushed")
+        fut = t.expect(self._loop, "flushed")
         t.handle.flush_cache()
         await fut
 
@@ -505,9 +414,9 @@ class Engine:
 
         def ready() -> bool:
             st = t.handle.status()
-            return bool(st.has_metadata and st.is_finished and st.state not in _CHECKING_STATES)
+            return bool(st.has_metadata and st.is_finished and st.state not in CHECKING_STATES)
 
-        await self._wait(t, ready)
+        await t.wait(self._loop, ready)
 
     async def rename_file(self, tid: str, index: int, new_path: str) -> str:
         """Move file ``index`` to ``new_path`` (relative to the save path) and wait.
@@ -518,7 +427,7 @@ class Engine:
         """
         t = self._get(tid)
         check_relative(new_path, what="file path")
-        fut = self._expect(t, f"renamed:{index}")
+        fut = t.expect(self._loop, f"renamed:{index}")
         t.handle.rename_file(index, new_path)
         result: str = await fut
         return result
@@ -533,7 +442,7 @@ class Engine:
         t = self._get(tid)
         if t.handle.flags() & lt.torrent_flags.paused:
             raise EngineError(f"torrent {tid} is paused; resume it before a recheck")
-        fut = self._expect(t, "checked")
+        fut = t.expect(self._loop, "checked")
         t.handle.force_recheck()
         await fut
 
@@ -553,11 +462,11 @@ class Engine:
             handle = t.handle
             paused_here = False
             if pause and not handle.flags() & lt.torrent_flags.paused:
-                fut = self._expect(t, "paused")
+                fut = t.expect(self._loop, "paused")
                 handle.pause()
                 await fut
                 paused_here = True
-            fut = self._expect(t, "resume_data")
+            fut = t.expect(self._loop, "resume_data")
             handle.save_resume_data(
                 lt.torrent_handle.flush_disk_cache | lt.torrent_handle.save_info_dict
             )
@@ -577,281 +486,12 @@ class Engine:
         """Remove the torrent; with ``delete_files`` also its files (shared ones too!)."""
         t = self._get(tid)
         # A torrent that failed must still be removable.
-        removed = self._expect(t, "removed", even_failed=True)
-        deleted = self._expect(t, "deleted", even_failed=True) if delete_files else None
+        removed = t.expect(self._loop, "removed", even_failed=True)
+        deleted = t.expect(self._loop, "deleted", even_failed=True) if delete_files else None
         self._ses.remove_torrent(t.handle, lt.options_t.delete_files if delete_files else 0)
         await removed
         if deleted is not None:
             await deleted
         self._torrents.pop(tid, None)
-        self._fail(t, EngineError(f"torrent {tid} was removed"))
+        t.fail(EngineError(f"torrent {tid} was removed"))
         self._emit(EngineEvent("removed", tid))
-
-    def subscribe(self, maxsize: int = 1024) -> EventStream:
-        """A stream of :class:`EngineEvent`; close it when done (it is a context manager)."""
-        stream = EventStream(self, maxsize)
-        self._subscribers.add(stream)
-        return stream
-
-    # ---- internals
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EngineError("engine is closed")
-
-    def _get(self, tid: str) -> _Torrent:
-        self._check_open()
-        try:
-            return self._torrents[tid]
-        except KeyError:
-            raise EngineError(f"no torrent {tid[:64]!r} in this engine") from None
-
-    def _expect(self, t: _Torrent, key: str, *, even_failed: bool = False) -> asyncio.Future[Any]:
-        if t.error is not None and not even_failed:
-            raise TorrentFailedError(f"torrent {t.id}: {t.error}")
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        t.once.setdefault(key, []).append(fut)
-        return fut
-
-    def _fire(self, t: _Torrent, key: str, value: object = None) -> None:
-        for fut in t.once.pop(key, []):
-            if not fut.done():
-                fut.set_result(value)
-
-    def _fail_key(self, t: _Torrent, key: str, exc: BaseException) -> None:
-        for fut in t.once.pop(key, []):
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def _fail(self, t: _Torrent, exc: BaseException) -> None:
-        for key in list(t.once):
-            self._fail_key(t, key, exc)
-        for w in t.waiters:
-            if not w.future.done():
-                w.future.set_exception(exc)
-        t.waiters.clear()
-
-    async def _wait(self, t: _Torrent, ready: Callable[[], bool]) -> None:
-        if t.error is not None:
-            raise TorrentFailedError(f"torrent {t.id}: {t.error}")
-        if ready():
-            return
-        waiter = _Waiter(ready, self._loop.create_future())
-        t.waiters.append(waiter)
-        try:
-            await waiter.future
-        finally:
-            with contextlib.suppress(ValueError):
-                t.waiters.remove(waiter)
-
-    def _recheck_waiters(self, t: _Torrent) -> None:
-        for w in list(t.waiters):
-            if w.future.done():
-                continue
-            try:
-                if w.ready():
-                    w.future.set_result(None)
-            except RuntimeError as exc:  # the handle went invalid
-                w.future.set_exception(EngineError(f"torrent {t.id}: {exc}"))
-
-    def _emit(self, event: EngineEvent) -> None:
-        for sub in list(self._subscribers):
-            sub._put(event)
-
-    async def _tick(self) -> None:
-        interval = self.settings.status_interval
-        while True:
-            await asyncio.sleep(interval)
-            if self._subscribers and self._torrents:
-                self._ses.post_torrent_updates()
-
-    def _on_readable(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while self._rsock.recv(4096):
-                pass
-        self._pump()
-
-    def _pump(self) -> None:
-        if self._ses is None:
-            return
-        touched: set[str] = set()
-        for alert in self._ses.pop_alerts():
-            try:
-                tid = self._dispatch(alert)
-            except Exception:  # one odd alert must not stop the loop
-                log.exception("error while handling %s", type(alert).__name__)
-                continue
-            if tid is not None:
-                touched.add(tid)
-        for tid in touched:
-            t = self._torrents.get(tid)
-            if t is not None and t.waiters:
-                self._recheck_waiters(t)
-
-    def _dispatch(self, a: Any) -> str | None:
-        if isinstance(a, lt.state_update_alert):
-            for st in a.status:
-                status = _status_of(st)
-                t = self._torrents.get(status.id)
-                if t is not None:
-                    self._emit(EngineEvent("progress", status.id, t.adjust(status)))
-            return None
-        if isinstance(a, lt.listen_succeeded_alert):
-            if a.socket_type == lt.socket_type_t.tcp and not self._listen.done():
-                self._listen.set_result(int(a.port))
-            return None
-        if isinstance(a, lt.listen_failed_alert):
-            msg = a.message()
-            log.warning("%s", msg)
-            self._listen_failures.append(msg)
-            wanted = len([s for s in self.settings.listen_interfaces.split(",") if s.strip()])
-            if len(self._listen_failures) >= 2 * wanted and not self._listen.done():
-                self._listen.set_exception(EngineError("; ".join(self._listen_failures)))
-            return None
-        if isinstance(a, lt.torrent_removed_alert):
-            tid = str(a.info_hashes.v2)
-            t = self._torrents.get(tid)
-            if t is not None:
-                self._fire(t, "removed")
-            return None
-        if isinstance(a, lt.torrent_deleted_alert | lt.torrent_delete_failed_alert):
-            tid = str(a.info_hashes.v2)
-            t = self._torrents.get(tid)
-            if t is not None:
-                if isinstance(a, lt.torrent_delete_failed_alert):
-                    self._fail_key(t, "deleted", EngineError(a.message()))
-                else:
-                    self._fire(t, "deleted")
-            return None
-        if not isinstance(a, lt.torrent_alert):
-            log.debug("%s", a.message())
-            return None
-        try:
-            tid = str(a.handle.info_hashes().v2)
-        except RuntimeError:
-            return None
-        t = self._torrents.get(tid)
-        if t is None:
-            return None
-        self._torrent_alert(t, a)
-        return tid
-
-    def _torrent_alert(self, t: _Torrent, a: Any) -> None:
-        tid = t.id
-        if isinstance(a, lt.metadata_received_alert):
-            self._emit(EngineEvent("metadata", tid))
-        elif isinstance(a, lt.piece_finished_alert):
-            self._emit(EngineEvent("piece", tid, message=str(int(a.piece_index))))
-        elif isinstance(a, lt.file_completed_alert):
-            self._emit(EngineEvent("file_completed", tid, file_index=int(a.index)))
-        elif isinstance(a, lt.torrent_finished_alert):
-            self._emit(EngineEvent("finished", tid))
-        elif isinstance(a, lt.torrent_checked_alert):
-            self._fire(t, "checked")
-            self._emit(EngineEvent("checked", tid))
-        elif isinstance(a, lt.state_changed_alert):
-            self._emit(EngineEvent("state", tid, message=_state_name(a.state)))
-        elif isinstance(a, lt.torrent_paused_alert):
-            self._fire(t, "paused")
-            self._emit(EngineEvent("paused", tid))
-        elif isinstance(a, lt.torrent_resumed_alert):
-            self._emit(EngineEvent("resumed", tid))
-        elif isinstance(a, lt.save_resume_data_alert):
-            self._fire(t, "resume_data", bytes(lt.write_resume_data_buf(a.params)))
-        elif isinstance(a, lt.save_resume_data_failed_alert):
-            self._fail_key(t, "resume_data", EngineError(f"torrent {tid}: {a.message()}"))
-        elif isinstance(a, lt.file_renamed_alert):
-            new_name = str(a.new_name())
-            self._fire(t, f"renamed:{a.index}", new_name)
-            self._emit(EngineEvent("renamed", tid, file_index=int(a.index), message=new_name))
-        elif isinstance(a, lt.file_rename_failed_alert):
-            self._fail_key(t, f"renamed:{a.index}", EngineError(f"torrent {tid}: {a.message()}"))
-        elif isinstance(a, lt.cache_flushed_alert):
-            self._fire(t, "flushed")
-        elif isinstance(a, lt.file_prio_alert):
-            self._fire(t, "file_prio")
-        elif isinstance(a, lt.hash_failed_alert):
-            log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
-            self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
-        elif isinstance(a, lt.fastresume_rejected_alert):
-            log.warning("%s", a.message())
-            self._emit(EngineEvent("resume_rejected", tid, message=a.message()))
-        elif isinstance(a, lt.file_error_alert) and a.error.value() in _DISK_FULL:
-            # libtorrent stops the torrent; it can go on once space is freed, so this is
-            # not a failure: waiters keep waiting, and clear_error() restarts it.
-            if t.disk_full is None:
-                t.disk_full = a.message()
-                log.error("%s", t.disk_full)
-                self._emit(EngineEvent("disk_full", tid, message=t.disk_full))
-        elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert) and t.disk_full:
-            # With mmap storage, reading back a page the full disk could not hold fails
-            # too (EIO); a symptom of the same cause, cured by the same clear_disk_full().
-            log.warning("while the disk is full: %s", a.message())
-        elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
-            msg = a.message()
-            log.error("%s", msg)
-            t.error = msg
-            self._fail(t, TorrentFailedError(msg))
-            self._emit(EngineEvent("error", tid, message=msg))
-        else:
-            log.debug("%s", a.message())
-
-
-def _complete(handle: Any, indices: list[int]) -> list[int]:
-    """The files of ``indices`` whose every piece passed the hash check (none before metadata)."""
-    ti = handle.torrent_file()
-    if ti is None:
-        return []
-    fs = ti.layout()
-    progress = handle.file_progress(lt.file_progress_flags_t.piece_granularity)
-    return [i for i in indices if progress[i] == fs.file_size(i)]
-
-
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-"""Write errors that freeing space (or raising a file size limit) cures."""
-
-_CHECKING_STATES = frozenset(
-    {
-        lt.torrent_status.states.checking_files,
-        lt.torrent_status.states.checking_resume_data,
-        lt.torrent_status.states.queued_for_checking,
-    }
-)
-
-
-def _state_name(state: Any) -> TorrentState:
-    name = getattr(state, "name", "unknown")
-    return cast(TorrentState, name) if name in _STATE_NAMES else "unknown"
-
-
-_STATE_NAMES = frozenset(get_args(TorrentState))
-
-
-def _status_of(st: Any) -> TorrentStatus:
-    errc = st.errc
-    error = errc.message() if errc.value() else None
-    progress = float(st.progress)
-    return TorrentStatus(
-        id=str(st.info_hashes.v2),
-        name=str(st.name),
-        state=_state_name(st.state),
-        paused=bool(st.flags & lt.torrent_flags.paused),
-        has_metadata=bool(st.has_metadata),
-        is_finished=bool(st.is_finished),
-        is_seeding=bool(st.is_seeding),
-        progress=progress if math.isfinite(progress) else 0.0,
-        total_done=int(st.total_done),
-        total_wanted=int(st.total_wanted),
-        total_wanted_done=int(st.total_wanted_done),
-        total_payload_download=int(st.total_payload_download),
-        total_payload_upload=int(st.total_payload_upload),
-        all_time_download=int(st.all_time_download),
-        all_time_upload=int(st.all_time_upload),
-        download_rate=int(st.download_payload_rate),
-        upload_rate=int(st.upload_payload_rate),
-        num_peers=int(st.num_peers),
-        num_seeds=int(st.num_seeds),
-        failed_bytes=int(st.total_failed_bytes),
-        redundant_bytes=int(st.total_redundant_bytes),
-        error=error,
-    )

@@ -77,6 +77,9 @@ class EngineSettings:
     unchoke_slots: int = 0
     """Peers uploaded to at once (``unchoke_slots_limit``); 0 = :data:`UPLOAD_LIMITED_UNCHOKE_SLOTS`
     while an upload limit is set, else libtorrent's 8."""
+    max_torrent_files: int = 0
+    """Refuse metadata of a torrent with more files than this (``OverCapError``); 0 = only
+    libtorrent's own decode limits. Not a libtorrent setting: checked as metadata arrives."""
 
     @classmethod
     def default(cls) -> EngineSettings:

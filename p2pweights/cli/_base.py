@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -10,17 +9,18 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .. import __version__
-from ..client import DaemonClient
+from ..client import DaemonClient, ensure_daemon_sync
 from ..errors import KeyFileError
-from ..keys import PrivateKey, load_private_key
 from ..paths import data_dir, trust_path
-from ..remote import ensure_daemon
-from ..trust import TrustStore
+
+if TYPE_CHECKING:
+    from ..keys import PrivateKey
+    from ..trust import TrustStore
 
 __all__ = [
     "Ctx",
@@ -49,6 +49,8 @@ class Ctx:
         self.json = False
 
     def trust(self) -> TrustStore:
+        from ..trust import TrustStore  # noqa: PLC0415 - keeps the daemon verbs light
+
         return TrustStore.load(trust_path(self.home))
 
 
@@ -107,6 +109,8 @@ def passphrase_from(
 
 
 def load_key(path: Path, passphrase_file: Path | None) -> PrivateKey:
+    from ..keys import load_private_key  # noqa: PLC0415 - cryptography only where keys are
+
     try:
         return load_private_key(
             path, passphrase=passphrase_from(passphrase_file, prompt="Passphrase")
@@ -135,9 +139,11 @@ def cli(click_ctx: click.Context, home: Path | None, debug: bool) -> None:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one coroutine to completion (each CLI verb is one short event loop)."""
+    import asyncio  # noqa: PLC0415 - one-shot verbs use the client's sync calls instead
+
     return asyncio.run(coro)
 
 
 def client_for(ctx: Ctx, *, autostart: bool = True) -> DaemonClient:
     """A client whose daemon answers, started on demand."""
-    return run(ensure_daemon(ctx.home, autostart=autostart))
+    return ensure_daemon_sync(ctx.home, autostart=autostart)

@@ -12,16 +12,10 @@ from typing import Any
 
 import click
 
-from ..client import DaemonClient, daemon_log_path, running_daemon_pid, start_daemon
+from ..client import DaemonClient, daemon_log_path, fetch_body, running_daemon_pid, start_daemon
 from ..errors import DaemonError, DaemonUnavailableError, LoadError
-from ..hf_cache import resolve_snapshot
-from ..loader import load as load_tensors
-from ..pack import pack as pack_release
 from ..paths import default_key_path
-from ..release import is_release_dir
-from ..remote import export_to_local_dir, fetch_async
 from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
-from ._local import source_size
 
 __all__: list[str] = []
 
@@ -33,11 +27,15 @@ def daemon() -> None:
     """The background daemon that seeds and fetches."""
 
 
-@daemon.command("run", context_settings={"ignore_unknown_options": True})
+@daemon.command(
+    "run", context_settings={"ignore_unknown_options": True}, add_help_option=False
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
-    """Run the daemon in the foreground (flags go to p2pweightsd run)."""
+    """Run the daemon in the foreground. `p2pw daemon run --help` lists its flags."""
+    # The daemon's flags are defined once, in p2pweightsd.cli; the daemon is a process of
+    # its own that this CLI starts, never a module it imports.
     argv = [sys.executable, "-m", "p2pweightsd", "run", "--home", str(ctx.home), *args]
     os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
 
@@ -47,17 +45,17 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
 @json_option
 @pass_ctx
 def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
-    """Start the daemon in the background (flags go to p2pweightsd run)."""
+    """Start the daemon in the background. It takes the flags of `p2pw daemon run`."""
     client = DaemonClient(ctx.home)
     try:
-        info: dict[str, Any] | None = run(client.status())
+        info: dict[str, Any] | None = client.request_sync("GET", "/status")
     except DaemonUnavailableError:
         info = None
     if info is not None:
         emit(ctx, {"started": False, **info}, [f"daemon already running (pid {info['pid']})"])
         return
     pid = start_daemon(ctx.home, extra_args=args)
-    info = run(client.status())
+    info = client.request_sync("GET", "/status")
     emit(
         ctx,
         {"started": True, **info},
@@ -109,7 +107,7 @@ def doctor(ctx: Ctx, repair: bool, as_json: bool) -> None:
 @pass_ctx
 def daemon_status(ctx: Ctx) -> None:
     """Report on the daemon (exit code 15 when none runs)."""
-    info = run(DaemonClient(ctx.home).status())
+    info = DaemonClient(ctx.home).request_sync("GET", "/status")
     emit(
         ctx,
         info,
@@ -173,6 +171,12 @@ def publish(
     With --from-hf-cache ORG/NAME[@REV] instead of SRC, the snapshot of that repo in the
     local Hugging Face cache is packed and seeded.
     """
+    # Imported here, not at the top: the daemon-only verbs stay light.
+    from ..hf_cache import resolve_snapshot  # noqa: PLC0415
+    from ..pack import pack as pack_release  # noqa: PLC0415
+    from ..release import is_release_dir  # noqa: PLC0415
+    from ._local import source_size  # noqa: PLC0415
+
     if (src is None) == (hf_ref is None):
         raise LoadError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
     if hf_ref is not None:
@@ -205,6 +209,8 @@ def publish(
 
 
 def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
+    from ..remote import fetch_async  # noqa: PLC0415 - aiohttp; `fetch --no-wait` skips it
+
     bar: Any = None
     done = 0
 
@@ -244,7 +250,8 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
 @click.option(
     "--trust-on-first-use",
     is_flag=True,
-    help="Trust the publisher key of this release if it is not trusted yet.",
+    help="Trust the publisher key of this release, for this release's name only, if the "
+    "key is not in the trust store yet.",
 )
 @click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True)
@@ -283,7 +290,7 @@ def fetch(
     if local_dir is not None and include:
         raise LoadError("--local-dir with --include would write a model dir missing weights")
     if no_wait:
-        info = run(client_for(ctx).fetch(uri, **kw))
+        info = client_for(ctx).request_sync("POST", "/fetch", body=fetch_body(uri, **kw))
     else:
         info = _fetch_with_progress(ctx, uri, timeout=timeout, revision=revision, **kw)
     lines = [
@@ -291,6 +298,8 @@ def fetch(
         f"release {info['path']}",
     ]
     if local_dir is not None:
+        from ..remote import export_to_local_dir  # noqa: PLC0415
+
         info["local_dir"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
         lines.append(f"local dir {info['local_dir']}")
     emit(ctx, info, lines)
@@ -301,7 +310,7 @@ def fetch(
 @pass_ctx
 def ls(ctx: Ctx) -> None:
     """List the daemon's releases."""
-    rows = run(client_for(ctx).releases())
+    rows = list(client_for(ctx).request_sync("GET", "/releases")["releases"])
     emit(ctx, {"releases": rows}, [_release_line(r) for r in rows] or ["(no releases)"])
 
 
@@ -311,7 +320,7 @@ def ls(ctx: Ctx) -> None:
 @pass_ctx
 def show(ctx: Ctx, release_id: str) -> None:
     """Show one release (id or a unique id prefix of 6+ characters)."""
-    info = run(client_for(ctx).show(release_id))
+    info = client_for(ctx).request_sync("GET", f"/releases/{release_id}")
     lines = [_release_line(info)] + [
         f"  {k}: {v}"
         for k, v in sorted(info.items())
@@ -330,7 +339,9 @@ def show(ctx: Ctx, release_id: str) -> None:
 @pass_ctx
 def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
     """Stop seeding a release, optionally deleting its data."""
-    info = run(client_for(ctx).remove(release_id, delete_data=delete_data))
+    info = client_for(ctx).request_sync(
+        "DELETE", f"/releases/{release_id}", params={"delete_data": "1" if delete_data else "0"}
+    )
     emit(
         ctx,
         info,
@@ -352,6 +363,8 @@ def load_cmd(
     ctx: Ctx, source: str, include: tuple[str, ...], full: bool, peers: tuple[str, ...]
 ) -> None:
     """Fetch (if remote) and load a release into torch; prints what was loaded."""
+    from ..loader import load as load_tensors  # noqa: PLC0415 - torch, only for this verb
+
     started = time.perf_counter()
     state = load_tensors(
         source,

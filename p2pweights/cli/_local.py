@@ -1,23 +1,26 @@
-"""`p2pw` verbs that work offline: keys, trust, pack, verify, export."""
+"""`p2pw` verbs that work offline: keys, trust, pack, verify, export.
+
+Each verb imports what it works with in its own body, so that loading the CLI to run a
+verb that only talks to the daemon (``p2pw ls``) does not pay for these.
+"""
+
+# ruff: noqa: PLC0415 - the imports inside the verbs are the point (see above)
 
 from __future__ import annotations
 
 import hashlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import ExportError, SourceError
-from ..export import export as export_release
-from ..hf_cache import export_to_hf_cache, resolve_snapshot
-from ..keys import PublicKey, generate_key
-from ..pack import pack as pack_release
 from ..paths import default_key_path
-from ..release import MANIFEST_NAME, open_release, resolve_source
-from ..trust import TrustStore
-from ..verify import verify_chunks
 from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
+
+if TYPE_CHECKING:
+    from ..trust import TrustStore
 
 __all__ = ["source_size"]
 
@@ -46,6 +49,8 @@ def key_generate(
     ctx: Ctx, out: Path | None, ask: bool, passphrase_file: Path | None, force: bool
 ) -> None:
     """Create a new signing key, written with mode 0600."""
+    from ..keys import generate_key
+
     path = out or default_key_path(ctx.home)
     secret = passphrase_from(passphrase_file, prompt="New passphrase", confirm=True, ask=ask)
     priv = generate_key(path, passphrase=secret, overwrite=force)
@@ -92,35 +97,61 @@ def trust() -> None:
 @trust.command("add")
 @click.argument("public_key")
 @click.option("--name", required=True, help="A name for this publisher, e.g. the org.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="PATTERN",
+    help="Trust the key only for release names (ORG/MODEL) matching this fnmatch pattern, "
+    "e.g. 'org/*'. Repeatable. Default: every name.",
+)
 @json_option
 @pass_ctx
-def trust_add(ctx: Ctx, public_key: str, name: str) -> None:
-    """Trust PUBLIC_KEY (ed25519:...) under NAME."""
+def trust_add(ctx: Ctx, public_key: str, name: str, scopes: tuple[str, ...]) -> None:
+    """Trust PUBLIC_KEY (ed25519:...) under NAME, replacing any entry of that key."""
+    from ..keys import PublicKey
+
     pub = PublicKey.parse(public_key)
     store = ctx.trust()
-    store.add(pub, name)
+    store.add(pub, name, scopes=scopes)
+    entry = store.entry_of(pub)
+    shown = _scopes_of(entry.scopes if entry else ())
     emit(
         ctx,
-        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint},
-        [f"trusted {name}: {pub.text} ({pub.fingerprint})"],
+        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint, "scopes": shown},
+        [f"trusted {name}: {pub.text} ({pub.fingerprint}) for {', '.join(shown)}"],
     )
+
+
+def _scopes_of(scopes: tuple[str, ...]) -> list[str]:
+    """The patterns an entry covers, for display: an unscoped entry covers ``*``."""
+    return list(scopes) or ["*"]
 
 
 @trust.command("list")
 @json_option
 @pass_ctx
 def trust_list(ctx: Ctx) -> None:
-    """List trusted publisher keys."""
+    """List trusted publisher keys and the release names each may sign."""
     entries = ctx.trust().entries
     emit(
         ctx,
         {
             "keys": [
-                {"name": e.name, "public_key": e.key.text, "fingerprint": e.key.fingerprint}
+                {
+                    "name": e.name,
+                    "public_key": e.key.text,
+                    "fingerprint": e.key.fingerprint,
+                    "scopes": _scopes_of(e.scopes),
+                }
                 for e in entries
             ]
         },
-        [f"{e.name}\t{e.key.text}\t{e.key.fingerprint}" for e in entries] or ["(no trusted keys)"],
+        [
+            f"{e.name}\t{e.key.text}\t{e.key.fingerprint}\t{','.join(_scopes_of(e.scopes))}"
+            for e in entries
+        ]
+        or ["(no trusted keys)"],
     )
 
 
@@ -198,6 +229,10 @@ def pack(
     max_chunk_mib: int,
 ) -> None:
     """Pack SRC (HF dir, .safetensors, .bin/.pt) into a signed release dir."""
+    from ..hf_cache import resolve_snapshot
+    from ..pack import pack as pack_release
+    from ..release import MANIFEST_NAME, resolve_source
+
     if (src is None) == (hf_ref is None):
         raise SourceError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
     if hf_ref is not None:
@@ -253,6 +288,9 @@ def pack(
 
 
 def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
+    from ..keys import PublicKey
+    from ..trust import TrustStore
+
     if key_text is None:
         return ctx.trust()
     if key_text.startswith("ed25519:"):
@@ -268,6 +306,9 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
 @pass_ctx
 def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
     """Check a release's signature, manifest and chunks."""
+    from ..release import open_release, resolve_source
+    from ..verify import verify_chunks
+
     store = _trust_for(ctx, key_text)
     rel = open_release(resolve_source(release), store)
     chunks = rel.manifest.chunks
@@ -325,11 +366,14 @@ def export(
     hf_repo: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Write an HF-layout dir for `from_pretrained` (links; --exact copies).
+    """Write an HF-layout dir for `from_pretrained` (tensors shared read-only; --exact copies).
 
     With --hf-cache ORG/NAME (and no OUT), write the release into the local Hugging Face
     cache instead, so `from_pretrained("ORG/NAME")` finds it with HF_HUB_OFFLINE=1.
     """
+    from ..export import export as export_release
+    from ..hf_cache import export_to_hf_cache
+
     store = _trust_for(ctx, key_text)
     if (out is None) == (hf_repo is None):
         raise ExportError("give either OUT or --hf-cache ORG/NAME, not both or neither")
@@ -368,12 +412,14 @@ def export(
         {"out": str(result.root), "files": list(result.files), "exact": exact},
         [
             f"exported {len(result.files)} files to {result.root}"
-            + (" (byte-identical originals)" if exact else " (linked, no copy)")
+            + (" (byte-identical originals)" if exact else " (tensor data shared, not copied)")
         ],
     )
 
 
 def _export_bytes(release: Path, store: TrustStore, *, exact: bool) -> int:
     """What an export reports progress in: the original files' bytes, or the chunks'."""
+    from ..release import open_release, resolve_source
+
     manifest = open_release(resolve_source(release), store).manifest
     return sum(f.size for f in manifest.files) if exact else sum(c.size for c in manifest.chunks)

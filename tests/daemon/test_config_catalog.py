@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from p2pweights.errors import CatalogError, ConfigError
+from p2pweights.manifest import ChunkEntry
 from p2pweightsd.catalog import Catalog
 from p2pweightsd.config import PUBLIC_BOOTSTRAP, load_config
+from p2pweightsd.store import FileStamp
 
 
 def test_defaults_suit_real_users(tmp_path: Path) -> None:
@@ -74,11 +76,38 @@ def test_catalog_is_wal_and_round_trips(tmp_path: Path) -> None:
     assert row is not None and row.state == "seeding" and row.completed is not None
     assert row.peers == ("127.0.0.2:1",) and row.version == 3 and row.torrent == b"t"
     assert again.resume_data(rid) == b"resume"
-    assert again.chunk_identity("chunks/" + "c" * 64) == (10, "d" * 64)
+    # A signed manifest alone records no store file: only a placed, hashed one is.
+    assert again.store_chunks() == {}
+    chunk = ChunkEntry("chunks/" + "c" * 64, 10, "c" * 64, "d" * 64, "blob")
+    again.record_chunk(chunk, FileStamp(10, 1, 2, 3))
+    known = again.store_chunks([chunk.path])[chunk.path]
+    assert known.entry() == chunk and known.stamp == FileStamp(10, 1, 2, 3)
     assert again.remove(rid, forget_chunks=True) == ["chunks/" + "c" * 64]
-    assert again.get(rid) is None and again.chunk_identity("chunks/" + "c" * 64) is None
+    assert again.get(rid) is None and again.store_chunks() == {}
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_a_schema_1_catalog_is_migrated_and_forgets_unverified_identities(
+    tmp_path: Path,
+) -> None:
+    """Schema 1 recorded a chunk name as soon as a signed manifest claimed it; those rows
+    could squat a name, so the migration drops them (the daemon re-hashes store files)."""
+    path = tmp_path / "catalog.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE chunks (path TEXT PRIMARY KEY, size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL, v2_root TEXT NOT NULL);
+        INSERT INTO chunks VALUES ('chunks/x', 1, 'a', 'b');"""
+    )
+    db.close()
+    cat = Catalog(path)
+    assert cat.store_chunks() == {}
+    cat.record_chunk(ChunkEntry("chunks/x", 1, "a", "b", "blob"), FileStamp(1, 2, 3, 4))
+    cat.close()
+    assert Catalog(path).store_chunks()["chunks/x"].stamp == FileStamp(1, 2, 3, 4)
 
 
 def test_damaged_catalog_is_a_clear_error(tmp_path: Path) -> None:

@@ -53,10 +53,10 @@ def test_ordered_wants_a_window_in_layer_order_that_moves_on(
     assert _wanted(d) == sorted(d.order[:WINDOW_CHUNKS], key=_position(d))
     # The head completes: it stays wanted (a complete file keeps a priority), and the
     # window moves one chunk on.
-    d.ready[d.order[0]] = None
+    d.complete[d.order[0]] = None
     assert set(_wanted(d)) == {d.order[0], *d.order[1 : 1 + WINDOW_CHUNKS]}
     # A chosen order goes first; what it does not name follows in layer order.
-    d.ready.clear()
+    d.complete.clear()
     last = d.layer_order()[-1]
     d.order = [last, *d.layer_order()[:-1]]
     assert d.pending()[0] == last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,10 @@ from safetensors.torch import load_file
 
 import p2pweights
 from p2pweights import ExportError, LoadError, PrivateKey, ReleaseMismatchError
+from p2pweights._canonical import dumps
+from p2pweights.release import EXPORT_POINTER
 
+from ..conftest import layer_state
 from ..test_hf_cache import make_hf_cache
 from .conftest import Daemon, p2pw
 
@@ -161,6 +165,31 @@ def test_minilm_from_one_hf_cache_to_another_through_the_swarm(
         assert torch.equal(from_cache[name], original[name]), name
         assert torch.equal(from_local[name], original[name]), name
 
+    # 7. Finding 6: transformers' save_pretrained into the local dir writes its own files,
+    # never the store's chunks, and the dir still loads.
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    store_release = Path(str(fetched["path"]))
+    chunks = sorted(p for p in (store_release / "chunks").rglob("*") if p.is_file())
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in chunks}
+    config = AutoConfig.from_pretrained(str(local))
+    config.p2pw_probe = "saved into the local dir"
+    config.save_pretrained(str(local))
+    AutoTokenizer.from_pretrained(str(local)).save_pretrained(str(local))
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in chunks} == before
+    p2pweights.verify_release(
+        store_release, p2pweights.TrustStore.of_keys([key.public]), mode="full"
+    )
+    assert AutoConfig.from_pretrained(str(local)).p2pw_probe == "saved into the local dir"
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.no_grad():
+        got = AutoModel.from_pretrained(str(local)).eval()(ids).last_hidden_state
+        want = AutoModel.from_pretrained(str(minilm_dir)).eval()(ids).last_hidden_state
+    assert torch.equal(got, want)
+    # The dir is no longer the export as written: fetching into it again is refused.
+    with pytest.raises(ExportError, match=r"config\.json"):
+        p2pweights.fetch(magnet, local_dir=local, peers=[a.peer], home=b.home)
+
 
 def test_fetch_revision_pins_and_local_dir_rules(
     daemons: DaemonFactory, key: PrivateKey, make_model: Callable[..., Path], tmp_path: Path
@@ -191,6 +220,17 @@ def test_fetch_revision_pins_and_local_dir_rules(
     path = p2pweights.fetch(magnet, peers=[a.peer], home=b.home, revision="3")
     assert p2pweights.fetch(magnet, peers=[a.peer], home=b.home, revision=sha[:8]) == path
     assert (path / "manifest.json").is_file()
+
+    # Finding 4: a shipped dir holding other weights and the pointer a real export of this
+    # release would hold (both of its fields are public) is refused, not returned as-is.
+    shipped = make_model(layer_state(seed=7), name="shipped")
+    (shipped / EXPORT_POINTER).write_bytes(
+        dumps({"release": str(path.resolve()), "manifest_sha256": sha})
+    )
+    before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    with pytest.raises(ExportError, match=r"model\.safetensors"):
+        p2pweights.fetch(magnet, peers=[a.peer], home=b.home, local_dir=shipped)
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
 
     # local_dir: a linked export (from_pretrained reads it); a dir holding something else
     # is refused rather than mixed with.

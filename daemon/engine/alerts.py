@@ -1,0 +1,278 @@
+"""libtorrent's alerts, turned into waiter resolutions and engine events.
+
+:class:`AlertDispatch` holds the session and the tracked torrents; the
+:class:`~.session.Engine` built on it adds the operations. Alerts reach the event loop
+through ``session.set_alert_fd`` on a socket pair watched with ``loop.add_reader``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import math
+import socket
+from typing import Any, cast, get_args
+
+import libtorrent as lt
+
+from .events import EventStream
+from .settings import EngineSettings
+from .values import (
+    EngineError,
+    EngineEvent,
+    TorrentFailedError,
+    TorrentState,
+    TorrentStatus,
+)
+from .waiters import Tracked
+
+__all__ = ["CHECKING_STATES", "AlertDispatch", "complete_files", "status_of"]
+
+log = logging.getLogger(__name__)
+
+
+class AlertDispatch:
+    """One libtorrent session's state, and the handling of its alerts."""
+
+    def __init__(
+        self, session: Any, settings: EngineSettings, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._ses: Any = session
+        self.settings = settings
+        self._loop = loop
+        self._torrents: dict[str, Tracked] = {}
+        self._subscribers: set[EventStream] = set()
+        self._listen: asyncio.Future[int] = loop.create_future()
+        self._listen_failures: list[str] = []
+        self._closed = False
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def listen_port(self) -> int:
+        """The TCP port the session listens on."""
+        return int(self._ses.listen_port())
+
+    def subscribe(self, maxsize: int = 1024) -> EventStream:
+        """A stream of :class:`EngineEvent`; close it when done (it is a context manager)."""
+        stream = EventStream(self._subscribers, maxsize)
+        self._subscribers.add(stream)
+        return stream
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError("engine is closed")
+
+    def _get(self, tid: str) -> Tracked:
+        self._check_open()
+        try:
+            return self._torrents[tid]
+        except KeyError:
+            raise EngineError(f"no torrent {tid[:64]!r} in this engine") from None
+
+    def _emit(self, event: EngineEvent) -> None:
+        for sub in list(self._subscribers):
+            sub._put(event)
+
+    async def _tick(self) -> None:
+        interval = self.settings.status_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self._subscribers and self._torrents:
+                self._ses.post_torrent_updates()
+
+    def _on_readable(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._rsock.recv(4096):
+                pass
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._ses is None:
+            return
+        touched: set[str] = set()
+        for alert in self._ses.pop_alerts():
+            try:
+                tid = self._dispatch(alert)
+            except Exception:  # one odd alert must not stop the loop
+                log.exception("error while handling %s", type(alert).__name__)
+                continue
+            if tid is not None:
+                touched.add(tid)
+        for tid in touched:
+            t = self._torrents.get(tid)
+            if t is not None and t.waiters:
+                t.recheck_waiters()
+
+    def _dispatch(self, a: Any) -> str | None:
+        if isinstance(a, lt.state_update_alert):
+            for st in a.status:
+                status = status_of(st)
+                t = self._torrents.get(status.id)
+                if t is not None:
+                    self._emit(EngineEvent("progress", status.id, t.adjust(status)))
+            return None
+        if isinstance(a, lt.listen_succeeded_alert):
+            if a.socket_type == lt.socket_type_t.tcp and not self._listen.done():
+                self._listen.set_result(int(a.port))
+            return None
+        if isinstance(a, lt.listen_failed_alert):
+            msg = a.message()
+            log.warning("%s", msg)
+            self._listen_failures.append(msg)
+            wanted = len([s for s in self.settings.listen_interfaces.split(",") if s.strip()])
+            if len(self._listen_failures) >= 2 * wanted and not self._listen.done():
+                self._listen.set_exception(EngineError("; ".join(self._listen_failures)))
+            return None
+        if isinstance(a, lt.torrent_removed_alert):
+            tid = str(a.info_hashes.v2)
+            t = self._torrents.get(tid)
+            if t is not None:
+                t.fire("removed")
+            return None
+        if isinstance(a, lt.torrent_deleted_alert | lt.torrent_delete_failed_alert):
+            tid = str(a.info_hashes.v2)
+            t = self._torrents.get(tid)
+            if t is not None:
+                if isinstance(a, lt.torrent_delete_failed_alert):
+                    t.fail_key("deleted", EngineError(a.message()))
+                else:
+                    t.fire("deleted")
+            return None
+        if not isinstance(a, lt.torrent_alert):
+            log.debug("%s", a.message())
+            return None
+        try:
+            tid = str(a.handle.info_hashes().v2)
+        except RuntimeError:
+            return None
+        t = self._torrents.get(tid)
+        if t is None:
+            return None
+        self._torrent_alert(t, a)
+        return tid
+
+    def _torrent_alert(self, t: Tracked, a: Any) -> None:
+        tid = t.id
+        if isinstance(a, lt.metadata_received_alert):
+            self._emit(EngineEvent("metadata", tid))
+        elif isinstance(a, lt.piece_finished_alert):
+            self._emit(EngineEvent("piece", tid, message=str(int(a.piece_index))))
+        elif isinstance(a, lt.file_completed_alert):
+            self._emit(EngineEvent("file_completed", tid, file_index=int(a.index)))
+        elif isinstance(a, lt.torrent_finished_alert):
+            self._emit(EngineEvent("finished", tid))
+        elif isinstance(a, lt.torrent_checked_alert):
+            t.fire("checked")
+            self._emit(EngineEvent("checked", tid))
+        elif isinstance(a, lt.state_changed_alert):
+            self._emit(EngineEvent("state", tid, message=state_name(a.state)))
+        elif isinstance(a, lt.torrent_paused_alert):
+            t.fire("paused")
+            self._emit(EngineEvent("paused", tid))
+        elif isinstance(a, lt.torrent_resumed_alert):
+            self._emit(EngineEvent("resumed", tid))
+        elif isinstance(a, lt.save_resume_data_alert):
+            t.fire("resume_data", bytes(lt.write_resume_data_buf(a.params)))
+        elif isinstance(a, lt.save_resume_data_failed_alert):
+            t.fail_key("resume_data", EngineError(f"torrent {tid}: {a.message()}"))
+        elif isinstance(a, lt.file_renamed_alert):
+            new_name = str(a.new_name())
+            t.fire(f"renamed:{a.index}", new_name)
+            self._emit(EngineEvent("renamed", tid, file_index=int(a.index), message=new_name))
+        elif isinstance(a, lt.file_rename_failed_alert):
+            t.fail_key(f"renamed:{a.index}", EngineError(f"torrent {tid}: {a.message()}"))
+        elif isinstance(a, lt.cache_flushed_alert):
+            t.fire("flushed")
+        elif isinstance(a, lt.file_prio_alert):
+            t.fire("file_prio")
+        elif isinstance(a, lt.hash_failed_alert):
+            log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
+            self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
+        elif isinstance(a, lt.fastresume_rejected_alert):
+            log.warning("%s", a.message())
+            self._emit(EngineEvent("resume_rejected", tid, message=a.message()))
+        elif isinstance(a, lt.file_error_alert) and a.error.value() in DISK_FULL_ERRORS:
+            # libtorrent stops the torrent; it can go on once space is freed, so this is
+            # not a failure: waiters keep waiting, and clear_error() restarts it.
+            if t.disk_full is None:
+                t.disk_full = a.message()
+                log.error("%s", t.disk_full)
+                self._emit(EngineEvent("disk_full", tid, message=t.disk_full))
+        elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert) and t.disk_full:
+            # With mmap storage, reading back a page the full disk could not hold fails
+            # too (EIO); a symptom of the same cause, cured by the same clear_disk_full().
+            log.warning("while the disk is full: %s", a.message())
+        elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
+            msg = a.message()
+            log.error("%s", msg)
+            t.error = msg
+            t.fail(TorrentFailedError(msg))
+            self._emit(EngineEvent("error", tid, message=msg))
+        else:
+            log.debug("%s", a.message())
+
+
+def complete_files(handle: Any, indices: list[int]) -> list[int]:
+    """The files of ``indices`` whose every piece passed the hash check (none before metadata)."""
+    ti = handle.torrent_file()
+    if ti is None:
+        return []
+    fs = ti.layout()
+    progress = handle.file_progress(lt.file_progress_flags_t.piece_granularity)
+    return [i for i in indices if progress[i] == fs.file_size(i)]
+
+
+DISK_FULL_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Write errors that freeing space (or raising a file size limit) cures."""
+
+CHECKING_STATES = frozenset(
+    {
+        lt.torrent_status.states.checking_files,
+        lt.torrent_status.states.checking_resume_data,
+        lt.torrent_status.states.queued_for_checking,
+    }
+)
+
+
+def state_name(state: Any) -> TorrentState:
+    name = getattr(state, "name", "unknown")
+    return cast(TorrentState, name) if name in STATE_NAMES else "unknown"
+
+
+STATE_NAMES = frozenset(get_args(TorrentState))
+
+
+def status_of(st: Any) -> TorrentStatus:
+    """A libtorrent ``torrent_status`` as a typed value."""
+    errc = st.errc
+    error = errc.message() if errc.value() else None
+    progress = float(st.progress)
+    return TorrentStatus(
+        id=str(st.info_hashes.v2),
+        name=str(st.name),
+        state=state_name(st.state),
+        paused=bool(st.flags & lt.torrent_flags.paused),
+        has_metadata=bool(st.has_metadata),
+        is_finished=bool(st.is_finished),
+        is_seeding=bool(st.is_seeding),
+        progress=progress if math.isfinite(progress) else 0.0,
+        total_done=int(st.total_done),
+        total_wanted=int(st.total_wanted),
+        total_wanted_done=int(st.total_wanted_done),
+        total_payload_download=int(st.total_payload_download),
+        total_payload_upload=int(st.total_payload_upload),
+        all_time_download=int(st.all_time_download),
+        all_time_upload=int(st.all_time_upload),
+        download_rate=int(st.download_payload_rate),
+        upload_rate=int(st.upload_payload_rate),
+        num_peers=int(st.num_peers),
+        num_seeds=int(st.num_seeds),
+        failed_bytes=int(st.total_failed_bytes),
+        redundant_bytes=int(st.total_redundant_bytes),
+        error=error,
+    )

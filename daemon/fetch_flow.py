@@ -1,0 +1,491 @@
+"""The fetch flow: verify before trust, then download into partial files and place.
+
+A fetch walks a release through these states, each recorded in the catalog:
+
+``metadata``   the torrent's info dict is being fetched (magnet links)
+``manifest``   only ``manifest.json`` and ``manifest.sig`` are wanted (every chunk has
+               priority 0) until they arrive and are authenticated: trusted publisher key,
+               good signature, and a chunk list equal to the torrent's files, v2 root by
+               v2 root. Only then is any chunk downloaded.
+``downloading`` the chunks are fetched into the fetch's own partial files; libtorrent
+               checks every 16 KiB block against the v2 roots, which the signed manifest
+               covers; each complete chunk is hashed against its name and placed in the
+               store (see :mod:`.store`).
+``seeding``    complete and verified; the daemon keeps seeding.
+``error``      refused or failed; the reason is in the row, nothing of it is loadable.
+
+A chunk the store already holds verified and unchanged (from another release) is mapped
+onto the store file, found complete by the check at add, and never downloaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from p2pweights.errors import FormatError, LoadError, P2PWeightsError
+from p2pweights.manifest import ChunkEntry, chunk_of_address
+from p2pweights.paths import trust_path
+from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, Release
+from p2pweights.verify import ChunkRecords
+
+from .admission import (
+    CHUNK_NAME,
+    authenticate,
+    manifest_only,
+    parse_peer,
+    store_layout,
+    wanted_chunks,
+)
+from .catalog import ReleaseRow
+from .download import Download
+from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
+from .service_state import DONE, HEX64
+from .store import FileStamp
+from .upkeep import Upkeep
+
+__all__ = ["FetchFlow"]
+
+log = logging.getLogger(__name__)
+
+_RESUME_EVERY = 0.25
+
+
+class FetchFlow(Upkeep):
+    """Fetching a release: metadata, the authenticated manifest, then its chunks."""
+
+    def _parse_target(self, uri: str) -> TorrentFile | MagnetLink:
+        if uri.startswith("magnet:"):
+            return parse_magnet(uri)
+        if HEX64.fullmatch(uri):
+            return parse_magnet(f"magnet:?xt=urn:btmh:1220{uri.lower()}")
+        path = Path(uri)
+        if uri.endswith(".torrent") and path.is_file():
+            return parse_torrent(path.read_bytes(), max_files=self.config.max_torrent_files)
+        raise FormatError(f"{uri[:80]!r} is not a magnet link, a v2 info-hash or a .torrent file")
+
+    async def fetch(
+        self,
+        uri: str,
+        *,
+        peers: Sequence[str] = (),
+        trackers: Sequence[str] = (),
+        include: Sequence[str] = (),
+        trust_on_first_use: bool = False,
+        ordered: bool = False,
+    ) -> dict[str, Any]:
+        """Start fetching a release; returns at once with its id and state.
+
+        With ``ordered`` the chunks come in layer order (see :meth:`set_order`), for a
+        reader that streams tensors as they land; otherwise libtorrent picks rarest first,
+        which spreads pieces best across a swarm.
+        """
+        target = self._parse_target(uri)
+        for p in peers:
+            parse_peer(p)
+        rid = target.id
+        if ordered:
+            download = self._downloads.get(rid)
+            if download is not None and download.order is None:
+                self.set_order(rid, [])
+            self._ordered.setdefault(rid, [])
+        row = self.catalog.get(rid)
+        if row is not None and row.state == "paused":
+            self._retry_paused(only=rid)  # asked again: go on now if there is room
+        if row is not None and rid in self._tasks:
+            # A fetch under way: new peers join it now (the old ones may be gone), and
+            # are remembered for a restart.
+            fresh = [p for p in peers if p not in row.peers]
+            if fresh:
+                self.catalog.add_release(
+                    rid,
+                    source=row.source,
+                    state=row.state,
+                    torrent=row.torrent,
+                    include=row.include,
+                    peers=[*row.peers, *fresh],
+                    trackers=row.trackers,
+                    tofu=row.tofu,
+                )
+                if rid in self.engine:
+                    for host, port in map(parse_peer, fresh):
+                        self.engine.connect_peer(rid, host, port)
+            return self.show(rid)
+        if row is not None and row.state == "damaged" and row.torrent is not None:
+            # A re-fetch repairs it: changed store files are fetched again into partial
+            # files and replace the damaged ones once verified.
+            include = row.include
+            target = parse_torrent(row.torrent)
+        elif row is not None and row.state in DONE:
+            # An empty selection means every tensor; a wider one fetches what is missing.
+            merged = (
+                ()
+                if not (row.include and include)
+                else tuple(sorted(set(row.include) | set(include)))
+            )
+            if merged == row.include or row.torrent is None:
+                return self.show(rid)
+            include = merged
+            target = parse_torrent(row.torrent)
+        if rid in self.engine:
+            await self.engine.remove(rid)
+        self.catalog.add_release(
+            rid,
+            source=uri,
+            state="metadata",
+            torrent=target.data if isinstance(target, TorrentFile) else None,
+            include=include,
+            peers=peers,
+            trackers=trackers,
+            tofu=trust_on_first_use,
+        )
+        self.catalog.set_state(rid, "metadata")
+        row = self.catalog.get(rid)
+        assert row is not None
+        self._start_fetch(rid, target, row, resume=None)
+        return self.show(rid)
+
+    def _start_fetch(
+        self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
+    ) -> None:
+        self._spawn(rid, self._fetch_flow(rid, target, row, resume=resume))
+
+    def _spawn(self, rid: str, coro: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except P2PWeightsError as exc:
+                log.warning("release %s failed: %s", rid, exc)
+                await self._fail(rid, exc)
+            except Exception as exc:  # keep the daemon up; record why
+                log.exception("release %s failed unexpectedly", rid)
+                await self._fail(rid, exc)
+            finally:
+                self._tasks.pop(rid, None)
+
+        self._tasks[rid] = asyncio.create_task(run(), name=f"fetch-{rid[:12]}")
+
+    async def _fail(self, rid: str, exc: BaseException) -> None:
+        self._ordered.pop(rid, None)
+        try:
+            self.catalog.set_state(rid, "error", f"{type(exc).__name__}: {exc}")
+        except sqlite3.Error as db_exc:  # e.g. a full disk: the row keeps its last state
+            log.error("could not record the failure of %s: %s", rid, db_exc)
+        if rid in self.engine:
+            with contextlib.suppress(P2PWeightsError):
+                await self.engine.remove(rid)
+        self.store.drop_partial(rid)  # unverified bytes of a refused or failed fetch
+        self._notify(rid, "error")
+
+    async def _fetch_flow(
+        self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
+    ) -> None:
+        peers = [parse_peer(p) for p in row.peers]
+        if isinstance(target, TorrentFile):
+            await self._restamp(target)
+            layout = store_layout(rid, target, self.store, self.catalog)
+            tid = self.engine.add(
+                target,
+                self.store.root,
+                file_paths=layout,
+                file_priorities=manifest_only(target),
+                peers=peers,
+                trackers=row.trackers,
+                resume_data=resume,
+            )
+            tf = target
+        else:
+            # Metadata first, with nothing wanted; then every file is mapped into the store.
+            tid = self.engine.add(
+                target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
+            )
+            tf = await self.engine.wait_metadata(tid)
+            await self._restamp(tf)
+            layout = store_layout(rid, tf, self.store, self.catalog)
+            self.catalog.add_release(
+                rid,
+                source=row.source,
+                state="manifest",
+                torrent=tf.data,
+                include=row.include,
+                peers=row.peers,
+                trackers=row.trackers,
+                tofu=row.tofu,
+            )
+            if any((self.store.root / rel).exists() for rel in layout.values()):
+                # The store has some of it: add the torrent again, so the check at add
+                # finds those files (a recheck would drop the peers; a re-add dials them
+                # afresh).
+                await self.engine.remove(tid)
+                tid = self.engine.add(
+                    tf,
+                    self.store.root,
+                    file_paths=layout,
+                    file_priorities=manifest_only(tf),
+                    peers=peers,
+                    trackers=row.trackers,
+                )
+            else:
+                # Nothing of it is on disk: move the (empty) files into the store in
+                # place, keeping the connections a re-add would have to make again.
+                await asyncio.gather(
+                    *(self.engine.rename_file(tid, i, rel) for i, rel in layout.items())
+                )
+        self.catalog.set_state(rid, "manifest")
+        self._notify(rid, "manifest")
+        await self._want(tid, manifest_only(tf), peers)
+        meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
+        await self.engine.wait_files(tid, meta)
+        release = authenticate(
+            self.store.release_dir(rid),
+            tf,
+            trust_path(self.config.home),
+            tofu=row.tofu,
+            limits=self.config.manifest_limits,
+        )
+        self._record_manifest(rid, release, tf)
+        wanted = wanted_chunks(release, row.include)
+        download = Download(tf, release, wanted)
+        if rid in self._ordered:
+            download.order = list(dict.fromkeys([*self._ordered[rid], *download.layer_order()]))
+        self._downloads[rid] = download
+        self.catalog.set_state(rid, "downloading")
+        self._notify(rid, "downloading")
+        stop_saver = asyncio.Event()
+        saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
+        try:
+            await self._want(tid, download.priorities(), peers, after_pause=True)
+            relinked = await self._follow_chunks(rid, tid, download, layout)
+        except BaseException:
+            saver.cancel()
+            raise
+        finally:
+            self._progressed.pop(tid, None)
+            self._downloads.pop(rid, None)
+            self._ordered.pop(rid, None)
+        # Let a save in flight finish: its alert must not answer the next request.
+        stop_saver.set()
+        await saver
+        if relinked:
+            tid = await self._onto_store(rid, tf, tid, relinked)
+        self.store.drop_partial(rid)
+        # _follow_chunks flushed libtorrent's cache, so the files hold the bytes now.
+        self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
+        self.catalog.set_state(rid, "seeding")
+        self._notify(rid, "complete")
+
+    async def _restamp(self, tf: TorrentFile) -> None:
+        """Re-stamp store files of ``tf`` whose stamp moved or was never recorded.
+
+        So a fetch after a crash maps those files instead of downloading them again: a
+        file with a record is hashed against it (a link-count change moves ctime alone),
+        one without (a crash between placing it and recording it) against its name and
+        the torrent's size and v2 root. Files that fail stay unmapped.
+        """
+        files = [f for f in tf.files if CHUNK_NAME.fullmatch(f.path)]
+        known = self.catalog.store_chunks([f.path for f in files])
+
+        def stale(path: str) -> bool:
+            try:
+                now = FileStamp.of(self.store.root / path)
+            except FileNotFoundError:
+                return False
+            return path not in known or known[path].stamp != now
+
+        todo = [f for f in files if stale(f.path)]
+        if not todo:
+            return
+
+        def check() -> list[tuple[ChunkEntry, FileStamp | None]]:
+            out = []
+            for f in todo:
+                rec = known.get(f.path)
+                if rec is not None:
+                    out.append((rec.entry(), self.store.intact(rec.entry(), rec.stamp)))
+                else:
+                    chunk = chunk_of_address(f.path, f.size, f.v2_root)
+                    out.append((chunk, self.store.adopt(f.path, f.size, f.v2_root)))
+            return out
+
+        for chunk, stamp in await asyncio.to_thread(check):
+            if stamp is not None:
+                self.catalog.record_chunk(chunk, stamp)
+
+    async def _follow_chunks(
+        self, rid: str, tid: str, download: Download, layout: dict[int, str]
+    ) -> list[ChunkEntry]:
+        """Place each wanted chunk in the store as it completes, and announce it.
+
+        libtorrent accepted every block of a complete chunk against the v2 roots the
+        signed manifest lists; :meth:`_place` then hashes it against its name and brings
+        it into the store. Only then is it recorded for fast-mode loads and announced (a
+        ``chunk`` event, and in ``ready_chunks``), so a streaming reader can map it while
+        the rest arrives. An ordered download moves its priority window on as soon as
+        libtorrent has a chunk, before the chunk is hashed and placed.
+
+        Returns:
+            The chunks whose store name already existed: the torrent still reads them
+            through their partial names (see :meth:`_onto_store`).
+        """
+        release, index = download.release, download.index
+        records = ChunkRecords(release.root)
+        by_path = {c.path: c for c in release.manifest.chunks}
+        relinked: list[ChunkEntry] = []
+        while pending := download.pending():
+            done = set(await self.engine.wait_any_file(tid, [index[p] for p in pending]))
+            await self.engine.flush(tid)
+            finished = [p for p in pending if index[p] in done]
+            download.complete.update(dict.fromkeys(finished))
+            if download.order is not None and download.pending():
+                # The window moves on now, so the next chunks download while these are
+                # hashed and placed.
+                await self.engine.set_file_priorities(tid, download.priorities())
+            for path in finished:
+                mapped_on_store = layout[index[path]] == path  # the store's copy, at add
+                if not mapped_on_store and not await self._place(
+                    rid, tid, by_path[path], index[path]
+                ):
+                    relinked.append(by_path[path])
+                records.record(release.root / path, by_path[path].sha256)
+            records.save()  # on a full disk it stays dirty; loads hash these chunks meanwhile
+            for path in finished:
+                download.ready[path] = None
+                self._notify(
+                    rid,
+                    "chunk",
+                    path=path,
+                    ready_chunks=len(download.ready),
+                    wanted_chunks=len(download.wanted),
+                )
+        records.save()  # a no-op, unless a save failed while the disk was full
+        return relinked
+
+    async def _place(self, rid: str, tid: str, chunk: ChunkEntry, index: int) -> bool:
+        """Bring a fetch's complete partial chunk into the store (see :meth:`Store.place`).
+
+        Held under one lock, so two fetches of the same chunk cannot both write its name.
+
+        Returns:
+            True when the chunk was moved under its store name (the torrent now reads it
+            there), False when the store already had that name.
+        """
+        async with self._placing:
+            known = self.catalog.store_chunks([chunk.path]).get(chunk.path)
+            stamp = known.stamp if known is not None else None
+            moved = await asyncio.to_thread(self.store.place, rid, chunk, stamp)
+            if moved:
+                await self.engine.rename_file(tid, index, chunk.path)
+            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+        return moved
+
+    async def _onto_store(
+        self, rid: str, tf: TorrentFile, tid: str, relinked: list[ChunkEntry]
+    ) -> str:
+        """Re-add a finished torrent so it reads every chunk under its store name.
+
+        A chunk whose store name existed when it completed was left to the torrent under
+        its partial name (a second link to the store file: libtorrent will not rename
+        onto an existing name). Once every chunk is in, the torrent is re-added from its
+        resume data with the store layout, and the partial names are dropped.
+        """
+        resume = await self.engine.save_resume_data(tid, pause=True)
+        await self.engine.remove(tid)
+        self.store.drop_partial(rid)
+        for chunk in relinked:  # dropping a link moved the store file's ctime
+            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+        return self.engine.add(
+            tf,
+            self.store.root,
+            file_paths=store_layout(rid, tf, self.store, self.catalog),
+            resume_data=resume,
+        )
+
+    def set_order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
+        """Download a fetch's chunks in this order (most wanted first).
+
+        Paths must be chunks of the release; chunks not named follow in layer order. A
+        fetch still fetching its manifest takes the order when its download starts.
+
+        Raises:
+            UnknownReleaseError: no such release.
+            LoadError: a path that is not one of the release's chunks.
+        """
+        bad = [c for c in chunks if not CHUNK_NAME.fullmatch(c)]
+        if bad:
+            raise LoadError(f"{bad[0][:80]!r} is not a chunk path (chunks/<sha256>[.safetensors])")
+        row = self._row(rid)
+        if row.state in DONE:
+            return self.show(row.id)
+        download = self._downloads.get(row.id)
+        if download is None:
+            self._ordered[row.id] = list(dict.fromkeys(chunks))
+            return self.show(row.id)
+        known = set(download.wanted)
+        bad = [c for c in chunks if c not in known]
+        if bad:
+            raise LoadError(f"{bad[0][:80]!r} is not a wanted chunk of release {row.id[:12]}")
+        download.order = list(dict.fromkeys([*chunks, *download.layer_order()]))
+        tid = row.id
+        if tid in self.engine and download.pending():
+            task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))
+            self._background.append(task)
+            task.add_done_callback(self._background_done)
+        return self.show(row.id)
+
+    async def _save_resume_on_progress(self, tid: str, stop: asyncio.Event) -> None:
+        """Save resume data as verified pieces arrive: at most every ``_RESUME_EVERY`` s.
+
+        A ``kill -9`` then loses at most the pieces verified in that window, instead of
+        everything since the last timer tick; the floor keeps the cost (each save encodes
+        the whole torrent's state, hash trees included) to a few saves per second.
+        Returns once ``stop`` is set, between saves.
+        """
+        progressed = self._progressed.setdefault(tid, asyncio.Event())
+        while True:
+            waits = [asyncio.ensure_future(progressed.wait()), asyncio.ensure_future(stop.wait())]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in pending:
+                fut.cancel()
+            if stop.is_set():
+                return
+            progressed.clear()
+            with contextlib.suppress(P2PWeightsError, sqlite3.Error):
+                data = await self.engine.save_resume_data(tid, pause=False)
+                self.catalog.save_resume(tid, data)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RESUME_EVERY)
+
+    async def _want(
+        self,
+        tid: str,
+        prios: list[int],
+        peers: Sequence[tuple[str, int]],
+        *,
+        after_pause: bool = False,
+    ) -> None:
+        """Set file priorities, then dial the explicit peers again.
+
+        A torrent that wanted nothing was upload-only: a peer may have dropped it, and one
+        that stayed is in libtorrent's slow start (a two-block request queue that takes
+        about a second to grow). With ``after_pause``, where redialling is instant
+        (``min_reconnect_time`` 0, the local profile), the peers are reconnected afresh;
+        elsewhere a redial could wait seconds, so the slow start is the cheaper path.
+        """
+        await self.engine.set_file_priorities(tid, prios)
+        instant = self.engine.settings.min_reconnect_time == 0
+        if after_pause and instant and self.engine.status(tid).num_peers:
+            await self.engine.reconnect(tid)
+        for host, port in peers:
+            self.engine.connect_peer(tid, host, port)
+
+    def _record_manifest(self, rid: str, release: Release, tf: TorrentFile) -> None:
+        self._magnets[rid] = tf.magnet
+        self.catalog.record_release(rid, release, tf.data)
+        self.store.save_torrent(rid, tf.data)
