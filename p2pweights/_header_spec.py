@@ -21,13 +21,12 @@ way is kept verbatim (``text``), so every file still rebuilds exactly.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 __all__ = ["HeaderSpec", "describe_header", "render_header"]
 
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +37,6 @@ class HeaderSpec:
     """The verbatim header (padding included), for a header not in safetensors' form."""
     metadata: tuple[tuple[str, str], ...] | None = None
     order: tuple[int, ...] | None = None
-
-
-def _quote(text: str) -> str:
-    # json.dumps(ensure_ascii=False) escapes exactly what serde_json escapes.
-    return json.dumps(text, ensure_ascii=False) if _NEEDS_ESCAPE.search(text) else f'"{text}"'
 
 
 def render_header(
@@ -61,24 +55,17 @@ def render_header(
     """
     if spec.text is not None:
         return spec.text.encode("utf-8")
-    parts: list[str] = []
+    doc: dict[str, object] = {}
     if spec.metadata is not None:
-        pairs = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in spec.metadata)
-        parts.append(f'"__metadata__":{{{pairs}}}')
-    begins: list[int] = []
-    pos = 0
-    for t in tensors:
-        begins.append(pos)
-        pos += t[3]
+        doc["__metadata__"] = dict(spec.metadata)
+    ends = list(accumulate(t[3] for t in tensors))
     order = range(len(tensors)) if spec.order is None else spec.order
     for i in order:
         name, dtype, shape, nbytes = tensors[i]
-        dims = ",".join(map(str, shape))
-        parts.append(
-            f'{_quote(name)}:{{"dtype":"{dtype}","shape":[{dims}],'
-            f'"data_offsets":[{begins[i]},{begins[i] + nbytes}]}}'
-        )
-    body = ("{" + ",".join(parts) + "}").encode("utf-8")
+        doc[name] = {"dtype": dtype, "shape": list(shape),
+                     "data_offsets": [ends[i] - nbytes, ends[i]]}
+    # json's C encoder, compact and not ASCII-escaped, writes what serde_json writes.
+    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return body + b" " * (length - len(body))
 
 

@@ -117,3 +117,35 @@ def test_big_group_splits_deterministically_and_huge_tensor_stands_alone(
         tensors = [t for t in table.values() if t.chunk == path]
         if len(tensors) > 1:
             assert sum(t.end - t.begin for t in tensors) <= 64 * 1024
+
+
+def _group_key_by_parts(name: str) -> str:
+    """The rule as the module docstring states it, part by part (the reference)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) if len(parts) > 1 else name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.layers.12.mlp.experts.7.up_proj.weight",
+        "layers.0",
+        "0.weight",
+        "12",
+        "a..1.b",
+        "a.1b.2.c",
+        "a.b1.c",
+        "weight",
+        "a.b.",
+        ".a",
+        "",
+        "model.layers.\u0663.mlp",  # an Arabic-Indic digit: isdigit(), not [0-9]
+        "h.\u00b2.x",  # a superscript two: isdigit() too
+        "emb\u00e9d.0.w",
+    ],
+)
+def test_group_key_matches_the_rule_part_by_part(name: str) -> None:
+    assert group_key(name) == _group_key_by_parts(name)
