@@ -60,6 +60,10 @@ class Pair:
     baseline_runs: list[float]
     others: float
     """Median share of the machine's CPUs other processes used during our runs."""
+    ours_cpu_s: float
+    """Median CPU seconds (all threads) of our runs: steadier than wall time when the
+    machine is shared."""
+    baseline_cpu_s: float
 
     @property
     def ratio(self) -> float:
@@ -73,6 +77,7 @@ def _alternate(ours: Callable[[], object], baseline: Callable[[], object], repea
         before()
         fn()
     runs: dict[str, list[float]] = {"ours": [], "baseline": []}
+    cpu: dict[str, list[float]] = {"ours": [], "baseline": []}
     others: list[float] = []
     for r in range(repeats):
         sides = [("ours", ours), ("baseline", baseline)]
@@ -81,11 +86,12 @@ def _alternate(ours: Callable[[], object], baseline: Callable[[], object], repea
             with Stopwatch() as watch:
                 fn()
             runs[side].append(watch.seconds)
+            cpu[side].append(watch.cpu_seconds)
             if side == "ours":
                 others.append(watch.others)
     return Pair(median(runs["ours"]), median(runs["baseline"]),
                 [round(x, 4) for x in runs["ours"]], [round(x, 4) for x in runs["baseline"]],
-                median(others))
+                median(others), median(cpu["ours"]), median(cpu["baseline"]))
 
 
 def _read_headers(shards: list[Path]) -> int:
@@ -191,7 +197,8 @@ def _print(report: dict[str, object]) -> None:
         assert isinstance(pair, dict)
         print(f"{label}: {pair['ours_s']:.3f} s vs {baseline} {pair['baseline_s']:.3f} s = "
               f"{pair['ratio']:.2f}x (target {TARGETS[target]}{' s' if key == 'open' else 'x'}: "
-              f"{'ok' if met[target] else 'MISSED'}; others {pair['others']:.0%})")
+              f"{'ok' if met[target] else 'MISSED'}; CPU {pair['ours_cpu_s']:.3f} s vs "
+              f"{pair['baseline_cpu_s']:.3f} s; others {pair['others']:.0%})")
 
 
 def main(argv: list[str] | None = None) -> int:
