@@ -328,10 +328,7 @@ def _parse(doc: object, limits: Limits) -> Manifest:
     name = top["name"]
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ManifestError("manifest name must look like ORG/MODEL (letters, digits, ._-)")
-    try:
-        publisher = PublicKey.parse(top["publisher"])
-    except KeyFileError as exc:
-        raise ManifestError(f"manifest publisher: {exc}") from exc
+    publisher = publisher_in(top)
     created = _int(top["created"], "created")
     expires = None if top["expires"] is None else _int(top["expires"], "expires", lo=created + 1)
     previous = None if top["previous"] is None else _hex64(top["previous"], "previous")
@@ -430,9 +427,9 @@ def _parse_chunks(
         seen: set[str] = set()
         dup = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
         raise ManifestError(f"tensor {dup[:80]!r} appears twice")
-    table = TensorTable(chunks=[c.path for c in out], bounds=bounds, names=names, index=index,
-                        types=types, type_of=type_of, begin=begin, nbytes=nbytes)
-    return tuple(out), table
+    return tuple(out), TensorTable(chunks=[c.path for c in out], bounds=bounds, names=names,
+                                   index=index, types=types, type_of=type_of, begin=begin,
+                                   nbytes=nbytes)
 
 
 def _parse_files(
@@ -462,8 +459,7 @@ def _parse_files(
             if not 2 <= length <= MAX_HEADER_BYTES:
                 raise ManifestError(f"{where}: its tensors and size leave {length} header bytes")
             header = _parse_header(f["header"], f"{where}.header", length, len(idx), limits)
-        order = tensors.names_at(idx)
-        out.append(FileEntry(name, size, sha, kind, None, header, order))  # type: ignore[arg-type]
+        out.append(FileEntry(name, size, sha, kind, None, header, tensors.names_at(idx)))  # type: ignore[arg-type]
     return tuple(out)
 
 
@@ -486,15 +482,13 @@ def _parse_header(raw: object, where: str, length: int, count: int, limits: Limi
     h = _obj(raw, {"metadata", "order"}, where)
     metadata = None
     if h["metadata"] is not None:
-        pairs = []
-        for pair in _list(h["metadata"], f"{where}.metadata", max_items=limits.tensors):
-            p = _list(pair, f"{where}.metadata", max_items=2)
-            if len(p) != 2 or not all(isinstance(x, str) for x in p):
-                raise ManifestError(f"{where}.metadata must list [key, value] strings")
-            pairs.append((p[0], p[1]))
+        raw_pairs = _list(h["metadata"], f"{where}.metadata", max_items=limits.tensors)
+        pairs = tuple(tuple(_list(p, f"{where}.metadata", max_items=2)) for p in raw_pairs)
+        if any(len(p) != 2 or set(map(type, p)) != {str} for p in pairs):
+            raise ManifestError(f"{where}.metadata must list [key, value] strings")
         if len({k for k, _ in pairs}) != len(pairs):
             raise ManifestError(f"{where}.metadata repeats a key")
-        metadata = tuple(pairs)
+        metadata = pairs
     order = None
     if h["order"] is not None:
         o = _indices(h["order"], f"{where}.order", below=count, max_items=count)
