@@ -185,10 +185,11 @@ def wanted_chunks(release: Release, include: Sequence[str]) -> list[str]:
     manifest = release.manifest
     if not include:
         return [c.path for c in manifest.chunks]
+    tensors = manifest.tensors
     wanted = {
-        t.chunk
-        for t in manifest.tensors.values()
-        if any(fnmatch.fnmatchcase(t.name, pat) for pat in include)
+        tensors.chunk_of(name)
+        for name in tensors
+        if any(fnmatch.fnmatchcase(name, pat) for pat in include)
     }
     if not wanted:
         raise LoadError(f"include patterns {list(include)[:5]} match no tensor")

@@ -51,7 +51,7 @@ class Download:
     def layer_order(self) -> list[str]:
         """Every chunk of the release in layer order (see ``chunking.layer_order``)."""
         tensors = self.release.manifest.tensors
-        return chunk_order(layer_order(tensors), {n: t.chunk for n, t in tensors.items()})
+        return chunk_order(layer_order(tensors), tensors.chunk_by_name())
 
     def pending(self) -> list[str]:
         """Wanted chunks not complete yet, most wanted first."""

@@ -11,9 +11,11 @@ import itertools
 import math
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from itertools import chain
+from operator import gt, itemgetter, lt, mul, sub
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from ._canonical import dumps, loads_strict
+from ._canonical import Pairs, dumps, loads_strict
 from .errors import ManifestError, SafetensorsHeaderError
 
 if TYPE_CHECKING:
@@ -83,9 +85,12 @@ def expected_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     return math.prod(shape) * DTYPES[dtype].itemsize
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderTensor:
-    """One tensor entry of a safetensors header, offsets relative to the data region."""
+class HeaderTensor(NamedTuple):
+    """One tensor entry of a safetensors header, offsets relative to the data region.
+
+    A named tuple, not a frozen dataclass: a 100,000-tensor header makes 100,000 of them,
+    and a frozen dataclass costs several times more to build.
+    """
 
     name: str
     dtype: str
@@ -112,12 +117,11 @@ class ParsedHeader:
 
     def tiles_data_region(self) -> bool:
         """True when the tensors cover the data region exactly, with no gaps or slack."""
-        pos = 0
-        for t in sorted(self.tensors, key=lambda t: (t.begin, t.end)):
-            if t.begin != pos:
-                return False
-            pos = t.end
-        return pos == self.file_size - self.data_start
+        ordered = sorted(self.tensors, key=itemgetter(3, 4))  # (begin, end)
+        starts = list(map(itemgetter(3), ordered))
+        stops = [0, *map(itemgetter(4), ordered)]
+        # Each tensor starts where the one before it ended; the last ends at the file's end.
+        return starts == stops[:-1] and stops[-1] == self.file_size - self.data_start
 
 
 def _fail(where: str, msg: str) -> SafetensorsHeaderError:
@@ -125,19 +129,80 @@ def _fail(where: str, msg: str) -> SafetensorsHeaderError:
 
 
 def _check_shape(where: str, name: str, raw: object) -> tuple[int, ...]:
-    if not isinstance(raw, list) or len(raw) > MAX_RANK:
+    if type(raw) is not list or len(raw) > MAX_RANK:
         raise _fail(where, f"tensor {name!r} has a bad shape")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in raw):
         raise _fail(where, f"tensor {name!r} has a bad shape {raw!r:.80}")
     return tuple(raw)
 
 
+def _unique(where: str, pairs: object, what: str = "header") -> dict[str, object]:
+    """A JSON object read as :class:`Pairs`, as a dict; a repeated key is refused."""
+    if type(pairs) is not Pairs:
+        raise _fail(where, f"{what} must be a JSON object")
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _fail(where, f"duplicate JSON key {dup[:80]!r} in the {what}")
+    return out
+
+
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+_ENTRY_KEYS_FROZEN = frozenset(_ENTRY_KEYS)
+
+
+def _fast_entries(header: dict[str, object], data_len: int) -> list[HeaderTensor] | None:
+    """Every check of :func:`_parse_entries`, made over whole columns in C.
+
+    Returns None when any check fails: the slow path then finds the entry, and says why.
+    """
+    names = [n for n in header if n != "__metadata__"]
+    raws: list[Any] = list(map(header.__getitem__, names))
+    if not names or set(map(type, raws)) != {Pairs} or set(map(len, raws)) != {3}:
+        return None
+    entries: list[dict[str, Any]] = list(map(dict, raws))
+    if set(map(frozenset, entries)) != {_ENTRY_KEYS_FROZEN}:
+        return None
+    dtypes = list(map(itemgetter("dtype"), entries))
+    shapes = list(map(itemgetter("shape"), entries))
+    offsets = list(map(itemgetter("data_offsets"), entries))
+    if set(map(type, dtypes)) != {str} or not set(dtypes) <= DTYPES.keys():
+        return None
+    if set(map(type, shapes)) != {list} or max(map(len, shapes)) > MAX_RANK:
+        return None
+    if set(map(type, offsets)) != {list} or set(map(len, offsets)) != {2}:
+        return None
+    dims = list(chain.from_iterable(shapes))
+    if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) >= 2**53):
+        return None
+    flat = list(chain.from_iterable(offsets))
+    if set(map(type, flat)) != {int} or min(flat) < 0 or max(flat) > data_len:
+        return None
+    begins, ends = flat[0::2], flat[1::2]
+    itemsizes = [DTYPES[d].itemsize for d in set(dtypes)]
+    size_of = dict(zip(set(dtypes), itemsizes, strict=True))
+    nbytes = list(map(mul, map(math.prod, shapes), map(size_of.__getitem__, dtypes)))
+    if any(map(gt, begins, ends)) or list(map(sub, ends, begins)) != nbytes:
+        return None
+    order = sorted(range(len(names)), key=begins.__getitem__)
+    sb, se = list(map(begins.__getitem__, order)), list(map(ends.__getitem__, order))
+    if any(map(lt, sb[1:], se[:-1])):
+        return None
+    return list(map(HeaderTensor._make, zip(names, dtypes, map(tuple, shapes), begins, ends,
+                                            strict=True)))
+
+
 def _parse_entries(where: str, header: dict[str, object], data_len: int) -> list[HeaderTensor]:
+    fast = _fast_entries(header, data_len)
+    if fast is not None:
+        return fast
     tensors: list[HeaderTensor] = []
-    for name, entry in header.items():
+    for name, raw in header.items():
         if name == "__metadata__":
             continue
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        entry = dict(raw) if type(raw) is Pairs and len(raw) == 3 else {}
+        if entry.keys() != _ENTRY_KEYS:
             raise _fail(where, f"tensor {name!r:.80} entry must have dtype, shape, data_offsets")
         dtype = entry["dtype"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
@@ -145,7 +210,7 @@ def _parse_entries(where: str, header: dict[str, object], data_len: int) -> list
         shape = _check_shape(where, name, entry["shape"])
         offsets = entry["data_offsets"]
         if (
-            not isinstance(offsets, list)
+            type(offsets) is not list
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         ):
@@ -194,19 +259,21 @@ def read_header(fh: BinaryIO, file_size: int, *, where: str) -> ParsedHeader:
     if len(raw) != header_len:
         raise _fail(where, "file ended inside the header")
     try:
-        header = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, what="safetensors header")
+        # As pairs: no Python call per tensor entry while parsing; duplicates and nesting
+        # are refused below, entry by entry (the schema allows only flat lists of ints).
+        pairs = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, what="safetensors header",
+                             pairs=True)
     except ManifestError as exc:
         raise _fail(where, str(exc)) from exc
-    if not isinstance(header, dict):
+    if type(pairs) is not Pairs:
         raise _fail(where, "header is not a JSON object")
-    metadata = header.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    header = _unique(where, pairs)
+    metadata = _unique(where, header.get("__metadata__", Pairs()), "__metadata__")
+    if set(map(type, metadata.values())) - {str}:
         raise _fail(where, "__metadata__ must map strings to strings")
     data_len = file_size - 8 - header_len
     tensors = _parse_entries(where, header, data_len)
-    return ParsedHeader(raw, dict(metadata), tuple(tensors), file_size)
+    return ParsedHeader(raw, metadata, tuple(tensors), file_size)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from ._gc import paused_gc
 from ._safetensors import ParsedHeader, read_header
 from .errors import SourceError, UnsafePickleError
 from .manifest import FileKind
@@ -36,9 +38,8 @@ _SKIP_DIRS = {".git", ".cache", ".huggingface"}
 _COPY_BUF = 8 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class SourceTensor:
-    """One tensor of the input checkpoint."""
+class SourceTensor(NamedTuple):
+    """One tensor of the input checkpoint (a named tuple: a checkpoint may have 100,000)."""
 
     name: str
     dtype: str
@@ -123,7 +124,8 @@ def open_source(src: Path) -> Source:
     source = Source(files, {}, skipped)
     for f in files:
         if f.kind == "safetensors":
-            _add_safetensors(source, f)
+            with paused_gc():  # 100,000 header entries: see _gc
+                _add_safetensors(source, f)
         elif f.kind == "torch":
             _add_torch(source, f)
     if not source.tensors and not any(f.kind == "blob" for f in files):
@@ -193,15 +195,17 @@ def _add_safetensors(source: Source, f: SourceFile) -> None:
             f"{f.name}: tensor bytes leave gaps or slack, so it cannot be rebuilt byte for byte"
         )
     f.header = header
-    ordered = sorted(header.tensors, key=lambda t: t.begin)
+    ordered = sorted(header.tensors, key=itemgetter(3))  # by begin
     f.order = tuple(t.name for t in ordered)
-    for t in ordered:
-        _add_tensor(
-            source,
-            SourceTensor(
-                t.name, t.dtype, t.shape, f.name, header.data_start + t.begin, t.end - t.begin
-            ),
-        )
+    start = header.data_start
+    tensors = [
+        SourceTensor(t.name, t.dtype, t.shape, f.name, start + t.begin, t.end - t.begin)
+        for t in ordered
+    ]
+    if source.tensors.keys() & set(f.order):
+        for t in tensors:  # finds the first duplicate, and names both files
+            _add_tensor(source, t)
+    source.tensors.update(zip(f.order, tensors, strict=True))
 
 
 def _add_torch(source: Source, f: SourceFile) -> None:

@@ -29,8 +29,18 @@ DEFAULT_MAX_CHUNK_BYTES = 256 * 1024 * 1024
 _DIGITS = re.compile(r"(\d+)")
 
 
+_ASCII_NUMBER_PART = re.compile(r"(?:^|\.)[0-9]+(?=\.|$)")
+
+
 def group_key(name: str) -> str:
     """The group a tensor belongs to (see the module docstring)."""
+    if name.isascii():
+        # The same answer as the loop below (an ASCII part is isdigit() exactly when it is
+        # [0-9]+), found in C: pack asks this of every one of 100,000 tensors.
+        m = _ASCII_NUMBER_PART.search(name)
+        if m:
+            return name[: m.end()]
+        return name[: name.rindex(".")] if "." in name else name
     parts = name.split(".")
     for i, part in enumerate(parts):
         if part.isdigit():

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ._atomic import atomic_write_bytes, atomic_writer
 from ._canonical import dumps
+from ._header_spec import HeaderSpec, render_header
 from ._paths import join_inside
 from ._reflink import clone_file, copy_file
 from .chunking import natural_key
@@ -304,14 +305,20 @@ def _rebuild_file(
             raise ExportError(f"rebuilt {f.name} does not match its signed sha256")
 
 
-def _copy_range(path: Path, begin: int, end: int, sink: Callable[[memoryview], None]) -> None:
-    buf = bytearray(_BUF)
+def _copy_range(
+    path: Path,
+    begin: int,
+    end: int,
+    sink: Callable[[memoryview], None],
+    buf: bytearray | None = None,
+) -> None:
+    buf = bytearray(min(_BUF, max(end - begin, 1))) if buf is None else buf
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         fh.seek(begin)
         left = end - begin
         while left:
-            n = fh.readinto(view[: min(left, _BUF)])
+            n = fh.readinto(view[: min(left, len(buf))])
             if not n:
                 raise ExportError(f"{path.name} ended early")
             sink(view[:n])
@@ -323,8 +330,22 @@ def _rebuild(release: Release, f: FileEntry, sink: Callable[[memoryview], None])
         if f.chunk is not None:
             _copy_range(release.chunk_path(f.chunk), 0, f.size, sink)
         return
-    header = (f.header or "").encode("utf-8")
+    table = release.manifest.tensors
+    positions = [table.position(n) for n in f.order]
+    layouts = [table.layout(i) for i in positions]
+    length = f.size - 8 - sum(t[4] for t in layouts)
+    spec = f.header or HeaderSpec(text="")
+    header = render_header(spec, [(n, d, s, nb) for n, d, s, _, nb in layouts], length)
     sink(memoryview(len(header).to_bytes(8, "little") + header))
-    for name in f.order:
-        t = release.manifest.tensors[name]
-        _copy_range(release.chunk_path(t.chunk), t.begin, t.end, sink)
+    # Adjacent tensors of one chunk are copied as one range: a chunk's tensors usually
+    # follow each other in the original file as well.
+    runs: list[tuple[str, int, int]] = []
+    for i, (_, _, _, begin, nbytes) in zip(positions, layouts, strict=True):
+        chunk = table.chunk_at(i)
+        if runs and runs[-1][0] == chunk and runs[-1][2] == begin:
+            runs[-1] = (chunk, runs[-1][1], begin + nbytes)
+        else:
+            runs.append((chunk, begin, begin + nbytes))
+    buf = bytearray(_BUF)
+    for chunk, begin, end in runs:
+        _copy_range(release.chunk_path(chunk), begin, end, sink, buf)

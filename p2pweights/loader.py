@@ -20,6 +20,8 @@ from typing import cast
 
 import torch
 
+from ._gc import paused_gc
+from ._safetensors import DTYPES
 from ._staging import StagingCopier
 from ._torch_dtypes import TORCH_DTYPES
 from .errors import LoadError
@@ -59,6 +61,20 @@ def _tensor_from_storage(storage: torch.UntypedStorage, entry: TensorEntry) -> t
     base = torch.empty(0, dtype=torch.uint8)
     base.set_(storage, entry.begin, (entry.end - entry.begin,))  # type: ignore[call-overload]
     return base.view(TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
+
+
+def _typed_view(storage: torch.UntypedStorage, dtype: str) -> torch.Tensor:
+    """The whole of ``storage`` as a flat tensor of ``dtype`` (less any partial element)."""
+    base = torch.empty(0, dtype=TORCH_DTYPES[dtype])
+    base.set_(storage, 0, (storage.nbytes() // DTYPES[dtype].itemsize,))  # type: ignore[call-overload]
+    return base
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = [1] * len(shape)
+    for k in range(len(shape) - 2, -1, -1):
+        strides[k] = strides[k + 1] * max(shape[k + 1], 1)
+    return tuple(strides)
 
 
 class ReleaseReader:
@@ -128,7 +144,7 @@ class ReleaseReader:
                     )
                 )
             return
-        paths = {tensors[n].chunk for n in wanted} - set(self._storages)
+        paths = {tensors.chunk_of(n) for n in wanted} - set(self._storages)
         chunks = [c for c in self.release.manifest.chunks if c.path in paths]
         verify_chunks(self.release.root, chunks, self._verify)
         for c in chunks:
@@ -137,6 +153,37 @@ class ReleaseReader:
                 str(self.release.chunk_path(c.path)), False, c.size
             )
             self._storages[c.path] = cast(torch.UntypedStorage, storage)
+
+    def tensors(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Verified tensors for ``names``, in that order: :meth:`prepare`, then one view each.
+
+        On the CPU each tensor is one ``as_strided`` view of a typed view of its chunk's
+        map, made straight from the manifest's columns (no per-tensor entry object), which
+        keeps a 100,000-tensor load close to safetensors' own per-tensor cost.
+        """
+        self.prepare(names)
+        if self._copier is not None:
+            return {n: self.get_tensor(n) for n in names}
+        with paused_gc():  # one tensor object each: see _gc
+            return self._views(names)
+
+    def _views(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        table = self.release.manifest.tensors
+        bases: dict[tuple[str, str], torch.Tensor] = {}
+        strides: dict[tuple[int, ...], tuple[int, ...]] = {}
+        out: dict[str, torch.Tensor] = {}
+        for n in names:
+            i = table.position(n)
+            _, dtype, shape, begin, _ = table.layout(i)
+            chunk = table.chunk_at(i)
+            base = bases.get((chunk, dtype))
+            if base is None:
+                base = bases[(chunk, dtype)] = _typed_view(self._storages[chunk], dtype)
+            stride = strides.get(shape)
+            if stride is None:
+                stride = strides[shape] = _contiguous_strides(shape)
+            out[n] = base.as_strided(shape, stride, begin // DTYPES[dtype].itemsize)
+        return out
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """One tensor, verified, on the reader's device.
@@ -252,7 +299,5 @@ def load(
     patterns = _patterns(include)
     root = _local_root(source, home=home, include=patterns, peers=peers)
     with open(root, verify=verify, device=device, trust=trust, home=home) as reader:
-        names = _select(reader.keys(), patterns)
-        reader.prepare(names)
-        return {n: reader.get_tensor(n) for n in names}
+        return reader.tensors(_select(reader.keys(), patterns))
 

@@ -253,7 +253,7 @@ class TensorStream:
                 raise LoadError(f"order names {unknown[0]!r}, not a tensor of this release")
             self.names = [n for n in dict.fromkeys(self._order) if n in chosen]
             if self._feed is not None:
-                chunk_of = {n: t.chunk for n, t in tensors.items() if n in chosen}
+                chunk_of = {n: tensors.chunk_of(n) for n in chosen}
                 self._feed.send_order(chunk_order(self.names, chunk_of))
         return self.names
 
@@ -292,9 +292,9 @@ class TensorStream:
         tensors = reader.release.manifest.tensors
         by_chunk: dict[str, list[str]] = {}
         for n in self.names:
-            by_chunk.setdefault(tensors[n].chunk, []).append(n)
+            by_chunk.setdefault(tensors.chunk_of(n), []).append(n)
         for name in self.names:
-            chunk = tensors[name].chunk
+            chunk = tensors.chunk_of(name)
             self._wait_chunk(chunk)
             # One chunk at a time: verified, then mapped (CPU) or staged and copied.
             if group := by_chunk.pop(chunk, None):

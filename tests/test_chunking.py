@@ -18,10 +18,10 @@ def _chunk_bytes(release: Path) -> dict[str, bytes]:
 
 
 def _chunk_of(release: Path, tensor: str) -> str:
-    import json
+    from p2pweights.manifest import Manifest
 
-    doc = json.loads((release / "manifest.json").read_bytes())
-    return str(doc["tensors"][tensor]["chunk"]).split("/")[1]
+    manifest = Manifest.from_bytes((release / "manifest.json").read_bytes())
+    return manifest.tensors.chunk_of(tensor).split("/")[1]
 
 
 @pytest.mark.parametrize(
@@ -106,14 +106,46 @@ def test_big_group_splits_deterministically_and_huge_tensor_stands_alone(
     a = make_release(src, max_chunk_bytes=64 * 1024)
     b = make_release(src, max_chunk_bytes=64 * 1024)
     assert _chunk_bytes(a) == _chunk_bytes(b)
-    import json
+    from p2pweights.manifest import Manifest
 
-    doc = json.loads((a / "manifest.json").read_bytes())
-    huge_chunk = doc["tensors"]["model.layers.0.mlp.huge.weight"]["chunk"]
-    assert [n for n, t in doc["tensors"].items() if t["chunk"] == huge_chunk] == [
+    table = Manifest.from_bytes((a / "manifest.json").read_bytes()).tensors
+    huge_chunk = table.chunk_of("model.layers.0.mlp.huge.weight")
+    assert [n for n, t in table.items() if t.chunk == huge_chunk] == [
         "model.layers.0.mlp.huge.weight"
     ]
-    for chunk in doc["chunks"]:
-        tensors = [t for t in doc["tensors"].values() if t["chunk"] == chunk["path"]]
+    for path in table.chunk_paths:
+        tensors = [t for t in table.values() if t.chunk == path]
         if len(tensors) > 1:
-            assert sum(t["offsets"][1] - t["offsets"][0] for t in tensors) <= 64 * 1024
+            assert sum(t.end - t.begin for t in tensors) <= 64 * 1024
+
+
+def _group_key_by_parts(name: str) -> str:
+    """The rule as the module docstring states it, part by part (the reference)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1]) if len(parts) > 1 else name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.layers.12.mlp.experts.7.up_proj.weight",
+        "layers.0",
+        "0.weight",
+        "12",
+        "a..1.b",
+        "a.1b.2.c",
+        "a.b1.c",
+        "weight",
+        "a.b.",
+        ".a",
+        "",
+        "model.layers.\u0663.mlp",  # an Arabic-Indic digit: isdigit(), not [0-9]
+        "h.\u00b2.x",  # a superscript two: isdigit() too
+        "emb\u00e9d.0.w",
+    ],
+)
+def test_group_key_matches_the_rule_part_by_part(name: str) -> None:
+    assert group_key(name) == _group_key_by_parts(name)

@@ -1,4 +1,4 @@
-"""A chunk's path is its content address: the parser refuses any other name."""
+"""A chunk's path is its content address, derived from its signed sha256 and kind."""
 
 from __future__ import annotations
 
@@ -19,36 +19,28 @@ def test_chunk_address_names_the_bytes() -> None:
     assert chunk_address(sha, "blob") == f"chunks/{sha}"
 
 
-def _renamed(manifest: bytes, old: str, new: str) -> bytes:
-    doc = json.loads(manifest)
-    for c in doc["chunks"]:
-        if c["path"] == old:
-            c["path"] = new
-    doc["chunks"].sort(key=lambda c: c["path"])
-    for t in doc["tensors"].values():
-        if t["chunk"] == old:
-            t["chunk"] = new
-    for f in doc["files"]:
-        if f.get("chunk") == old:
-            f["chunk"] = new
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+def _canonical(doc: object) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @pytest.mark.parametrize("kind", ["tensors", "blob"])
-def test_a_chunk_named_after_other_bytes_is_refused(
+def test_a_chunk_path_is_derived_never_stated(
     make_model: Callable[..., Path], make_release: Callable[..., Path], kind: str
 ) -> None:
-    """The squatting attack's first step: a manifest that names a chunk after bytes it
-    does not hold. Before content addressing this parsed, and a second publisher could
-    claim another release's store file."""
+    """The squatting attack's first step was a manifest that names a chunk after bytes it
+    does not hold. A p2pweights.manifest/2 manifest stores no chunk paths: each is the
+    content address of the signed sha256, and a stated path is refused."""
     release = make_release(make_model())
     data = (release / MANIFEST_NAME).read_bytes()
-    Manifest.from_bytes(data)  # the honest manifest parses
-    chunk = next(c for c in Manifest.from_bytes(data).chunks if c.kind == kind)
-    other = chunk_address("0" * 64, chunk.kind)
-    with pytest.raises(ManifestError, match="content address"):
-        Manifest.from_bytes(_renamed(data, chunk.path, other))
-    # The right address under the wrong kind is refused too.
-    wrong_kind = chunk_address(chunk.sha256, "blob" if kind == "tensors" else "tensors")
-    with pytest.raises(ManifestError, match="content address"):
-        Manifest.from_bytes(_renamed(data, chunk.path, wrong_kind))
+    manifest = Manifest.from_bytes(data)  # the honest manifest parses
+    assert all(c.path == chunk_address(c.sha256, c.kind) for c in manifest.chunks)
+    doc = json.loads(data)
+    entry = next(c for c in doc["chunks"] if c["kind"] == kind)
+    entry["path"] = chunk_address("0" * 64, kind)
+    with pytest.raises(ManifestError, match="unexpected \\['path'\\]"):
+        Manifest.from_bytes(_canonical(doc))
+    # The same sha256 under the other kind is another address, and the wrong schema.
+    del entry["path"]
+    entry["kind"] = "blob" if kind == "tensors" else "tensors"
+    with pytest.raises(ManifestError):
+        Manifest.from_bytes(_canonical(doc))

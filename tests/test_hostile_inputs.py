@@ -45,7 +45,7 @@ from p2pweights import (
 )
 from p2pweights._canonical import dumps
 from p2pweights._safetensors import MAX_HEADER_BYTES
-from p2pweights.manifest import Limits, Manifest
+from p2pweights.manifest import Limits, Manifest, chunk_address
 from p2pweights.release import EXPORT_POINTER, MANIFEST_NAME, SIGNATURE_NAME
 from p2pweights.verify import RECORDS_NAME
 
@@ -120,20 +120,6 @@ def write_signed(release: Path, manifest: Doc | bytes, key: PrivateKey) -> bytes
     return data
 
 
-def rename_chunk(doc: Doc, old: str, new: str) -> None:
-    """Rename a chunk everywhere the manifest refers to it, keeping the chunk list sorted."""
-    for c in doc["chunks"]:
-        if c["path"] == old:
-            c["path"] = new
-    doc["chunks"].sort(key=lambda c: c["path"])
-    for t in doc["tensors"].values():
-        if t["chunk"] == old:
-            t["chunk"] = new
-    for f in doc["files"]:
-        if f.get("chunk") == old:
-            f["chunk"] = new
-
-
 def rename_file(doc: Doc, old: str, new: str) -> None:
     for f in doc["files"]:
         if f["name"] == old:
@@ -142,18 +128,17 @@ def rename_file(doc: Doc, old: str, new: str) -> None:
 
 
 def tensor_chunk(release: Path, tensor: str) -> Path:
-    return release / str(read_doc(release)["tensors"][tensor]["chunk"])
+    manifest = Manifest.from_bytes((release / MANIFEST_NAME).read_bytes())
+    return release / manifest.tensors.chunk_of(tensor)
 
 
 def blob_chunk(release: Path, file_name: str) -> Path:
     entry = next(f for f in read_doc(release)["files"] if f["name"] == file_name)
-    return release / str(entry["chunk"])
+    return release / chunk_address(entry["sha256"], "blob")
 
 
-def first_tensor_entry(doc: Doc) -> tuple[str, Doc]:
-    name = sorted(doc["tensors"])[0]
-    entry: Doc = doc["tensors"][name]
-    return name, entry
+def tensor_chunks(doc: Doc) -> list[Doc]:
+    return [c for c in doc["chunks"] if c["kind"] == "tensors"]
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -355,23 +340,26 @@ UNSAFE_FILE_NAMES = [
 ]
 
 
+@pytest.mark.parametrize("where", ["path", "sha256"])
 @pytest.mark.parametrize("path", UNSAFE_CHUNK_PATHS)
-def test_unsafe_chunk_path_is_refused(
-    damaged: Path, key: PrivateKey, trust: TrustStore, tmp_path: Path, path: str
+def test_a_chunk_path_cannot_be_smuggled_in(
+    damaged: Path, key: PrivateKey, trust: TrustStore, tmp_path: Path, path: str, where: str
 ) -> None:
+    # A chunk's path is derived from its sha256 (64 hex digits), so no manifest can name
+    # one: a stated path is an unexpected key, and a path in the sha256 is not hex.
     doc = read_doc(damaged)
-    rename_chunk(doc, doc["chunks"][0]["path"], path)
+    doc["chunks"][0][where] = path
     write_signed(damaged, doc, key)
-    with expect(UnsafePathError):
+    with expect(ManifestError):
         open_release(damaged, trust)
-    with expect(UnsafePathError):
+    with expect(ManifestError):
         p2pweights.load(damaged, trust=trust)
-    with expect(UnsafePathError):
+    with expect(ManifestError):
         verify_release(damaged, trust)
     out = tmp_path / "export"
     before = snapshot(tmp_path)
     for exact in (False, True):
-        with expect(UnsafePathError):
+        with expect(ManifestError):
             export(damaged, out, trust=trust, exact=exact)
         assert_untouched(tmp_path, before, out)
 
@@ -453,34 +441,37 @@ def _set_chunk_size(doc: Doc, size: object) -> None:
 
 
 def _set_shape(doc: Doc, shape: object) -> None:
-    first_tensor_entry(doc)[1]["shape"] = shape
+    doc["types"][0][1] = shape
 
 
-def _set_offsets(doc: Doc, offsets: object) -> None:
-    first_tensor_entry(doc)[1]["offsets"] = offsets
+def _set_data(doc: Doc, data: object) -> None:
+    tensor_chunks(doc)[0]["data"] = data
 
 
-def _overlap(doc: Doc) -> None:
-    # Two alike tensors in one chunk, the second aliased onto the first's bytes.
-    seen: dict[tuple[str, str, tuple[int, ...]], Doc] = {}
-    for t in doc["tensors"].values():
-        alike = (t["chunk"], t["dtype"], tuple(t["shape"]))
-        if alike in seen:
-            t["offsets"] = list(seen[alike]["offsets"])
-            return
-        seen[alike] = t
-    raise AssertionError("no two alike tensors share a chunk")
+def _shift(doc: Doc, by: int) -> None:
+    # Tensors and chunk end move together: in bounds and filling the chunk, but an F32
+    # tensor now starts at an odd offset.
+    chunk = tensor_chunks(doc)[0]
+    chunk["data"] += by
+    chunk["size"] += by
 
 
-def _set_begin(doc: Doc, begin: int) -> None:
-    entry = first_tensor_entry(doc)[1]
-    b, e = entry["offsets"]
-    entry["offsets"] = [begin, begin + e - b]
+def _extra_type(doc: Doc) -> None:
+    tensor_chunks(doc)[0]["types"].append(0)
 
 
-def _misalign(doc: Doc) -> None:
-    entry = first_tensor_entry(doc)[1]
-    entry["offsets"] = [entry["offsets"][0] - 1, entry["offsets"][1] - 1]  # in bounds, odd
+def _unknown_type(doc: Doc) -> None:
+    tensor_chunks(doc)[0]["types"][0] = len(doc["types"])
+
+
+def _alias(doc: Doc) -> None:
+    # A second tensor of the same name: one name, two places.
+    a, b = tensor_chunks(doc)[:2]
+    b["names"][0] = a["names"][0]
+
+
+def _repeat_type(doc: Doc) -> None:
+    doc["types"].append(doc["types"][0])
 
 
 def _too_many_chunks(doc: Doc) -> None:
@@ -506,12 +497,16 @@ ABSURD: list[tuple[str, Callable[[Doc], None]]] = [
     ("dim over 2**53", lambda d: _set_shape(d, [2**53 + 1])),
     ("negative dim", lambda d: _set_shape(d, [-256, -16])),
     ("rank 65", lambda d: _set_shape(d, [1] * 65)),
-    ("end past chunk", lambda d: _set_offsets(d, [8, 2**50])),
-    ("begin inside length prefix", lambda d: _set_begin(d, 0)),
-    ("reversed offsets", lambda d: _set_offsets(d, [4096, 8])),
-    ("three offsets", lambda d: _set_offsets(d, [8, 16, 24])),
-    ("overlapping tensors", _overlap),
-    ("misaligned tensor", _misalign),
+    ("tensors past chunk end", lambda d: _set_data(d, tensor_chunks(d)[0]["data"] + 8)),
+    ("tensors short of chunk end", lambda d: _set_data(d, tensor_chunks(d)[0]["data"] - 8)),
+    ("data past chunk", lambda d: _set_data(d, 2**50)),
+    ("data inside length prefix", lambda d: _set_data(d, 0)),
+    ("data negative", lambda d: _set_data(d, -8)),
+    ("misaligned tensor", lambda d: _shift(d, 1)),
+    ("more types than names", _extra_type),
+    ("unknown type", _unknown_type),
+    ("type listed twice", _repeat_type),
+    ("aliased tensor name", _alias),
     ("200001 chunks", _too_many_chunks),
     ("100001 files", _too_many_files),
     ("expires == created", _expires_before_created),
@@ -531,7 +526,7 @@ def test_absurd_manifest_values_are_manifest_errors(
         Manifest.from_bytes(dumps(doc))
 
 
-@pytest.mark.parametrize("case", ["chunk size 2**60", "huge dims", "overlapping tensors"])
+@pytest.mark.parametrize("case", ["chunk size 2**60", "huge dims", "tensors past chunk end"])
 def test_absurd_values_in_a_signed_manifest_fail_before_any_chunk_is_read(
     damaged: Path, key: PrivateKey, trust: TrustStore, case: str
 ) -> None:
@@ -761,7 +756,7 @@ STRICTNESS: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("duplicate key", lambda d: b'{"name":"evil/model",' + d[1:]),
     (
         "duplicate nested key",
-        lambda d: _with(d, b'{"kind":"blob",', b'{"kind":"blob","kind":"blob",'),
+        lambda d: _with(d, b'{"kind":"blob","sha', b'{"kind":"blob","kind":"blob","sha'),
     ),
     ("float", lambda d: _with(d, b'"version":1}', b'"version":1.0}')),
     ("exponent", lambda d: _with(d, b'"version":1}', b'"version":1e0}')),
@@ -796,7 +791,8 @@ STRICTNESS: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("empty", lambda d: b""),
     ("truncated", lambda d: d[:-1]),
     ("trailing garbage", lambda d: d + b"x"),
-    ("unknown format", lambda d: _with(d, b"p2pweights.manifest/1", b"p2pweights.manifest/2")),
+    ("unknown format", lambda d: _with(d, b"p2pweights.manifest/2", b"p2pweights.manifest/3")),
+    ("format 1", lambda d: _with(d, b"p2pweights.manifest/2", b"p2pweights.manifest/1")),
     ("extra top-level key", lambda d: _with(d, b'"version":1}', b'"version":1,"zz":1}')),
     ("missing key", lambda d: _with(d, b'"label":"",', b"")),
 ]
@@ -825,19 +821,31 @@ def test_signed_but_non_canonical_manifest_is_refused(
 
 
 def _dtype_list(doc: Doc) -> None:
-    first_tensor_entry(doc)[1]["dtype"] = ["F32"]
+    doc["types"][0][0] = ["F32"]
 
 
 def _order_list(doc: Doc) -> None:
     entry = next(f for f in doc["files"] if f["kind"] == "safetensors")
-    entry["order"] = [[n] for n in entry["order"]]
+    entry["tensors"] = [[n] for n in entry["tensors"]]
+
+
+def _names_list(doc: Doc) -> None:
+    chunk = tensor_chunks(doc)[0]
+    chunk["names"] = [[n] for n in chunk["names"]]
 
 
 def _wrong_types(doc: Doc) -> None:
-    doc["tensors"] = [doc["tensors"]]
+    doc["types"] = [doc["types"]]
 
 
-@pytest.mark.parametrize("mutate", [_dtype_list, _order_list, _wrong_types])
+def _kind_list(doc: Doc) -> None:
+    doc["chunks"][0]["kind"] = ["blob"]
+    doc["files"][0]["kind"] = ["blob"]
+
+
+@pytest.mark.parametrize(
+    "mutate", [_dtype_list, _order_list, _names_list, _wrong_types, _kind_list]
+)
 def test_unhashable_values_where_strings_belong_are_manifest_errors(
     release: Path, mutate: Callable[[Doc], None]
 ) -> None:

@@ -31,7 +31,7 @@ from p2pweights._canonical import MAX_DEPTH, dumps, loads_strict
 from p2pweights._paths import check_relative, join_inside
 from p2pweights._safetensors import DTYPES, MAX_HEADER_BYTES, read_header
 from p2pweights.keys import PublicKey
-from p2pweights.manifest import ChunkEntry, FileEntry, Manifest, TensorEntry
+from p2pweights.manifest import ChunkEntry, FileEntry, HeaderSpec, Manifest, TensorTable
 
 
 def _settings(n: int) -> settings:
@@ -127,15 +127,18 @@ def _valid_manifest() -> Manifest:
     blob_sha = hashlib.sha256(blob_bytes).hexdigest()
     blob_chunk = "chunks/" + blob_sha
     chunks = (
-        ChunkEntry(tensor_chunk, 256, "1" * 64, "2" * 64, "tensors"),
+        ChunkEntry(tensor_chunk, 150, "1" * 64, "2" * 64, "tensors", 64),
         ChunkEntry(blob_chunk, len(blob_bytes), blob_sha, "3" * 64, "blob"),
     )
     chunks = tuple(sorted(chunks, key=lambda c: c.path))
-    tensors = {
-        "model.a.weight": TensorEntry("model.a.weight", tensor_chunk, "F32", (4, 4), 64, 128),
-        "model.b.bias": TensorEntry("model.b.bias", tensor_chunk, "I64", (2,), 128, 144),
-        "model.c.scale": TensorEntry("model.c.scale", tensor_chunk, "BF16", (3,), 144, 150),
+    placed = {
+        tensor_chunk: [
+            ("model.a.weight", "F32", (4, 4)),
+            ("model.b.bias", "I64", (2,)),
+            ("model.c.scale", "BF16", (3,)),
+        ]
     }
+    tensors = TensorTable.build([(c.path, c.data, placed.get(c.path, [])) for c in chunks])
     header = '{"model.a.weight":{},"model.b.bias":{}}'
     body = 64 + 16
     files = (
@@ -146,8 +149,16 @@ def _valid_manifest() -> Manifest:
             8 + len(header) + body,
             "4" * 64,
             "safetensors",
-            header=header,
+            header=HeaderSpec(text=header),
             order=("model.a.weight", "model.b.bias"),
+        ),
+        FileEntry(
+            "model2.safetensors",
+            8 + 200 + 6,
+            "7" * 64,
+            "safetensors",
+            header=HeaderSpec(metadata=(("format", "pt"),), order=(0,)),
+            order=("model.c.scale",),
         ),
         FileEntry("sub/pytorch_model.bin", 1000, "5" * 64, "torch", order=("model.c.scale",)),
     )
@@ -209,9 +220,18 @@ def _check_paths(m: Manifest) -> None:
         assert c.path.startswith("chunks/") and c.path.count("/") == 1
         assert ".." not in c.path.split("/")
         assert c.size >= 1
+    spans: dict[str, list[tuple[int, int]]] = {}
     for t in m.tensors.values():
         assert t.chunk in chunk_paths
         assert 8 <= t.begin <= t.end
+        spans.setdefault(t.chunk, []).append((t.begin, t.end))
+    for c in m.chunks:
+        # A chunk's tensors tile it from its data offset to its end: no overlap, no gap.
+        pos = c.data
+        for b, e in sorted(spans.get(c.path, [])):
+            assert b == pos
+            pos = e
+        assert c.kind == "blob" or pos == c.size
     for f in m.files:
         assert check_relative(f.name, what="file") == f.name
         assert not f.name.startswith("/") and ".." not in f.name.split("/")
@@ -309,28 +329,21 @@ def test_manifest_with_two_fields_swapped(a: tuple[Any, ...], b: tuple[Any, ...]
 @_settings(300)
 @given(
     st.sampled_from(["chunks", "files"]),
-    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=0, max_value=4),
     st.sampled_from(HOSTILE_PATHS),
 )
 def test_manifest_path_traversal_in_entries(section: str, index: int, hostile: str) -> None:
-    """Traversal strings in chunk paths, file names and the references to them."""
+    """Traversal strings in file names, and in the chunks' sha256 (the source of their path)."""
     doc = json.loads(VALID)
     entries = doc[section]
     entry = entries[index % len(entries)]
-    old = entry["path" if section == "chunks" else "name"]
-    entry["path" if section == "chunks" else "name"] = hostile
-    # Keep references consistent, so a path check (not a dangling reference) must refuse it.
-    for t in doc["tensors"].values():
-        if t["chunk"] == old:
-            t["chunk"] = hostile
-    for f in doc["files"]:
-        if f.get("chunk") == old:
-            f["chunk"] = hostile
-    entries.sort(key=lambda e: e["path" if section == "chunks" else "name"])
+    field = "sha256" if section == "chunks" else "name"
+    entry[field] = hostile
+    entries.sort(key=lambda e: e[field])
     m = _parse(_canon(doc))
     if m is not None:
         _check_paths(m)
-    if hostile in ("../x", "/etc/passwd", "chunks/../../x", "chunks/../x", ".."):
+    if section == "chunks" or hostile in ("../x", "/etc/passwd", "chunks/../../x", ".."):
         assert m is None
 
 

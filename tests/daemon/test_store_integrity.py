@@ -30,7 +30,7 @@ import p2pweights
 from p2pweights import PrivateKey, TrustStore
 from p2pweights._canonical import dumps
 from p2pweights.errors import CorruptChunkError
-from p2pweights.manifest import ChunkEntry, Manifest
+from p2pweights.manifest import ChunkEntry, Manifest, chunk_address
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME
 from p2pweightsd.engine import make_torrent
 
@@ -62,11 +62,16 @@ def plain_seeder(addr: str, release: Path) -> Iterator[str]:
         proc.stdout.close()
 
 
+def _tensor_names(doc: dict[str, Any]) -> list[str]:
+    return [n for c in doc["chunks"] if c["kind"] == "tensors" for n in c["names"]]
+
+
 def squatter(victim: Path, attacker: Path, key: PrivateKey) -> tuple[Path, ChunkEntry]:
     """Rename one of ``attacker``'s tensor chunks after a same-size chunk of ``victim``.
 
-    The forged manifest is signed by ``key`` and parses (the chunk's path equals the
-    sha256 it claims), but the chunk's bytes and v2 root are the attacker's own.
+    The forged manifest is signed by ``key`` and parses (a chunk's path is the content
+    address of the sha256 it claims), but the chunk's bytes and v2 root are the
+    attacker's own.
 
     Returns:
         The forged release dir, and the victim's chunk whose name it claims.
@@ -77,19 +82,32 @@ def squatter(victim: Path, attacker: Path, key: PrivateKey) -> tuple[Path, Chunk
     own = next(c for c in doc["chunks"] if c["kind"] == "tensors" and c["size"] in by_size
                and c["sha256"] != by_size[c["size"]].sha256)
     target = by_size[own["size"]]
-    old = own["path"]
-    (attacker / old).rename(attacker / target.path)
-    own["path"], own["sha256"] = target.path, target.sha256
-    doc["chunks"].sort(key=lambda c: c["path"])
-    for t in doc["tensors"].values():
-        if t["chunk"] == old:
-            t["chunk"] = target.path
+    (attacker / chunk_address(own["sha256"], "tensors")).rename(attacker / target.path)
+    # A tensor's position counts chunk by chunk, in path order: renaming a chunk moves it
+    # in that order, so the files' tensor positions are mapped to the new order.
+    before = _positions(doc["chunks"])
+    own["sha256"] = target.sha256
+    doc["chunks"].sort(key=lambda c: chunk_address(c["sha256"], c["kind"]))
+    after = _positions(doc["chunks"])
+    moved = {before[k]: after[k] for k in before}
+    for f in doc["files"]:
+        if "tensors" in f:
+            f["tensors"] = [moved[p] for p in f["tensors"]]
     data = dumps(doc)
     Manifest.from_bytes(data)  # the forgery is a well-formed manifest
     (attacker / MANIFEST_NAME).write_bytes(data)
     (attacker / SIGNATURE_NAME).write_bytes(key.sign(data))
     (attacker / ".p2pw-verified.json").unlink(missing_ok=True)
     return attacker, target
+
+
+def _positions(chunks: list[dict[str, Any]]) -> dict[tuple[int, int], int]:
+    """(id of a chunk entry, tensor index in it) -> the tensor's position in the manifest."""
+    out: dict[tuple[int, int], int] = {}
+    for c in chunks:
+        for k in range(len(c.get("names", []))):
+            out[(id(c), k)] = len(out)
+    return out
 
 
 @pytest.fixture
