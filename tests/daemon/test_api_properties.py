@@ -461,6 +461,8 @@ def test_well_typed_fetch_reaches_the_service(api: Api, doc: dict[str, Any]) -> 
         and all("\x00" not in s for k in ("peers", "trackers", "include") for s in doc[k])
         # a .torrent path names a local file: refused over TCP, which this server is
         and not (doc["uri"].endswith(".torrent") and not doc["uri"].startswith("magnet:"))
+        # trust on first use changes the trust store: a local, socket-only act (403)
+        and not doc["trust_on_first_use"]
     )
     status, _ = _post(api, "/v1/fetch", json.dumps(doc).encode(), False)
     assert (status == 202) == ok
