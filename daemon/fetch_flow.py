@@ -346,7 +346,7 @@ class FetchFlow(Upkeep):
             if download.order is not None and download.pending():
                 # The window moves on now, so the next chunks download while these are
                 # hashed and placed.
-                await self.engine.set_file_priorities(tid, download.priorities())
+                self._move_window(tid, download)
             for path in finished:
                 mapped_on_store = layout[index[path]] == path  # the store's copy, at add
                 if not mapped_on_store and not await self._place(
@@ -432,12 +432,19 @@ class FetchFlow(Upkeep):
         if bad:
             raise LoadError(f"{bad[0][:80]!r} is not a wanted chunk of release {row.id[:12]}")
         download.order = list(dict.fromkeys([*chunks, *download.layer_order()]))
-        tid = row.id
-        if tid in self.engine and download.pending():
-            task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))
-            self._background.append(task)
-            task.add_done_callback(self._background_done)
+        if row.id in self.engine and download.pending():
+            self._move_window(row.id, download)
         return self.show(row.id)
+
+    def _move_window(self, tid: str, download: Download) -> None:
+        """Apply the download's priorities now, without waiting for libtorrent's answer.
+
+        Priority changes queue behind the disk thread's writes; nothing here needs them
+        applied before it goes on, and they reach libtorrent in the order they are made.
+        """
+        task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))
+        self._background.append(task)
+        task.add_done_callback(self._background_done)
 
     async def _save_resume_on_progress(self, tid: str, stop: asyncio.Event) -> None:
         """Save resume data as verified pieces arrive: at most every ``_RESUME_EVERY`` s.
