@@ -45,6 +45,7 @@ from .admission import (
 from .catalog import ReleaseRow
 from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
+from .engine.torrents import check_web_seed
 from .service_state import DONE, HEX64
 from .store import FileStamp
 from .upkeep import Upkeep
@@ -78,6 +79,7 @@ class FetchFlow(Upkeep):
         include: Sequence[str] = (),
         trust_on_first_use: bool = False,
         ordered: bool = False,
+        web_seeds: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start fetching a release; returns at once with its id and state.
 
@@ -89,6 +91,8 @@ class FetchFlow(Upkeep):
         for p in peers:
             parse_peer(p)
         rid = target.id
+        if web_seeds:  # trusted: the user gave them
+            self._flag_seeds[rid] = list(map(check_web_seed, web_seeds))
         if ordered:
             download = self._downloads.get(rid)
             if download is not None and download.order is None:
@@ -188,6 +192,8 @@ class FetchFlow(Upkeep):
         self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
+        trusted = [*self._flag_seeds.get(rid, ()), *self.config.mirrors]
+        seeds = await self.web.select(rid, trusted=trusted, untrusted=target.web_seeds)
         if isinstance(target, TorrentFile):
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
@@ -199,6 +205,7 @@ class FetchFlow(Upkeep):
                 peers=peers,
                 trackers=row.trackers,
                 resume_data=resume,
+                web_seeds=seeds,
             )
             tf = target
         else:
@@ -206,7 +213,9 @@ class FetchFlow(Upkeep):
             tid = self.engine.add(
                 target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
             )
-            tf = await self.engine.wait_metadata(tid)
+            tf, mirrored = await self.web.metadata(tid, target, seeds)
+            if mirrored:  # from a mirror: its url-list is untrusted, like the magnet's
+                seeds = await self.web.select(rid, trusted=seeds, untrusted=tf.web_seeds)
             await self._restamp(tf)
             layout = store_layout(rid, tf, self.store, self.catalog)
             self.catalog.add_release(
@@ -219,7 +228,7 @@ class FetchFlow(Upkeep):
                 trackers=row.trackers,
                 tofu=row.tofu,
             )
-            if any((self.store.root / rel).exists() for rel in layout.values()):
+            if mirrored or any((self.store.root / rel).exists() for rel in layout.values()):
                 # The store has some of it: add the torrent again, so the check at add
                 # finds those files (a recheck would drop the peers; a re-add dials them
                 # afresh).
@@ -231,6 +240,7 @@ class FetchFlow(Upkeep):
                     file_priorities=manifest_only(tf),
                     peers=peers,
                     trackers=row.trackers,
+                    web_seeds=seeds,
                 )
             else:
                 # Nothing of it is on disk: move the (empty) files into the store in

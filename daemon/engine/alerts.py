@@ -193,6 +193,15 @@ class AlertDispatch:
         elif isinstance(a, lt.hash_failed_alert):
             log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
             self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
+        elif isinstance(a, lt.url_seed_alert):
+            # A banned web seed (a piece from it failed the check, ban_web_seeds) is gone
+            # for good; any other failure libtorrent retries: the caller decides on backoff.
+            msg = str(a.error_message()) or (a.error.message() if a.error.value() else "")
+            if a.error.value() and a.error.message() == "peer banned":
+                msg = "banned"
+            msg = msg or "the connection failed"
+            log.warning("torrent %s: web seed %s failed: %s", tid, a.server_url(), msg)
+            self._emit(EngineEvent("web_seed_failed", tid, url=str(a.server_url()), message=msg))
         elif isinstance(a, lt.fastresume_rejected_alert):
             log.warning("%s", a.message())
             self._emit(EngineEvent("resume_rejected", tid, message=a.message()))

@@ -155,6 +155,7 @@ class Engine(AlertDispatch):
         resume_data: bytes | None = None,
         paused: bool = False,
         dont_download: bool = False,
+        web_seeds: Iterable[str] = (),
     ) -> str:
         """Add a torrent to the session.
 
@@ -174,6 +175,9 @@ class Engine(AlertDispatch):
             dont_download: every file starts at priority 0 (libtorrent's
                 ``default_dont_download``); useful for magnets whose layout must be set
                 after the metadata arrives.
+            web_seeds: the BEP 19 web seeds to use, and only these: the torrent's own
+                ``url-list`` and a magnet's ``ws=`` are dropped, because they are
+                untrusted and the caller decides which of them may be contacted.
 
         Returns:
             The torrent's id (v2 info-hash, hex).
@@ -201,6 +205,9 @@ class Engine(AlertDispatch):
         else:
             atp = lt.parse_magnet_uri(torrent.uri)
         atp.save_path = str(save_path)
+        if atp.ti is not None:
+            atp.ti.set_web_seeds([])
+        atp.url_seeds = list(dict.fromkeys(web_seeds))
         if file_paths is not None:
             atp.renamed_files = {
                 int(i): check_relative(p, what="file path") for i, p in file_paths.items()
@@ -350,6 +357,18 @@ class Engine(AlertDispatch):
     def connect_peer(self, tid: str, host: str, port: int) -> None:
         """Ask the torrent to connect to a peer."""
         self._get(tid).handle.connect_peer((host, port))
+
+    def web_seeds(self, tid: str) -> list[str]:
+        """The web seeds the torrent uses now (a banned one is gone from the list)."""
+        return [str(u) for u in self._get(tid).handle.url_seeds()]
+
+    def add_web_seed(self, tid: str, url: str) -> None:
+        """Use the BEP 19 web seed ``url`` for the torrent (the caller checked it)."""
+        self._get(tid).handle.add_url_seed(url)
+
+    def remove_web_seed(self, tid: str, url: str) -> None:
+        """Stop using the web seed ``url`` (its connection is closed)."""
+        self._get(tid).handle.remove_url_seed(url)
 
     def pause(self, tid: str) -> None:
         """Pause the torrent (it disconnects its peers)."""
