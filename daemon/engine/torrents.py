@@ -254,9 +254,9 @@ def torrent_from_info(ti: Any, data: bytes, *, max_files: int = 0) -> TorrentFil
 
 def _web_seeds_of(data: bytes) -> Iterable[str]:
     """The torrent's url-list entries that are http(s) URLs; odd ones are skipped."""
-    decoded = lt.bdecode(data)
-    urls = decoded.get(b"url-list", []) if isinstance(decoded, dict) else []
-    for entry in [urls] if isinstance(urls, bytes) else urls:
+    decoded: Any = lt.bdecode(data)
+    urls: Any = decoded.get(b"url-list", []) if isinstance(decoded, dict) else []
+    for entry in [urls] if isinstance(urls, bytes) else urls if isinstance(urls, list) else []:
         try:
             yield check_web_seed(entry.decode("utf-8") if isinstance(entry, bytes) else "")
         except (FormatError, UnicodeDecodeError):
