@@ -45,7 +45,6 @@ from .admission import (
 from .catalog import ReleaseRow
 from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
-from .engine.torrents import check_web_seed
 from .service_state import DONE, HEX64
 from .store import FileStamp
 from .upkeep import Upkeep
@@ -91,8 +90,7 @@ class FetchFlow(Upkeep):
         for p in peers:
             parse_peer(p)
         rid = target.id
-        if web_seeds:  # trusted: the user gave them
-            self._flag_seeds[rid] = list(map(check_web_seed, web_seeds))
+        self.web.remember(rid, web_seeds)
         if ordered:
             download = self._downloads.get(rid)
             if download is not None and download.order is None:
@@ -192,8 +190,7 @@ class FetchFlow(Upkeep):
         self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
-        trusted = [*self._flag_seeds.get(rid, ()), *self.config.mirrors]
-        seeds = await self.web.select(rid, trusted=trusted, untrusted=target.web_seeds)
+        seeds = await self.web.select(rid, untrusted=target.web_seeds)
         if isinstance(target, TorrentFile):
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
@@ -211,11 +208,12 @@ class FetchFlow(Upkeep):
         else:
             # Metadata first, with nothing wanted; then every file is mapped into the store.
             tid = self.engine.add(
-                target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
+                target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers,
+                web_seeds=seeds,
             )
             tf, mirrored = await self.web.metadata(tid, target, seeds)
             if mirrored:  # from a mirror: its url-list is untrusted, like the magnet's
-                seeds = await self.web.select(rid, trusted=seeds, untrusted=tf.web_seeds)
+                seeds = await self.web.select(rid, untrusted=[*seeds, *tf.web_seeds])
             await self._restamp(tf)
             layout = store_layout(rid, tf, self.store, self.catalog)
             self.catalog.add_release(

@@ -82,9 +82,8 @@ class ServiceState:
             policy=config.web_seed_policy,
             retries=config.web_seed_retries,
             backoff=config.web_seed_backoff,
+            mirrors=config.mirrors,
         )
-        self._flag_seeds: dict[str, list[str]] = {}
-        """Web seeds a ``fetch --web-seed`` gave (trusted; kept until the daemon stops)."""
 
     def _row(self, rid: str) -> ReleaseRow:
         row = self.catalog.get(rid.lower()) if HEX64.fullmatch(rid) else None

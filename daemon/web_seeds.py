@@ -102,22 +102,42 @@ class WebSeeds:
     """The web seeds of every fetch: selection, retries with backoff, and their problems."""
 
     def __init__(
-        self, engine: Engine, *, policy: WebSeedPolicy, retries: int, backoff: float
+        self,
+        engine: Engine,
+        *,
+        policy: WebSeedPolicy,
+        retries: int,
+        backoff: float,
+        mirrors: Sequence[str] = (),
     ) -> None:
         self.engine = engine
+        self.mirrors = list(mirrors)
+        """The config's mirrors: trusted, for every fetch."""
+        self._given: dict[str, list[str]] = {}
+        """Web seeds a ``fetch --web-seed`` gave (trusted; kept until the daemon stops)."""
         self.policy = policy
         self.retries = retries
         self.backoff = backoff
         self._releases: dict[str, _Release] = {}
 
-    async def select(
-        self, rid: str, *, trusted: Sequence[str], untrusted: Sequence[str]
-    ) -> list[str]:
+    def remember(self, rid: str, urls: Sequence[str]) -> None:
+        """Use ``urls`` (trusted: the user gave them) for the fetch of ``rid``.
+
+        Raises:
+            FormatError: one is not an http/https URL.
+        """
+        if urls:
+            self._given[rid] = [check_web_seed(u) for u in urls]
+
+    async def select(self, rid: str, *, untrusted: Sequence[str]) -> list[str]:
         """The web seeds a fetch may use: every trusted one, and the untrusted the policy allows.
 
-        Refused ones are remembered with the reason, for ``show``.
+        Trusted ones are those :meth:`remember` was given and the config's mirrors; those
+        in ``untrusted`` (from a magnet or a torrent) are checked. Refused ones are
+        remembered with the reason, for ``show``.
         """
         state = self._releases.setdefault(rid, _Release())
+        trusted = [*self._given.get(rid, ()), *self.mirrors, *state.trusted]
         chosen = [u for u in dict.fromkeys(trusted) if u not in state.dropped]
         state.trusted.update(chosen)
         for url in dict.fromkeys(untrusted):
@@ -167,6 +187,7 @@ class WebSeeds:
 
     def forget(self, rid: str) -> None:
         """Stop a release's pending retries (it is complete, failed or removed)."""
+        self._given.pop(rid, None)
         state = self._releases.pop(rid, None)
         if state is not None:
             for task in state.retries.values():

@@ -13,6 +13,7 @@ import errno
 import logging
 import math
 import socket
+import urllib.parse
 from typing import Any, cast, get_args
 
 import libtorrent as lt
@@ -193,6 +194,14 @@ class AlertDispatch:
         elif isinstance(a, lt.hash_failed_alert):
             log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
             self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
+            piece = int(a.piece_index)
+            fresh = piece not in t.failed_pieces
+            t.failed_pieces.add(piece)
+            for url in lying_web_seeds(a.handle) if fresh else []:
+                # libtorrent bans a web seed at once only when it alone sent the piece;
+                # one piece that failed is enough for the daemon.
+                a.handle.remove_url_seed(url)
+                self._emit(EngineEvent("web_seed_failed", tid, url=url, message="banned"))
         elif isinstance(a, lt.url_seed_alert):
             # A banned web seed (a piece from it failed the check, ban_web_seeds) is gone
             # for good; any other failure libtorrent retries: the caller decides on backoff.
@@ -224,6 +233,31 @@ class AlertDispatch:
             self._emit(EngineEvent("error", tid, message=msg))
         else:
             log.debug("%s", a.message())
+
+
+def lying_web_seeds(handle: Any) -> list[str]:
+    """The web seeds of ``handle`` whose connection took part in a piece that failed.
+
+    A connection is matched to its URL by the URL's literal address and port; a URL with
+    a host name (or one that redirected) is matched only when it is the torrent's only web
+    seed. Where more than one source took part, none is named: libtorrent's own ban
+    (after a few failed pieces) settles it, so an honest mirror is never blamed for a
+    liar's blocks.
+    """
+    urls = [str(u) for u in handle.url_seeds()]
+    if not urls:
+        return []
+    failing = [p for p in handle.get_peer_info() if p.num_hashfails > 0]
+    if len(failing) != 1 or failing[0].connection_type != lt.peer_info.web_seed:
+        return []
+    endpoint = (str(failing[0].ip[0]), int(failing[0].ip[1]))
+    found = []
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if (parts.hostname or "", port) == endpoint:
+            found.append(url)
+    return found or (urls if len(urls) == 1 else [])
 
 
 def complete_files(handle: Any, indices: list[int]) -> list[int]:
