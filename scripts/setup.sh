@@ -13,6 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Debian's opentracker for the lab's private-swarm tests (tests/lab), where root and apt allow.
 command -v opentracker >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q opentracker >/dev/null; } || echo "setup: no opentracker; the lab's private-swarm tests will skip" >&2
+# Debian's nginx-light: the real web server the web seed tests and bench_origin.py serve mirrors with.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; } || echo "setup: no nginx; the web seed tests that need it will skip" >&2
 stamp="$venv/.p2pweights-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) $root"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
