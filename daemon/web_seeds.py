@@ -158,7 +158,7 @@ class WebSeeds:
         if state is None or url in state.dropped or url not in state.active:
             return
         with contextlib.suppress(SwarmError):
-            self.engine.remove_web_seed(rid, url)
+            self.engine.add_web_seed(rid, url, remove=True)
         if message == "banned":
             self._drop(state, url, "sent data that failed the hash check; dropped")
             return

@@ -157,6 +157,20 @@ class AlertDispatch:
         self._torrent_alert(t, a)
         return tid
 
+    def add_web_seed(self, tid: str, url: str, *, remove: bool = False) -> None:
+        """Use the BEP 19 web seed ``url`` (the caller checked it), or stop using it.
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        t = self._torrents.get(tid)
+        if t is None:
+            raise EngineError(f"no torrent {tid}")
+        if remove:
+            t.handle.remove_url_seed(url)
+        else:
+            t.handle.add_url_seed(url)
+
     def _torrent_alert(self, t: Tracked, a: Any) -> None:
         tid = t.id
         if isinstance(a, lt.metadata_received_alert):

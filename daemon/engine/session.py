@@ -21,7 +21,7 @@ from p2pweights.errors import FormatError
 from .alerts import CHECKING_STATES, AlertDispatch, complete_files, status_of
 from .events import EventStream
 from .settings import EngineSettings
-from .torrents import parse_magnet, torrent_from_info
+from .torrents import parse_magnet, torrent_from_info, without_url_list
 from .values import (
     EngineError,
     EngineEvent,
@@ -175,9 +175,7 @@ class Engine(AlertDispatch):
             dont_download: every file starts at priority 0 (libtorrent's
                 ``default_dont_download``); useful for magnets whose layout must be set
                 after the metadata arrives.
-            web_seeds: the BEP 19 web seeds to use, and only these: the torrent's own
-                ``url-list`` and a magnet's ``ws=`` are dropped, because they are
-                untrusted and the caller decides which of them may be contacted.
+            web_seeds: the only web seeds used (``url-list`` and ``ws=`` are untrusted).
 
         Returns:
             The torrent's id (v2 info-hash, hex).
@@ -198,15 +196,13 @@ class Engine(AlertDispatch):
             if str(atp.info_hashes.v2) != torrent.id:
                 raise FormatError("resume data belongs to another torrent")
             if atp.ti is None and isinstance(torrent, TorrentFile):
-                atp.ti = lt.torrent_info(torrent.data)
+                atp.ti = lt.torrent_info(without_url_list(torrent.data))
         elif isinstance(torrent, TorrentFile):
             atp = lt.add_torrent_params()
-            atp.ti = lt.torrent_info(torrent.data)
+            atp.ti = lt.torrent_info(without_url_list(torrent.data))
         else:
             atp = lt.parse_magnet_uri(torrent.uri)
         atp.save_path = str(save_path)
-        if atp.ti is not None:
-            atp.ti.set_web_seeds([])
         atp.url_seeds = list(dict.fromkeys(web_seeds))
         if file_paths is not None:
             atp.renamed_files = {
@@ -357,18 +353,6 @@ class Engine(AlertDispatch):
     def connect_peer(self, tid: str, host: str, port: int) -> None:
         """Ask the torrent to connect to a peer."""
         self._get(tid).handle.connect_peer((host, port))
-
-    def web_seeds(self, tid: str) -> list[str]:
-        """The web seeds the torrent uses now (a banned one is gone from the list)."""
-        return [str(u) for u in self._get(tid).handle.url_seeds()]
-
-    def add_web_seed(self, tid: str, url: str) -> None:
-        """Use the BEP 19 web seed ``url`` for the torrent (the caller checked it)."""
-        self._get(tid).handle.add_url_seed(url)
-
-    def remove_web_seed(self, tid: str, url: str) -> None:
-        """Stop using the web seed ``url`` (its connection is closed)."""
-        self._get(tid).handle.remove_url_seed(url)
 
     def pause(self, tid: str) -> None:
         """Pause the torrent (it disconnects its peers)."""

@@ -389,3 +389,17 @@ def _parse_peer(value: str) -> tuple[str, int]:
     elif not host or len(host) > 253 or not all(c.isalnum() or c in ".-" for c in host):
         raise FormatError(f"magnet peer {value[:60]!r} has a bad host")
     return host, int(port_s)
+
+
+def without_url_list(data: bytes) -> bytes:
+    """The torrent without its ``url-list`` (the info dict, so the info-hash, is unchanged).
+
+    Its web seeds are untrusted: the engine adds only those its caller allows.
+    """
+    if b"8:url-list" not in data:
+        return data
+    decoded: Any = lt.bdecode(data)
+    if not isinstance(decoded, dict) or b"url-list" not in decoded:
+        return data
+    del decoded[b"url-list"]
+    return bytes(lt.bencode(decoded))
