@@ -270,7 +270,7 @@ class WebSeeds:
                         data = await self._get(session, url, is_trusted)
                         tf = parse_torrent(data)
                     except (SwarmError, FormatError, aiohttp.ClientError, TimeoutError) as exc:
-                        reasons.append(f"{url[:100]}: {exc or type(exc).__name__}")
+                        reasons.append(f"{url[:100]}: {str(exc) or type(exc).__name__}")
                         continue
                     if tf.info_hash_v2 != magnet.info_hash_v2 or (
                         magnet.info_hash_v1 is not None and tf.info_hash_v1 != magnet.info_hash_v1

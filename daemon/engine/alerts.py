@@ -254,17 +254,19 @@ def lying_web_seeds(handle: Any) -> list[str]:
 
     A connection is matched to its URL by the URL's literal address and port; a URL with
     a host name (or one that redirected) is matched only when it is the torrent's only web
-    seed. Where more than one source took part, none is named: libtorrent's own ban
-    (after a few failed pieces) settles it, so an honest mirror is never blamed for a
-    liar's blocks.
+    seed. Only the source with strictly the most failed pieces is named: where a piece
+    was mixed, nobody is blamed until one source fails more than the others, so an honest
+    mirror is not dropped for a liar's blocks (libtorrent's own ban is the backstop).
     """
     urls = [str(u) for u in handle.url_seeds()]
     if not urls:
         return []
     failing = [p for p in handle.get_peer_info() if p.num_hashfails > 0]
-    if len(failing) != 1 or failing[0].connection_type != lt.peer_info.web_seed:
+    top = max((p.num_hashfails for p in failing), default=0)
+    leaders = [p for p in failing if p.num_hashfails == top]
+    if len(leaders) != 1 or leaders[0].connection_type != lt.peer_info.web_seed:
         return []
-    endpoint = (str(failing[0].ip[0]), int(failing[0].ip[1]))
+    endpoint = (str(leaders[0].ip[0]), int(leaders[0].ip[1]))
     found = []
     for url in urls:
         parts = urllib.parse.urlsplit(url)
