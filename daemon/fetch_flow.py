@@ -211,7 +211,7 @@ class FetchFlow(Upkeep):
                 target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers,
                 web_seeds=seeds,
             )
-            tf, mirrored = await self.web.metadata(tid, target, seeds)
+            tf, mirrored = await self.web.metadata(tid, target, seeds, peers=bool(peers))
             if mirrored:  # from a mirror: its url-list is untrusted, like the magnet's
                 seeds = await self.web.select(rid, untrusted=[*seeds, *tf.web_seeds])
             await self._restamp(tf)

@@ -213,17 +213,19 @@ class WebSeeds:
         return "; ".join(f"web seed {u} {why}" for u, why in state.dropped.items())
 
     async def metadata(
-        self, tid: str, magnet: MagnetLink, seeds: Sequence[str]
+        self, tid: str, magnet: MagnetLink, seeds: Sequence[str], *, peers: bool = True
     ) -> tuple[TorrentFile, bool]:
         """A magnet's torrent: from the peers, or from a web seed when no peer answers.
 
-        Peers get ``METADATA_GRACE`` seconds first; then the web seeds are asked too, and
-        whichever answers first wins. Returns the torrent, and whether a web seed gave it.
+        Peers get ``METADATA_GRACE`` seconds first (none where the fetch was given no
+        peer and the magnet names none); then the web seeds are asked too, and whichever
+        answers first wins. Returns the torrent, and whether a web seed gave it.
         """
         from_peers = asyncio.ensure_future(self.engine.wait_metadata(tid))
         if not seeds:
             return await from_peers, False
-        done, _ = await asyncio.wait([from_peers], timeout=METADATA_GRACE)
+        grace = METADATA_GRACE if peers or magnet.peers else 0.0
+        done, _ = await asyncio.wait([from_peers], timeout=grace)
         if done:
             return from_peers.result(), False
         state = self._releases.get(magnet.id, _Release())

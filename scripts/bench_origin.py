@@ -116,6 +116,9 @@ def stop_daemons(pids: list[int]) -> None:
             os.kill(pid, signal.SIGTERM)
     for pid in pids:
         for _ in range(600):
+            with contextlib.suppress(ChildProcessError):  # our child: reap it
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
             if not Path(f"/proc/{pid}").exists():
                 break
             time.sleep(0.1)
