@@ -260,7 +260,10 @@ async def publish(request: web.Request) -> web.Response:
     """POST /v1/publish."""
     f = Fields(
         await _body(request),
-        {"path", "hybrid", "private", "trackers", "source", "name", "version", "label", "key_file"},
+        {
+            "path", "hybrid", "private", "trackers", "web_seeds",
+            "source", "name", "version", "label", "key_file",
+        },
     )
     service = request.app[SERVICE]
     path = f.text("path")
@@ -268,7 +271,11 @@ async def publish(request: web.Request) -> web.Response:
         hybrid = f.flag("hybrid")
         _local_paths_allowed(request, "publish", _absolute("path", path))
         info = await service.publish(
-            path, hybrid=hybrid, private=f.flag("private"), trackers=f.texts("trackers")
+            path,
+            hybrid=hybrid,
+            private=f.flag("private"),
+            trackers=f.texts("trackers"),
+            web_seeds=f.texts("web_seeds"),
         )
     else:
         source = _absolute("source", f.text("source", required=True) or "")
@@ -293,7 +300,7 @@ async def fetch(request: web.Request) -> web.Response:
     """POST /v1/fetch."""
     f = Fields(
         await _body(request),
-        {"uri", "peers", "trackers", "include", "trust_on_first_use", "ordered"},
+        {"uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds"},
     )
     uri = f.text("uri", required=True) or ""
     peers, trackers, include = f.texts("peers"), f.texts("trackers"), f.texts("include")
@@ -311,8 +318,19 @@ async def fetch(request: web.Request) -> web.Response:
         include=include,
         trust_on_first_use=tofu,
         ordered=ordered,
+        web_seeds=f.texts("web_seeds"),
     )
     return web.json_response(info, status=202)
+
+
+async def mirror(request: web.Request) -> web.Response:
+    """POST /v1/releases/{id}/mirror: write the release as a static mirror tree."""
+    f = Fields(await _body(request), {"dir"})
+    directory = _absolute("dir", f.text("dir", required=True) or "")
+    # It writes files where the caller says: only this user, over the socket.
+    _local_paths_allowed(request, "mirror", directory)
+    info = await request.app[SERVICE].mirror(request.match_info["id"], directory)
+    return web.json_response(info, status=201)
 
 
 async def order(request: web.Request) -> web.Response:
@@ -406,6 +424,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)
     app.router.add_post("/v1/releases/{id}/order", order)
+    app.router.add_post("/v1/releases/{id}/mirror", mirror)
     app.router.add_post("/v1/releases/{id}/verify", check)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)

@@ -43,6 +43,7 @@ import os
 import socket
 import struct
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -58,6 +59,7 @@ from p2pweights.paths import data_dir
 __all__ = ["PUBLIC_BOOTSTRAP", "DaemonConfig", "lan_address", "load_config"]
 
 Profile = Literal["default", "local", "lan"]
+WebSeedPolicy = Literal["public", "loopback", "any"]
 
 PUBLIC_BOOTSTRAP = (
     "dht.libtorrent.org:25401",
@@ -98,6 +100,14 @@ class DaemonConfig:
     costs the daemon about 95 MB before a byte of it is checked. The largest open-weight
     checkpoints come to a few thousand chunks and on the order of 100,000 tensors."""
     max_manifest_tensors: int = 500_000
+    mirrors: tuple[str, ...] = ()
+    """Web seeds (mirror tree roots) every fetch uses; trusted, like ``--web-seed``."""
+    web_seed_policy: WebSeedPolicy = "public"
+    """Which addresses an untrusted web seed (from a magnet or torrent) may have: see
+    ``daemon/web_seeds.py``. The local profile allows loopback too."""
+    web_seed_retries: int = 4
+    web_seed_backoff: float = 5.0
+    """Seconds before the first retry of a failed web seed; doubled on each retry."""
 
     @property
     def manifest_limits(self) -> Limits:
@@ -144,6 +154,8 @@ _LOCAL: dict[str, Any] = {
     "upnp": False,
     "natpmp": False,
     "utp": False,
+    "web_seed_policy": "loopback",
+    "web_seed_backoff": 0.5,
 }
 
 _LAN: dict[str, Any] = {
@@ -197,6 +209,10 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "tuple[str, ...]":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind == "WebSeedPolicy":
+            if value not in ("public", "loopback", "any"):
+                raise ValueError(value)
+            return value
         if kind == "Profile":
             if value not in ("default", "local", "lan"):
                 raise ValueError(value)
@@ -253,6 +269,9 @@ def load_config(
         if "listen" not in merged:
             config = replace(config, listen=f"{lan_address()}:{_LAN_PORT}")
     config = replace(config, **merged)
+    for url in config.mirrors:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https") or " " in url:
+            raise ConfigError(f"config: mirror {url[:60]!r} is not an http/https URL")
     if len(str(config.socket_path)) > _MAX_SOCKET_PATH:
         raise ConfigError(
             f"data dir {root} is too long for a Unix socket path; use a shorter P2PW_HOME"

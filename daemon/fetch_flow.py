@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pweights.errors import FormatError, LoadError, P2PWeightsError
-from p2pweights.manifest import ChunkEntry, chunk_of_address
+from p2pweights.manifest import ChunkEntry
 from p2pweights.paths import trust_path
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, Release
 from p2pweights.verify import ChunkRecords
@@ -78,6 +78,7 @@ class FetchFlow(Upkeep):
         include: Sequence[str] = (),
         trust_on_first_use: bool = False,
         ordered: bool = False,
+        web_seeds: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start fetching a release; returns at once with its id and state.
 
@@ -89,6 +90,7 @@ class FetchFlow(Upkeep):
         for p in peers:
             parse_peer(p)
         rid = target.id
+        self.web.remember(rid, web_seeds)
         if ordered:
             download = self._downloads.get(rid)
             if download is not None and download.order is None:
@@ -188,6 +190,7 @@ class FetchFlow(Upkeep):
         self, rid: str, target: TorrentFile | MagnetLink, row: ReleaseRow, *, resume: bytes | None
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
+        seeds = await self.web.select(rid, untrusted=target.web_seeds)
         if isinstance(target, TorrentFile):
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
@@ -199,14 +202,18 @@ class FetchFlow(Upkeep):
                 peers=peers,
                 trackers=row.trackers,
                 resume_data=resume,
+                web_seeds=seeds,
             )
             tf = target
         else:
             # Metadata first, with nothing wanted; then every file is mapped into the store.
             tid = self.engine.add(
-                target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers
+                target, self.store.root, dont_download=True, peers=peers, trackers=row.trackers,
+                web_seeds=seeds,
             )
-            tf = await self.engine.wait_metadata(tid)
+            tf, mirrored = await self.web.metadata(tid, target, seeds, peers=bool(peers))
+            if mirrored:  # from a mirror: its url-list is untrusted, like the magnet's
+                seeds = await self.web.select(rid, untrusted=[*seeds, *tf.web_seeds])
             await self._restamp(tf)
             layout = store_layout(rid, tf, self.store, self.catalog)
             self.catalog.add_release(
@@ -219,7 +226,7 @@ class FetchFlow(Upkeep):
                 trackers=row.trackers,
                 tofu=row.tofu,
             )
-            if any((self.store.root / rel).exists() for rel in layout.values()):
+            if mirrored or any((self.store.root / rel).exists() for rel in layout.values()):
                 # The store has some of it: add the torrent again, so the check at add
                 # finds those files (a recheck would drop the peers; a re-add dials them
                 # afresh).
@@ -231,6 +238,7 @@ class FetchFlow(Upkeep):
                     file_priorities=manifest_only(tf),
                     peers=peers,
                     trackers=row.trackers,
+                    web_seeds=seeds,
                 )
             else:
                 # Nothing of it is on disk: move the (empty) files into the store in
@@ -280,43 +288,6 @@ class FetchFlow(Upkeep):
         self.catalog.save_resume(rid, await self.engine.save_resume_data(tid, pause=False))
         self.catalog.set_state(rid, "seeding")
         self._notify(rid, "complete")
-
-    async def _restamp(self, tf: TorrentFile) -> None:
-        """Re-stamp store files of ``tf`` whose stamp moved or was never recorded.
-
-        So a fetch after a crash maps those files instead of downloading them again: a
-        file with a record is hashed against it (a link-count change moves ctime alone),
-        one without (a crash between placing it and recording it) against its name and
-        the torrent's size and v2 root. Files that fail stay unmapped.
-        """
-        files = [f for f in tf.files if CHUNK_NAME.fullmatch(f.path)]
-        known = self.catalog.store_chunks([f.path for f in files])
-
-        def stale(path: str) -> bool:
-            try:
-                now = FileStamp.of(self.store.root / path)
-            except FileNotFoundError:
-                return False
-            return path not in known or known[path].stamp != now
-
-        todo = [f for f in files if stale(f.path)]
-        if not todo:
-            return
-
-        def check() -> list[tuple[ChunkEntry, FileStamp | None]]:
-            out = []
-            for f in todo:
-                rec = known.get(f.path)
-                if rec is not None:
-                    out.append((rec.entry(), self.store.intact(rec.entry(), rec.stamp)))
-                else:
-                    chunk = chunk_of_address(f.path, f.size, f.v2_root)
-                    out.append((chunk, self.store.adopt(f.path, f.size, f.v2_root)))
-            return out
-
-        for chunk, stamp in await asyncio.to_thread(check):
-            if stamp is not None:
-                self.catalog.record_chunk(chunk, stamp)
 
     async def _follow_chunks(
         self, rid: str, tid: str, download: Download, layout: dict[int, str]

@@ -23,6 +23,7 @@ from p2pweights import __version__
 from p2pweights._sources import needs_torch
 from p2pweights.errors import LoadError, P2PWeightsError, SourceError, UnknownReleaseError
 from p2pweights.keys import load_private_key
+from p2pweights.mirror import write_mirror
 from p2pweights.pack import pack
 from p2pweights.release import open_self_signed, resolve_source
 from p2pweights.verify import ChunkRecords, verify_chunks
@@ -119,7 +120,7 @@ class Service(FetchFlow):
 
     async def publish(
         self, path: str, *, hybrid: bool = False, private: bool = False,
-        trackers: Sequence[str] = (),
+        trackers: Sequence[str] = (), web_seeds: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Seed a local release dir.
 
@@ -137,7 +138,12 @@ class Service(FetchFlow):
         release = open_self_signed(root)
         await asyncio.to_thread(verify_chunks, root, release.manifest.chunks, "fast")
         tf = await asyncio.to_thread(
-            make_torrent, root, hybrid=hybrid, private=private, trackers=trackers
+            make_torrent,
+            root,
+            hybrid=hybrid,
+            private=private,
+            trackers=trackers,
+            web_seeds=web_seeds,
         )
         rid = tf.id
         existing = self.catalog.get(rid)
@@ -173,6 +179,35 @@ class Service(FetchFlow):
         )
         self._notify(rid, "published")
         return self.show(rid)
+
+    async def mirror(self, rid: str, directory: str) -> dict[str, Any]:
+        """Write a complete release as a static mirror tree (see :mod:`p2pweights.mirror`).
+
+        Raises:
+            UnknownReleaseError: no such release.
+            LoadError: the release is not complete, or ``directory`` is not absolute.
+        """
+        row = self._row(rid)
+        if row.state not in DONE or row.torrent is None or row.include:
+            raise LoadError(f"release {row.id[:12]} is not complete ({row.state}): no mirror")
+        if not Path(directory).is_absolute():
+            raise LoadError(f"mirror needs an absolute path, not {directory[:80]!r}")
+        tf = parse_torrent(row.torrent)
+        result = await asyncio.to_thread(
+            write_mirror,
+            self.store.release_dir(row.id),
+            tf.data,
+            name=tf.name,
+            info_hash=tf.info_hash_v2,
+            dest=Path(directory),
+        )
+        return {
+            "id": row.id,
+            "root": str(result.root),
+            "torrents": [str(p) for p in result.torrent_paths],
+            "files": result.files,
+            "bytes_copied": result.bytes_copied,
+        }
 
     async def pack_and_publish(
         self,
@@ -250,6 +285,7 @@ class Service(FetchFlow):
                 await task
         if row.id in self.engine:
             await self.engine.remove(row.id)
+        self.web.forget(row.id)
         orphans = self.catalog.remove(row.id, forget_chunks=delete_data)
         if delete_data:
             self.store.remove_release(row.id, orphans)
@@ -286,4 +322,6 @@ class Service(FetchFlow):
                     )
                 elif event.kind == "disk_full":
                     self._on_disk_full(event.torrent, event.message)
+                elif event.kind == "web_seed_failed":
+                    self.web.on_failure(event.torrent, event.url, event.message)
                 self._notify(event.torrent, event.kind, **event_fields(event))

@@ -24,6 +24,7 @@ from .config import DaemonConfig
 from .download import Download
 from .engine import Engine, EngineError, EngineEvent, TorrentStatus, parse_torrent
 from .store import TORRENT_NAME, Store
+from .web_seeds import WebSeeds
 
 __all__ = [
     "DONE",
@@ -76,6 +77,13 @@ class ServiceState:
         """Each release's magnet link, parsed once from its torrent."""
         self._placing = asyncio.Lock()
         """Held while chunks move into the store: one writer per store name."""
+        self.web = WebSeeds(
+            engine,
+            policy=config.web_seed_policy,
+            retries=config.web_seed_retries,
+            backoff=config.web_seed_backoff,
+            mirrors=config.mirrors,
+        )
 
     def _row(self, rid: str) -> ReleaseRow:
         row = self.catalog.get(rid.lower()) if HEX64.fullmatch(rid) else None
@@ -154,6 +162,12 @@ class ServiceState:
                 )
         if row.state == "paused":
             info["problem"] = row.error
+        web = self.web.info(row.id)
+        if web is not None:
+            info["web_seeds"] = web
+            problem = self.web.problem(row.id)
+            if problem:
+                info["problem"] = "; ".join(filter(None, [info.get("problem"), problem]))
         return info
 
     def list_releases(self) -> list[dict[str, Any]]:
@@ -182,6 +196,8 @@ def event_fields(event: EngineEvent) -> dict[str, Any]:
         out["message"] = event.message
     if event.file_index is not None:
         out["file_index"] = event.file_index
+    if event.url:
+        out["url"] = event.url
     if event.status is not None:
         out.update(status_fields(event.status))
     return out

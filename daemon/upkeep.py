@@ -11,12 +11,13 @@ import time
 from typing import Any
 
 from p2pweights.errors import CorruptChunkError, LoadError, P2PWeightsError
-from p2pweights.manifest import ChunkEntry
+from p2pweights.manifest import ChunkEntry, chunk_of_address
 from p2pweights.release import open_self_signed
 
-from .admission import parse_peer, store_layout
-from .engine import EngineError, parse_torrent
+from .admission import CHUNK_NAME, parse_peer, store_layout
+from .engine import EngineError, TorrentFile, parse_torrent
 from .service_state import DONE, TERMINAL, ServiceState
+from .store import FileStamp
 
 __all__ = ["Upkeep"]
 
@@ -120,6 +121,43 @@ class Upkeep(ServiceState):
             )
             self._notify(rid, "repaired")
         return bad, checked
+
+    async def _restamp(self, tf: TorrentFile) -> None:
+        """Re-stamp store files of ``tf`` whose stamp moved or was never recorded.
+
+        So a fetch after a crash maps those files instead of downloading them again: a
+        file with a record is hashed against it (a link-count change moves ctime alone),
+        one without (a crash between placing it and recording it) against its name and
+        the torrent's size and v2 root. Files that fail stay unmapped.
+        """
+        files = [f for f in tf.files if CHUNK_NAME.fullmatch(f.path)]
+        known = self.catalog.store_chunks([f.path for f in files])
+
+        def stale(path: str) -> bool:
+            try:
+                now = FileStamp.of(self.store.root / path)
+            except FileNotFoundError:
+                return False
+            return path not in known or known[path].stamp != now
+
+        todo = [f for f in files if stale(f.path)]
+        if not todo:
+            return
+
+        def check() -> list[tuple[ChunkEntry, FileStamp | None]]:
+            out = []
+            for f in todo:
+                rec = known.get(f.path)
+                if rec is not None:
+                    out.append((rec.entry(), self.store.intact(rec.entry(), rec.stamp)))
+                else:
+                    chunk = chunk_of_address(f.path, f.size, f.v2_root)
+                    out.append((chunk, self.store.adopt(f.path, f.size, f.v2_root)))
+            return out
+
+        for chunk, stamp in await asyncio.to_thread(check):
+            if stamp is not None:
+                self.catalog.record_chunk(chunk, stamp)
 
     async def _mark_damaged(self, rid: str, bad: list[str]) -> None:
         why = (

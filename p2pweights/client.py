@@ -252,14 +252,18 @@ class DaemonClient:
         private: bool = False,
         trackers: Sequence[str] = (),
         timeout: float = 6 * 3600,
+        web_seeds: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Seed a release dir (the daemon checks and hashes it first: allow for its size).
 
         ``private`` makes a BEP 27 private torrent, announced only to ``trackers``.
+        ``web_seeds`` go into the torrent's url-list and the magnet's ``ws=``.
         """
         body: dict[str, Any] = {"path": str(path.resolve()), "hybrid": hybrid}
         if private or trackers:
             body.update(private=private, trackers=list(trackers))
+        if web_seeds:
+            body["web_seeds"] = list(web_seeds)
         return await self.request(
             "POST",
             "/publish",
@@ -276,10 +280,12 @@ class DaemonClient:
         include: Sequence[str] = (),
         trust_on_first_use: bool = False,
         ordered: bool = False,
+        web_seeds: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a fetch; returns the release's id and state at once.
 
-        ``ordered`` asks for the chunks in layer order (for a streaming reader).
+        ``ordered`` asks for the chunks in layer order (for a streaming reader);
+        ``web_seeds`` are HTTP mirrors (``p2pw mirror`` trees) for this fetch.
         """
         return await self.request(
             "POST",
@@ -291,7 +297,15 @@ class DaemonClient:
                 include=include,
                 trust_on_first_use=trust_on_first_use,
                 ordered=ordered,
+                web_seeds=web_seeds,
             ),
+        )
+
+    async def mirror(self, rid: str, directory: Path) -> dict[str, Any]:
+        """Write a release as a static mirror tree under ``directory`` (see ``p2pw mirror``)."""
+        return await self.request(
+            "POST", f"/releases/{rid}/mirror", body={"dir": str(directory.resolve())},
+            timeout=6 * 3600,
         )
 
     async def order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
@@ -353,6 +367,7 @@ def fetch_body(
     include: Sequence[str] = (),
     trust_on_first_use: bool = False,
     ordered: bool = False,
+    web_seeds: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The body of ``POST /fetch`` (a local ``.torrent`` is sent as an absolute path)."""
     if uri.endswith(".torrent") and Path(uri).is_file():
@@ -364,6 +379,7 @@ def fetch_body(
         "include": list(include),
         "trust_on_first_use": trust_on_first_use,
         "ordered": ordered,
+        **({"web_seeds": list(web_seeds)} if web_seeds else {}),
     }
 
 

@@ -125,6 +125,7 @@ async def fetch_async(
     trackers: Sequence[str] = (),
     trust_on_first_use: bool = False,
     timeout: float = 3600.0,
+    web_seeds: Sequence[str] = (),
     revision: str | int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -145,7 +146,12 @@ async def fetch_async(
     pin = parse_revision(revision) if revision is not None else None
     client = await ensure_daemon(data_dir(home))
     started = await client.fetch(
-        uri, peers=peers, trackers=trackers, include=include, trust_on_first_use=trust_on_first_use
+        uri,
+        peers=peers,
+        trackers=trackers,
+        include=include,
+        trust_on_first_use=trust_on_first_use,
+        web_seeds=web_seeds,
     )
     rid = str(started["id"])
     watcher: asyncio.Task[None] | None = None

@@ -28,9 +28,9 @@ apt_install() {
 
 # What the tests need from Debian (scripts/test.sh asks; the demo needs none of it): the web
 # page's browser tests drive chromium (nothing downloads a browser), the lab's private
-# swarms use opentracker.
+# swarms use opentracker, the web-seed tests serve mirrors with nginx.
 if [ "${P2PW_SYSTEM_PACKAGES:-}" = 1 ]; then
-    apt_install chromium chromium-driver opentracker
+    apt_install chromium chromium-driver opentracker nginx-light
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

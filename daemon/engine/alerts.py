@@ -13,6 +13,7 @@ import errno
 import logging
 import math
 import socket
+import urllib.parse
 from typing import Any, cast, get_args
 
 import libtorrent as lt
@@ -156,6 +157,20 @@ class AlertDispatch:
         self._torrent_alert(t, a)
         return tid
 
+    def add_web_seed(self, tid: str, url: str, *, remove: bool = False) -> None:
+        """Use the BEP 19 web seed ``url`` (the caller checked it), or stop using it.
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        t = self._torrents.get(tid)
+        if t is None:
+            raise EngineError(f"no torrent {tid}")
+        if remove:
+            t.handle.remove_url_seed(url)
+        else:
+            t.handle.add_url_seed(url)
+
     def _torrent_alert(self, t: Tracked, a: Any) -> None:
         tid = t.id
         if isinstance(a, lt.metadata_received_alert):
@@ -193,6 +208,23 @@ class AlertDispatch:
         elif isinstance(a, lt.hash_failed_alert):
             log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
             self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
+            piece = int(a.piece_index)
+            fresh = piece not in t.failed_pieces
+            t.failed_pieces.add(piece)
+            for url in lying_web_seeds(a.handle) if fresh else []:
+                # libtorrent bans a web seed at once only when it alone sent the piece;
+                # one piece that failed is enough for the daemon.
+                a.handle.remove_url_seed(url)
+                self._emit(EngineEvent("web_seed_failed", tid, url=url, message="banned"))
+        elif isinstance(a, lt.url_seed_alert):
+            # A banned web seed (a piece from it failed the check, ban_web_seeds) is gone
+            # for good; any other failure libtorrent retries: the caller decides on backoff.
+            msg = str(a.error_message()) or (a.error.message() if a.error.value() else "")
+            if a.error.value() and a.error.message() == "peer banned":
+                msg = "banned"
+            msg = msg or "the connection failed"
+            log.warning("torrent %s: web seed %s failed: %s", tid, a.server_url(), msg)
+            self._emit(EngineEvent("web_seed_failed", tid, url=str(a.server_url()), message=msg))
         elif isinstance(a, lt.fastresume_rejected_alert):
             log.warning("%s", a.message())
             self._emit(EngineEvent("resume_rejected", tid, message=a.message()))
@@ -215,6 +247,33 @@ class AlertDispatch:
             self._emit(EngineEvent("error", tid, message=msg))
         else:
             log.debug("%s", a.message())
+
+
+def lying_web_seeds(handle: Any) -> list[str]:
+    """The web seeds of ``handle`` whose connection took part in a piece that failed.
+
+    A connection is matched to its URL by the URL's literal address and port; a URL with
+    a host name (or one that redirected) is matched only when it is the torrent's only web
+    seed. Only the source with strictly the most failed pieces is named: where a piece
+    was mixed, nobody is blamed until one source fails more than the others, so an honest
+    mirror is not dropped for a liar's blocks (libtorrent's own ban is the backstop).
+    """
+    urls = [str(u) for u in handle.url_seeds()]
+    if not urls:
+        return []
+    failing = [p for p in handle.get_peer_info() if p.num_hashfails > 0]
+    top = max((p.num_hashfails for p in failing), default=0)
+    leaders = [p for p in failing if p.num_hashfails == top]
+    if len(leaders) != 1 or leaders[0].connection_type != lt.peer_info.web_seed:
+        return []
+    endpoint = (str(leaders[0].ip[0]), int(leaders[0].ip[1]))
+    found = []
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if (parts.hostname or "", port) == endpoint:
+            found.append(url)
+    return found or (urls if len(urls) == 1 else [])
 
 
 def complete_files(handle: Any, indices: list[int]) -> list[int]:

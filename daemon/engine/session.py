@@ -22,7 +22,7 @@ from .alerts import CHECKING_STATES, complete_files
 from .events import EventStream
 from .queries import TorrentQueries
 from .settings import EngineSettings
-from .torrents import parse_magnet
+from .torrents import parse_magnet, without_url_list
 from .values import (
     EngineError,
     EngineEvent,
@@ -154,6 +154,7 @@ class Engine(TorrentQueries):
         resume_data: bytes | None = None,
         paused: bool = False,
         dont_download: bool = False,
+        web_seeds: Iterable[str] = (),
     ) -> str:
         """Add a torrent to the session.
 
@@ -173,6 +174,7 @@ class Engine(TorrentQueries):
             dont_download: every file starts at priority 0 (libtorrent's
                 ``default_dont_download``); useful for magnets whose layout must be set
                 after the metadata arrives.
+            web_seeds: the only web seeds used (``url-list`` and ``ws=`` are untrusted).
 
         Returns:
             The torrent's id (v2 info-hash, hex).
@@ -193,13 +195,14 @@ class Engine(TorrentQueries):
             if str(atp.info_hashes.v2) != torrent.id:
                 raise FormatError("resume data belongs to another torrent")
             if atp.ti is None and isinstance(torrent, TorrentFile):
-                atp.ti = lt.torrent_info(torrent.data)
+                atp.ti = lt.torrent_info(without_url_list(torrent.data))
         elif isinstance(torrent, TorrentFile):
             atp = lt.add_torrent_params()
-            atp.ti = lt.torrent_info(torrent.data)
+            atp.ti = lt.torrent_info(without_url_list(torrent.data))
         else:
             atp = lt.parse_magnet_uri(torrent.uri)
         atp.save_path = str(save_path)
+        atp.url_seeds = list(dict.fromkeys(web_seeds))
         if file_paths is not None:
             atp.renamed_files = {
                 int(i): check_relative(p, what="file path") for i, p in file_paths.items()

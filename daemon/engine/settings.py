@@ -168,6 +168,9 @@ class EngineSettings:
             "unchoke_slots_limit": self.upload_slots(),
             "alert_mask": _ALERT_MASK,
             "alert_queue_size": 10_000,
+            # One piece per web seed request, not 16 MiB: a piece a peer sends meanwhile
+            # is then not fetched from the origin as well.
+            "urlseed_max_request_bytes": 1024 * 1024,
             # libtorrent's high_performance_seed send buffers: measured +8-25 % on a
             # loopback fetch, with less seeder CPU.
             "send_buffer_watermark": 4 * 1024 * 1024,

@@ -81,6 +81,7 @@ def make_torrent(
     piece_size: int = DEFAULT_PIECE_SIZE,
     trackers: Sequence[str] = (),
     private: bool = False,
+    web_seeds: Sequence[str] = (),
 ) -> TorrentFile:
     """Build the torrent of a release directory.
 
@@ -96,6 +97,8 @@ def make_torrent(
         trackers: announce URLs to put in the torrent.
         private: set BEP 27's private flag (part of the info-hash): peers come only from
             the trackers, never from the DHT, PEX or LSD.
+        web_seeds: BEP 19 web seed URLs for the ``url-list`` (a mirror tree's root, as
+            ``p2pw mirror`` writes it). Not part of the info-hash.
 
     Returns:
         The torrent.
@@ -111,6 +114,8 @@ def make_torrent(
         raise FormatError(f"piece size {piece_size} is not a power of two in 16 KiB..64 MiB")
     for url in trackers:
         _check_tracker(url)
+    for url in web_seeds:
+        check_web_seed(url)
     if private and not trackers:
         raise FormatError("a private torrent needs a tracker: it has no other source of peers")
     manifest = _read_manifest(release_dir)
@@ -142,6 +147,8 @@ def make_torrent(
     ct.set_priv(private)
     for tier, url in enumerate(trackers):
         ct.add_tracker(url, tier)
+    for url in web_seeds:
+        ct.add_url_seed(url)
     torrent = parse_torrent(lt.bencode(ct.generate()))
     roots = {f.path: f.v2_root for f in torrent.files}
     for chunk in manifest.chunks:
@@ -166,6 +173,25 @@ def _check_tracker(value: str, what: str = "tracker") -> str:
         raise FormatError(f"{what} {value[:60]!r} is not a URL") from exc
     if scheme not in ("http", "https", "udp") or len(value) > 2048:
         raise FormatError(f"{what} {value[:60]!r} is not an http/https/udp URL")
+    return value
+
+
+def check_web_seed(value: str, what: str = "web seed") -> str:
+    """``value`` if it is an http/https URL (a BEP 19 web seed).
+
+    Raises:
+        FormatError: it is not.
+
+    """
+    try:
+        parts = urllib.parse.urlsplit(value)
+        host = parts.hostname
+    except ValueError as exc:
+        raise FormatError(f"{what} {value[:60]!r} is not a URL") from exc
+    if parts.scheme not in ("http", "https") or not host or len(value) > 2048:
+        raise FormatError(f"{what} {value[:60]!r} is not an http/https URL")
+    if any(ord(c) <= 0x20 for c in value):
+        raise FormatError(f"{what} {value[:60]!r} holds spaces or control characters")
     return value
 
 
@@ -222,7 +248,19 @@ def torrent_from_info(ti: Any, data: bytes, *, max_files: int = 0) -> TorrentFil
         magnet=lt.make_magnet_uri(ti),
         files=files,
         num_files=fs.num_files(),
+        web_seeds=tuple(_web_seeds_of(data)),
     )
+
+
+def _web_seeds_of(data: bytes) -> Iterable[str]:
+    """The torrent's url-list entries that are http(s) URLs; odd ones are skipped."""
+    decoded: Any = lt.bdecode(data)
+    urls: Any = decoded.get(b"url-list", []) if isinstance(decoded, dict) else []
+    for entry in [urls] if isinstance(urls, bytes) else urls if isinstance(urls, list) else []:
+        try:
+            yield check_web_seed(entry.decode("utf-8") if isinstance(entry, bytes) else "")
+        except (FormatError, UnicodeDecodeError):
+            continue
 
 
 def _check_file_cap(fs: Any, max_files: int) -> None:
@@ -269,7 +307,8 @@ def parse_magnet(uri: str) -> MagnetLink:
 
     Accepted: one ``xt=urn:btmh:1220<64 hex>``, optionally one ``xt=urn:btih:<40 hex>``
     (hybrids), ``dn``, ``tr`` (http, https, udp), ``x.pe`` (``ip:port`` or
-    ``[ipv6]:port`` or ``host:port``). Other keys are ignored.
+    ``[ipv6]:port`` or ``host:port``), ``ws`` (http, https web seeds). Other keys are
+    ignored.
 
     Raises:
         FormatError: anything malformed, or no v2 info-hash.
@@ -294,6 +333,7 @@ def parse_magnet(uri: str) -> MagnetLink:
     name: str | None = None
     peers: list[tuple[str, int]] = []
     trackers: list[str] = []
+    web_seeds: list[str] = []
     for key, value in pairs:
         if any(ord(c) < 0x20 for c in value):
             raise FormatError(f"magnet {key} holds control characters")
@@ -316,6 +356,8 @@ def parse_magnet(uri: str) -> MagnetLink:
             name = value
         elif key == "tr":
             trackers.append(_check_tracker(value, "magnet tracker"))
+        elif key == "ws":
+            web_seeds.append(check_web_seed(value, "magnet web seed"))
         elif key == "x.pe":
             peers.append(_parse_peer(value))
     if v2 is None:
@@ -326,7 +368,7 @@ def parse_magnet(uri: str) -> MagnetLink:
         raise FormatError(f"libtorrent rejects the magnet link: {exc}") from exc
     if str(params.info_hashes.v2) != v2:
         raise FormatError("libtorrent reads another info-hash from the magnet link")
-    return MagnetLink(uri, v2, v1, name, tuple(peers), tuple(trackers))
+    return MagnetLink(uri, v2, v1, name, tuple(peers), tuple(trackers), tuple(web_seeds))
 
 
 def _is_hex(s: str) -> bool:
@@ -347,3 +389,17 @@ def _parse_peer(value: str) -> tuple[str, int]:
     elif not host or len(host) > 253 or not all(c.isalnum() or c in ".-" for c in host):
         raise FormatError(f"magnet peer {value[:60]!r} has a bad host")
     return host, int(port_s)
+
+
+def without_url_list(data: bytes) -> bytes:
+    """The torrent without its ``url-list`` (the info dict, so the info-hash, is unchanged).
+
+    Its web seeds are untrusted: the engine adds only those its caller allows.
+    """
+    if b"8:url-list" not in data:
+        return data
+    decoded: Any = lt.bdecode(data)
+    if not isinstance(decoded, dict) or b"url-list" not in decoded:
+        return data
+    del decoded[b"url-list"]
+    return bytes(lt.bencode(decoded))

@@ -48,6 +48,8 @@ class TorrentFile:
     files: tuple[TorrentFileEntry, ...]
     num_files: int
     """libtorrent's file count, pad files included: the length of a priority list."""
+    web_seeds: tuple[str, ...] = ()
+    """The torrent's BEP 19 ``url-list`` (untrusted: it comes with the torrent)."""
 
     @property
     def id(self) -> str:
@@ -82,6 +84,8 @@ class MagnetLink:
     name: str | None
     peers: tuple[tuple[str, int], ...]
     trackers: tuple[str, ...]
+    web_seeds: tuple[str, ...] = ()
+    """``ws=`` web seeds (untrusted: they come with the link)."""
 
     @property
     def id(self) -> str:
@@ -152,6 +156,7 @@ EventKind = Literal[
     "progress",
     "piece",
     "disk_full",
+    "web_seed_failed",
 ]
 
 
@@ -165,3 +170,5 @@ class EngineEvent:
     """Set for ``progress`` events (periodic, only for torrents that changed)."""
     file_index: int | None = None
     message: str = ""
+    url: str = ""
+    """The web seed a ``web_seed_failed`` event is about."""

@@ -41,6 +41,9 @@ class Tracked:
     payload_up: int = 0
     disk_full: str | None = None
     """libtorrent's message while the torrent is stopped by a full disk."""
+    failed_pieces: set[int] = field(default_factory=set)
+    """Pieces that failed the hash check once (a second failure may be the first's
+    leftovers, so it blames no web seed)."""
 
     def adjust(self, status: TorrentStatus) -> TorrentStatus:
         """``status`` with the payload counted before any reconnect added back."""

@@ -156,6 +156,13 @@ def _release_line(r: dict[str, Any]) -> str:
     "--private", is_flag=True, help="BEP 27 private torrent: peers only from --tracker."
 )
 @click.option("--tracker", "trackers", multiple=True, metavar="URL", help="Announce URL.")
+@click.option(
+    "--web-seed",
+    "web_seeds",
+    multiple=True,
+    metavar="URL",
+    help="BEP 19 web seed: the root URL of a `p2pw mirror` tree (url-list and ws=).",
+)
 @json_option
 @pass_ctx
 def publish(
@@ -171,6 +178,7 @@ def publish(
     hybrid: bool,
     private: bool,
     trackers: tuple[str, ...],
+    web_seeds: tuple[str, ...],
 ) -> None:
     """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version).
 
@@ -204,7 +212,11 @@ def publish(
                 src, out, name=name, version=version, key=priv, label=label or "", progress=bar
             )
         src = out
-    info = run(client_for(ctx).publish(src, hybrid=hybrid, private=private, trackers=trackers))
+    info = run(
+        client_for(ctx).publish(
+            src, hybrid=hybrid, private=private, trackers=trackers, web_seeds=web_seeds
+        )
+    )
     emit(
         ctx,
         info,
@@ -254,6 +266,13 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
 @click.argument("uri")
 @click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to connect to.")
 @click.option("--tracker", "trackers", multiple=True, help="Tracker announce URL.")
+@click.option(
+    "--web-seed",
+    "web_seeds",
+    multiple=True,
+    metavar="URL",
+    help="An HTTP mirror (root URL of a `p2pw mirror` tree) for this fetch; trusted.",
+)
 @click.option("--include", multiple=True, help="Only chunks holding tensors matching GLOB.")
 @click.option(
     "--trust-on-first-use",
@@ -279,6 +298,7 @@ def fetch(
     uri: str,
     peers: tuple[str, ...],
     trackers: tuple[str, ...],
+    web_seeds: tuple[str, ...],
     include: tuple[str, ...],
     trust_on_first_use: bool,
     no_wait: bool,
@@ -292,6 +312,7 @@ def fetch(
         "trackers": trackers,
         "include": include,
         "trust_on_first_use": trust_on_first_use,
+        "web_seeds": web_seeds,
     }
     if (revision is not None or local_dir is not None) and no_wait:
         raise LoadError("--revision and --local-dir need the fetch to finish; drop --no-wait")
@@ -311,6 +332,25 @@ def fetch(
         info["local_dir"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
         lines.append(f"local dir {info['local_dir']}")
     emit(ctx, info, lines)
+
+
+@cli.command()
+@click.argument("release_id", metavar="RELEASE")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@json_option
+@pass_ctx
+def mirror(ctx: Ctx, release_id: str, directory: Path) -> None:
+    """Write RELEASE as a static mirror tree in DIR (serve DIR; its URL is a web seed)."""
+    info = run(client_for(ctx).mirror(release_id, directory))
+    emit(
+        ctx,
+        info,
+        [
+            f"mirror {info['root']} ({info['files']} files, {info['bytes_copied']} bytes copied)",
+            f"torrent {info['torrents'][0]}",
+            "serve DIR over HTTP; its root URL (ending in /) is a --web-seed",
+        ],
+    )
 
 
 @cli.command("ls")
