@@ -110,7 +110,14 @@ def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> d
                     "chunk of that name"
                 )
             now = _stamp(store, f.path)
-            unchanged = rec is not None and now is not None and rec.stamp == now
+            # Only the very bytes the store verified (same root, unchanged file) may be
+            # mapped: libtorrent would write into any file whose pieces fail its check.
+            unchanged = (
+                rec is not None
+                and (rec.size, rec.v2_root) == (f.size, f.v2_root)
+                and now is not None
+                and rec.stamp == now
+            )
             layout[f.index] = f.path if unchanged else store.partial_path(rid, f.path)
         else:
             raise ReleaseMismatchError(

@@ -29,10 +29,13 @@ import torch
 import p2pweights
 from p2pweights import PrivateKey, TrustStore
 from p2pweights._canonical import dumps
-from p2pweights.errors import CorruptChunkError
+from p2pweights.errors import CorruptChunkError, ReleaseMismatchError
 from p2pweights.manifest import ChunkEntry, Manifest, chunk_address
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME
+from p2pweightsd.admission import store_layout
+from p2pweightsd.catalog import Catalog
 from p2pweightsd.engine import make_torrent
+from p2pweightsd.store import FileStamp, Store
 
 from ..conftest import layer_state
 from .conftest import Daemon, p2pw
@@ -333,3 +336,30 @@ def test_a_selective_fetch_is_checked_on_its_own_chunks_only(
     node.stop()
     node.start()
     assert node.call("show", rid)["state"] == "seeding"
+
+
+def test_store_layout_refuses_a_torrent_that_claims_other_bytes_for_a_store_chunk(
+    tmp_path: Path, releases: dict[str, Any]
+) -> None:
+    """The check at metadata: a chunk name the store holds verified, claimed with another
+    v2 root, is refused before anything is mapped; the honest torrent is mapped onto the
+    store file, and only while that file is unchanged."""
+    store = Store(tmp_path / "store")
+    store.open()
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    target: ChunkEntry = releases["target"]
+    dest = store.root / target.path
+    dest.write_bytes((releases["victim"] / target.path).read_bytes())
+    catalog.record_chunk(target, FileStamp.of(dest))
+    evil = make_torrent(releases["evil"])
+    with pytest.raises(ReleaseMismatchError, match="claims other bytes"):
+        store_layout(evil.id, evil, store, catalog)
+    honest = make_torrent(releases["victim"])
+    index = honest.file(target.path).index
+    assert store_layout(honest.id, honest, store, catalog)[index] == target.path
+    dest.chmod(0o644)
+    with open(dest, "r+b") as fh:  # changed since it was verified: never mapped again
+        fh.write(b"\xff")
+    mapped = store_layout(honest.id, honest, store, catalog)[index]
+    assert mapped == store.partial_path(honest.id, target.path)
+    catalog.close()
