@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import sqlite3
 from collections.abc import Coroutine, Sequence
@@ -54,6 +55,8 @@ __all__ = ["FetchFlow"]
 log = logging.getLogger(__name__)
 
 _RESUME_EVERY = 0.25
+_SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""What reading or writing a chunk meets on a full disk (EIO: an mmap page it lost)."""
 
 
 class FetchFlow(Upkeep):
@@ -320,7 +323,7 @@ class FetchFlow(Upkeep):
                 self._move_window(tid, download)
             for path in finished:
                 mapped_on_store = layout[index[path]] == path  # the store's copy, at add
-                if not mapped_on_store and not await self._place(
+                if not mapped_on_store and not await self._place_when_possible(
                     rid, tid, by_path[path], index[path]
                 ):
                     relinked.append(by_path[path])
@@ -336,7 +339,33 @@ class FetchFlow(Upkeep):
                     wanted_chunks=len(download.wanted),
                 )
         records.save()  # a no-op, unless a save failed while the disk was full
+        # Stamps a full disk kept out of the catalog, now that the fetch got through.
+        placed = [by_path[p] for p in download.wanted]
+        known = self.catalog.store_chunks([c.path for c in placed])
+        for chunk in placed:
+            if chunk.path not in known:
+                self._record_placed(chunk)
         return relinked
+
+    async def _place_when_possible(
+        self, rid: str, tid: str, chunk: ChunkEntry, index: int
+    ) -> bool:
+        """:meth:`_place`, after waiting for free space if a full disk got in the way.
+
+        With mmap storage, pages a full disk could not hold read back as ``EIO``; once
+        space is freed the fetch goes on (see :mod:`.upkeep`) and the chunk is placed
+        then. Its bytes are hashed either way, so nothing unverified gets in.
+        """
+        waits = 0
+        while True:
+            try:
+                return await self._place(rid, tid, chunk, index)
+            except OSError as exc:
+                waits += 1
+                if exc.errno not in _SPACE_ERRORS or waits > 2:
+                    raise
+                log.warning("placing %s waits for free space: %s", chunk.path, exc)
+                await self._wait_for_space()
 
     async def _place(self, rid: str, tid: str, chunk: ChunkEntry, index: int) -> bool:
         """Bring a fetch's complete partial chunk into the store (see :meth:`Store.place`).
@@ -353,8 +382,21 @@ class FetchFlow(Upkeep):
             moved = await asyncio.to_thread(self.store.place, rid, chunk, stamp)
             if moved:
                 await self.engine.rename_file(tid, index, chunk.path)
-            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+            self._record_placed(chunk)
         return moved
+
+    def _record_placed(self, chunk: ChunkEntry) -> bool:
+        """Record a placed chunk's stamp; False if the catalog cannot write (a full disk).
+
+        An unrecorded store file is safe: it is hashed again before anything maps it or
+        seeds it (:meth:`_restamp`, the check before seeding).
+        """
+        try:
+            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+        except sqlite3.Error as exc:
+            log.warning("could not record %s yet: %s", chunk.path, exc)
+            return False
+        return True
 
     async def _onto_store(
         self, rid: str, tf: TorrentFile, tid: str, relinked: list[ChunkEntry]

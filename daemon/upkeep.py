@@ -206,6 +206,11 @@ class Upkeep(ServiceState):
         if self._disk_watch is None or self._disk_watch.done():
             self._disk_watch = asyncio.create_task(self._retry_when_space_is_freed())
 
+    async def _wait_for_space(self) -> None:
+        """Return once the store has room again (checked every ``_DISK_RETRY_EVERY`` s)."""
+        while shutil.disk_usage(self.store.root).free < _DISK_FREE_TO_RETRY:
+            await asyncio.sleep(_DISK_RETRY_EVERY)
+
     async def _retry_when_space_is_freed(self) -> None:
         """Every ``_DISK_RETRY_EVERY`` s, restart the paused fetches if space was freed."""
         while self._paused_from:
