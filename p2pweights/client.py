@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "DaemonClient",
     "daemon_log_path",
     "ensure_daemon",
@@ -46,6 +47,13 @@ __all__ = [
 ]
 
 _START_TIMEOUT = 60.0
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds ``load``, ``fetch`` and ``stream`` wait for a remote release by default.
+
+Finite, so an unreachable release fails with ``FetchTimeoutError`` rather than hanging;
+the daemon's fetch goes on, and a later call picks up where it is.
+"""
 
 
 def socket_path(home: Path) -> Path:

@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from ..client import DaemonClient, daemon_log_path, fetch_body, running_daemon_pid, start_daemon
+from ..client import (
+    DEFAULT_TIMEOUT,
+    DaemonClient,
+    daemon_log_path,
+    fetch_body,
+    running_daemon_pid,
+    start_daemon,
+)
 from ..errors import DaemonError, DaemonUnavailableError, LoadError
 from ..paths import default_key_path
 from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
@@ -262,7 +269,13 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
     "key is not in the trust store yet.",
 )
 @click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds to wait for the fetch (exit 14 after).",
+)
 @click.option(
     "--revision",
     help="Refuse the release unless it is this version (e.g. 3) or manifest sha256 prefix.",
@@ -362,13 +375,25 @@ def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
 
 @cli.command("load")
 @click.argument("source")
-@click.option("--include", multiple=True)
+@click.option("--include", multiple=True, help="Only tensors matching GLOB (repeatable).")
 @click.option("--full", is_flag=True, help="Re-hash every chunk.")
-@click.option("--peer", "peers", multiple=True)
+@click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to fetch from.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for a remote release (exit 14 after; the daemon goes on).",
+)
 @json_option
 @pass_ctx
 def load_cmd(
-    ctx: Ctx, source: str, include: tuple[str, ...], full: bool, peers: tuple[str, ...]
+    ctx: Ctx,
+    source: str,
+    include: tuple[str, ...],
+    full: bool,
+    peers: tuple[str, ...],
+    timeout: float,
 ) -> None:
     """Fetch (if remote) and load a release into torch; prints what was loaded."""
     from ..loader import load as load_tensors  # noqa: PLC0415 - torch, only for this verb
@@ -380,6 +405,7 @@ def load_cmd(
         include=include or None,
         peers=peers,
         verify="full" if full else "fast",
+        timeout=timeout,
     )
     seconds = time.perf_counter() - started
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
