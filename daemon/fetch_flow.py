@@ -148,6 +148,7 @@ class FetchFlow(Upkeep):
         row = self.catalog.get(rid)
         assert row is not None
         self._start_fetch(rid, target, row, resume=None)
+        self._notify(rid, "added")  # the progress bar's first stage: waiting for metadata
         return self.show(rid)
 
     def _start_fetch(

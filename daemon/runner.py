@@ -33,6 +33,9 @@ __all__ = ["engine_settings", "read_or_create_token", "serve"]
 
 log = logging.getLogger(__name__)
 
+_SHUTDOWN_GRACE = 1.0
+"""Seconds open API requests get to finish when the daemon stops."""
+
 
 def engine_settings(config: DaemonConfig) -> EngineSettings:
     """The engine's settings for a daemon config."""
@@ -114,7 +117,13 @@ async def serve(config: DaemonConfig, *, ready_fd: int | None = None) -> None:
     try:
         await service.start(unclean=unclean)
         token = read_or_create_token(config.token_path) if config.tcp_port else None
-        runner = web.AppRunner(make_app(service, token=token), handle_signals=False)
+        # Long polls and event streams never end by themselves: a stop gives them a moment,
+        # then cancels them, so `p2pw daemon stop` returns within seconds (aiohttp: 60 s).
+        runner = web.AppRunner(
+            make_app(service, token=token),
+            handle_signals=False,
+            shutdown_timeout=_SHUTDOWN_GRACE,
+        )
         await runner.setup()
         config.socket_path.unlink(missing_ok=True)
         old = os.umask(0o177)  # the socket is born 0600: no window with wider rights

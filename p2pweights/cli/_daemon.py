@@ -74,11 +74,20 @@ def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
 
 
 @daemon.command("stop")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the daemon to exit.",
+)
 @json_option
 @pass_ctx
 def daemon_stop(ctx: Ctx, timeout: float) -> None:
-    """Stop the daemon cleanly (SIGTERM; it saves resume data first)."""
+    """Stop the daemon cleanly (SIGTERM; it saves resume data first).
+
+    Attached clients are cut off; fetches go on at the next start.
+    """
     pid = running_daemon_pid(ctx.home)
     if pid is None:
         emit(ctx, {"stopped": False, "running": False}, ["daemon is not running"])

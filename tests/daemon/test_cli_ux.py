@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +34,49 @@ def test_load_of_an_unreachable_release_times_out_with_a_typed_error(
     assert res.returncode == 14, res.stderr
     assert json.loads(res.stdout)["type"] == "FetchTimeoutError"
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def _added(d: Daemon, start: Callable[[], object], timeout: float = 60) -> str:
+    """Run ``start`` and return the id of the release the daemon then adds."""
+
+    async def watch() -> str:
+        events = d.client.events()
+        assert (await asyncio.wait_for(anext(events), timeout))["kind"] == "subscribed"
+        await asyncio.to_thread(start)
+        try:
+            while True:
+                event = await asyncio.wait_for(anext(events), timeout)
+                if event.get("kind") == "added":
+                    return str(event["id"])
+        finally:
+            await events.aclose()
+
+    return asyncio.run(watch())
+
+
+def test_daemon_stop_is_prompt_with_a_fetch_attached_and_the_fetch_resumes(
+    daemons: DaemonFactory,
+) -> None:
+    d = daemons()
+    fg: list[subprocess.Popen[str]] = []
+    env = {**os.environ, "P2PW_HOME": str(d.home)}
+    exe = str(Path(sys.executable).with_name("p2pw"))
+    rid = _added(
+        d,
+        lambda: fg.append(
+            subprocess.Popen(  # a foreground fetch: long poll plus event stream
+                [exe, "fetch", NOBODY], env=env, text=True, stderr=subprocess.PIPE
+            )
+        ),
+    )
+    started = time.monotonic()
+    res = p2pw(d.home, "daemon", "stop", "--json")
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - started < 5, "daemon stop took too long"
+    assert json.loads(res.stdout)["stopped"] is True
+    _, err = fg[0].communicate(timeout=30)
+    assert fg[0].returncode == 15 and "Traceback" not in err
+    d.pid = 0
+    d.start()
+    again = d.call("show", rid)
+    assert again["state"] == "metadata" and again.get("transfer") is not None  # going on
