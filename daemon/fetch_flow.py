@@ -132,6 +132,12 @@ class FetchFlow(Upkeep):
                 return self.show(rid)
             include = merged
             target = parse_torrent(row.torrent)
+        resume = None
+        if row is not None and row.state == "paused" and rid not in self._paused_from:
+            # Paused by the user: go on from the saved state, with the torrent if known.
+            resume = self.catalog.resume_data(rid)
+            if row.torrent is not None:
+                target = parse_torrent(row.torrent)
         if rid in self.engine:
             await self.engine.remove(rid)
         self.catalog.add_release(
@@ -147,7 +153,7 @@ class FetchFlow(Upkeep):
         self.catalog.set_state(rid, "metadata")
         row = self.catalog.get(rid)
         assert row is not None
-        self._start_fetch(rid, target, row, resume=None)
+        self._start_fetch(rid, target, row, resume=resume)
         self._notify(rid, "added")  # the progress bar's first stage: waiting for metadata
         return self.show(rid)
 

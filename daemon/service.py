@@ -31,7 +31,7 @@ from .admission import store_layout
 from .catalog import ReleaseRow
 from .engine import EventStream, MagnetLink, TorrentFile, make_torrent, parse_magnet, parse_torrent
 from .fetch_flow import FetchFlow
-from .service_state import DONE, WAIT_ENDS, event_fields
+from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields
 
 __all__ = ["NotFoundError", "Service"]
 
@@ -88,6 +88,8 @@ class Service(FetchFlow):
     async def _restore(self, row: ReleaseRow) -> None:
         if row.state in ("error", "damaged"):  # a damaged release waits for a re-fetch
             return
+        if row.state == "paused" and row.error == USER_PAUSE:
+            return  # it waits for the user to ask again
         resume = self.catalog.resume_data(row.id)
         if row.torrent is None:  # still waiting for metadata: start over from the link
             target: TorrentFile | MagnetLink = parse_magnet(row.source)

@@ -41,6 +41,8 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 DONE = ("seeding", "complete")
 """Every wanted chunk is in: seeding, or stopped after its seeding limits."""
 TERMINAL = (*DONE, "error")
+USER_PAUSE = "paused by the user; `p2pw fetch` of the same release goes on"
+"""The ``error`` of a fetch the user paused (Ctrl-C): it waits for them, even over restarts."""
 WAIT_ENDS = (*TERMINAL, "paused")
 """A wait also returns for a release a full disk paused: the caller should hear of it."""
 

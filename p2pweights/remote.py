@@ -129,6 +129,7 @@ async def fetch_async(
     timeout: float = DEFAULT_TIMEOUT,
     revision: str | int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_started: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fetch through the daemon and wait; returns the daemon's record of the release.
 
@@ -136,7 +137,8 @@ async def fetch_async(
     authenticated manifest, read locally with this data dir's trust store. A magnet or
     info-hash already pins the exact content; the revision makes that pin explicit and
     readable. A release that does not match stays in the daemon (verified, seeding) but is
-    not returned.
+    not returned. ``on_event`` sees the release's daemon events; ``on_started`` the
+    daemon's first answer (its id), before the wait.
 
     Raises:
         LoadError: a malformed ``revision`` (before anything is fetched).
@@ -151,6 +153,8 @@ async def fetch_async(
         uri, peers=peers, trackers=trackers, include=include, trust_on_first_use=trust_on_first_use
     )
     rid = str(started["id"])
+    if on_started is not None:
+        on_started(started)
     watcher: asyncio.Task[None] | None = None
     if on_event is not None:
         callback = on_event

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="p2pw", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="p2pw", standalone_mode=False)
+        if isinstance(code, int):  # a command's click.exceptions.Exit, returned by click
+            return code
     except P2PWeightsError as exc:
         if debug:
             raise

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -237,6 +240,7 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
 
     bar: Any = None
     done = 0
+    started: dict[str, Any] = {}
 
     def on_event(event: dict[str, Any]) -> None:
         nonlocal bar, done
@@ -260,10 +264,45 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
         done = now
 
     try:
-        return run(fetch_async(uri, home=ctx.home, on_event=on_event, **kw))
+        return run(
+            fetch_async(uri, home=ctx.home, on_event=on_event, on_started=started.update, **kw)
+        )
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+            bar = None
+        if not started:  # interrupted before the daemon's answer came: find it by source
+            source = fetch_body(uri)["uri"]
+            rows = DaemonClient(ctx.home).request_sync("GET", "/releases")["releases"]
+            started.update(next((r for r in rows if r.get("source") == source), {}))
+        if not started:
+            raise
+        _pause_and_exit(ctx, uri, str(started["id"]))
+        raise  # not reached: _pause_and_exit exits
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+
+
+def _pause_and_exit(ctx: Ctx, uri: str, rid: str) -> None:
+    """Ctrl-C on a foreground fetch: pause it in the daemon, say how to go on, exit 130."""
+    info = DaemonClient(ctx.home).request_sync("POST", f"/releases/{quote(rid, safe='')}/pause")
+    t = info.get("transfer") or {}
+    percent = 100 * float(t.get("progress", 0))
+    resume = f"p2pw fetch {shlex.quote(uri)}"
+    if ctx.json:
+        click.echo(json.dumps({**info, "resume": resume}, indent=2, sort_keys=True))
+    click.echo(
+        f"p2pw: paused {_release_name(info)} at {percent:.0f}%; go on with: {resume}", err=True
+    )
+    raise click.exceptions.Exit(130)
+
+
+def _release_name(info: dict[str, Any]) -> str:
+    """``org/model v3``, or the id's start while the manifest is not known yet."""
+    if info.get("name"):
+        return f"{info['name']} v{info.get('version')}"
+    return f"release {str(info['id'])[:16]}"
 
 
 @cli.command()
@@ -277,7 +316,13 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
     help="Trust the publisher key of this release, for this release's name only, if the "
     "key is not in the trust store yet.",
 )
-@click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
+@click.option(
+    "--no-wait",
+    "--detach",
+    "no_wait",
+    is_flag=True,
+    help="Return once the fetch has started; it goes on in the daemon.",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -308,7 +353,10 @@ def fetch(
     revision: str | None,
     local_dir: Path | None,
 ) -> None:
-    """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it."""
+    """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it.
+
+    Ctrl-C pauses the fetch (the same command goes on with it); --detach leaves it running.
+    """
     kw: dict[str, Any] = {
         "peers": peers,
         "trackers": trackers,
@@ -323,10 +371,8 @@ def fetch(
         info = client_for(ctx).request_sync("POST", "/fetch", body=fetch_body(uri, **kw))
     else:
         info = _fetch_with_progress(ctx, uri, timeout=timeout, revision=revision, **kw)
-    lines = [
-        f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} ({info['id'][:16]})",
-        f"release {info['path']}",
-    ]
+    lines = [f"{info['state']}: {_release_name(info)} ({info['id'][:16]})"]
+    lines += [f"release {info['path']}"] if info["state"] in ("seeding", "complete") else []
     if local_dir is not None:
         from ..remote import export_to_local_dir  # noqa: PLC0415
 

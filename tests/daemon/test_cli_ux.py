@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +81,43 @@ def test_daemon_stop_is_prompt_with_a_fetch_attached_and_the_fetch_resumes(
     d.start()
     again = d.call("show", rid)
     assert again["state"] == "metadata" and again.get("transfer") is not None  # going on
+
+
+def _foreground_fetch(d: Daemon, *args: str) -> tuple[str, subprocess.Popen[str]]:
+    """A `p2pw fetch` of NOBODY in a child process; returns the id once the daemon has it."""
+    fg: list[subprocess.Popen[str]] = []
+    env = {**os.environ, "P2PW_HOME": str(d.home)}
+    exe = str(Path(sys.executable).with_name("p2pw"))
+    rid = _added(
+        d,
+        lambda: fg.append(
+            subprocess.Popen(
+                [exe, "fetch", NOBODY, *args],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        ),
+    )
+    return rid, fg[0]
+
+
+def test_ctrl_c_pauses_a_foreground_fetch_and_detach_leaves_it_running(
+    daemons: DaemonFactory,
+) -> None:
+    d = daemons()
+    rid, proc = _foreground_fetch(d)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"go on with: p2pw fetch '{NOBODY}'" in err and "Traceback" not in err
+    paused = d.call("show", rid)
+    assert paused["state"] == "paused" and "paused by the user" in paused["error"]
+    d.stop()  # a paused fetch stays paused over a restart
+    d.start()
+    assert d.call("show", rid)["state"] == "paused"
+    res = p2pw(d.home, "fetch", NOBODY, "--detach", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["state"] == "metadata"
+    assert d.call("show", rid).get("transfer") is not None  # going on in the engine
