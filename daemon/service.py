@@ -242,7 +242,7 @@ class Service(FetchFlow):
         return info
 
     async def remove(self, rid: str, *, delete_data: bool) -> dict[str, Any]:
-        """Stop a release (cancel its fetch, stop seeding), optionally deleting its data."""
+        """Forget a release (cancel its fetch, stop seeding), optionally deleting its chunks."""
         row = self._row(rid)
         task = self._tasks.pop(row.id, None)
         if task is not None:
@@ -252,8 +252,9 @@ class Service(FetchFlow):
         if row.id in self.engine:
             await self.engine.remove(row.id)
         orphans = self.catalog.remove(row.id, forget_chunks=delete_data)
-        if delete_data:
-            self.store.remove_release(row.id, orphans)
+        # Its dir (metadata and a link) and partial files go either way: left behind, the
+        # doctor would offer to re-add a release the user removed. Chunks stay unless asked.
+        self.store.remove_release(row.id, orphans if delete_data else [])
         self._notify(row.id, "removed")
         return {"id": row.id, "removed": True, "deleted_chunks": len(orphans) if delete_data else 0}
 

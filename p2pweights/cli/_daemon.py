@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -26,6 +23,7 @@ from ..client import (
 from ..errors import DaemonError, DaemonUnavailableError, LoadError
 from ..paths import default_key_path
 from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
+from ._fetch import foreground_fetch, release_name
 
 __all__: list[str] = []
 
@@ -142,9 +140,12 @@ def _release_line(r: dict[str, Any]) -> str:
     t = r.get("transfer") or {}
     prog = f"{100 * float(t.get('progress', 1.0 if r['state'] == 'seeding' else 0)):.0f}%"
     name = f"{r.get('name') or '?'} v{r.get('version') if r.get('version') is not None else '?'}"
-    return (
+    line = (
         f"{r['id'][:16]}  {name:<40} {r['state']:<11} {prog:>5}  {r['total_bytes'] / 1e6:9.1f} MB"
     )
+    if r["state"] in ("error", "paused", "damaged") and r.get("error"):
+        line += f"  ({str(r['error'])[:120]})"  # why it failed, or what it waits for
+    return line
 
 
 @cli.command()
@@ -235,76 +236,6 @@ def publish(
     )
 
 
-def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
-    from ..remote import fetch_async  # noqa: PLC0415 - aiohttp; `fetch --no-wait` skips it
-
-    bar: Any = None
-    done = 0
-    started: dict[str, Any] = {}
-
-    def on_event(event: dict[str, Any]) -> None:
-        nonlocal bar, done
-        if ctx.json or not sys.stderr.isatty() or "wanted" not in event:
-            return
-        if bar is None:
-            bar = click.progressbar(
-                length=max(int(event["wanted"]), 1),
-                label="fetching",
-                file=sys.stderr,
-                show_eta=True,
-                show_percent=True,
-            )
-            bar.__enter__()
-        now = int(event.get("wanted_done", 0))
-        bar.label = (
-            f"fetching {event.get('download_rate', 0) / 1e6:6.1f} MB/s "
-            f"{event.get('peers', 0)} peers"
-        )
-        bar.update(max(now - done, 0))
-        done = now
-
-    try:
-        return run(
-            fetch_async(uri, home=ctx.home, on_event=on_event, on_started=started.update, **kw)
-        )
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-            bar = None
-        if not started:  # interrupted before the daemon's answer came: find it by source
-            source = fetch_body(uri)["uri"]
-            rows = DaemonClient(ctx.home).request_sync("GET", "/releases")["releases"]
-            started.update(next((r for r in rows if r.get("source") == source), {}))
-        if not started:
-            raise
-        _pause_and_exit(ctx, uri, str(started["id"]))
-        raise  # not reached: _pause_and_exit exits
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-
-
-def _pause_and_exit(ctx: Ctx, uri: str, rid: str) -> None:
-    """Ctrl-C on a foreground fetch: pause it in the daemon, say how to go on, exit 130."""
-    info = DaemonClient(ctx.home).request_sync("POST", f"/releases/{quote(rid, safe='')}/pause")
-    t = info.get("transfer") or {}
-    percent = 100 * float(t.get("progress", 0))
-    resume = f"p2pw fetch {shlex.quote(uri)}"
-    if ctx.json:
-        click.echo(json.dumps({**info, "resume": resume}, indent=2, sort_keys=True))
-    click.echo(
-        f"p2pw: paused {_release_name(info)} at {percent:.0f}%; go on with: {resume}", err=True
-    )
-    raise click.exceptions.Exit(130)
-
-
-def _release_name(info: dict[str, Any]) -> str:
-    """``org/model v3``, or the id's start while the manifest is not known yet."""
-    if info.get("name"):
-        return f"{info['name']} v{info.get('version')}"
-    return f"release {str(info['id'])[:16]}"
-
-
 @cli.command()
 @click.argument("uri")
 @click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to connect to.")
@@ -339,6 +270,7 @@ def _release_name(info: dict[str, Any]) -> str:
     type=click.Path(path_type=Path, file_okay=False),
     help="Also write a linked HF-layout dir there, for from_pretrained.",
 )
+@click.option("--keep", is_flag=True, help="Keep a fetch that fails or times out (in `ls`).")
 @json_option
 @pass_ctx
 def fetch(
@@ -352,10 +284,12 @@ def fetch(
     timeout: float,
     revision: str | None,
     local_dir: Path | None,
+    keep: bool,
 ) -> None:
     """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it.
 
     Ctrl-C pauses the fetch (the same command goes on with it); --detach leaves it running.
+    A fetch that fails or times out is removed with its partial data, unless --keep.
     """
     kw: dict[str, Any] = {
         "peers": peers,
@@ -370,8 +304,8 @@ def fetch(
     if no_wait:
         info = client_for(ctx).request_sync("POST", "/fetch", body=fetch_body(uri, **kw))
     else:
-        info = _fetch_with_progress(ctx, uri, timeout=timeout, revision=revision, **kw)
-    lines = [f"{info['state']}: {_release_name(info)} ({info['id'][:16]})"]
+        info = foreground_fetch(ctx, uri, keep=keep, timeout=timeout, revision=revision, **kw)
+    lines = [f"{info['state']}: {release_name(info)} ({info['id'][:16]})"]
     lines += [f"release {info['path']}"] if info["state"] in ("seeding", "complete") else []
     if local_dir is not None:
         from ..remote import export_to_local_dir  # noqa: PLC0415
@@ -414,7 +348,10 @@ def show(ctx: Ctx, release_id: str) -> None:
 @json_option
 @pass_ctx
 def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
-    """Stop seeding a release, optionally deleting its data."""
+    """Forget a release: stop its fetch or seeding, delete its partial data.
+
+    Its verified chunks stay (a later fetch reuses them) unless --delete-data.
+    """
     info = client_for(ctx).request_sync(
         "DELETE", f"/releases/{release_id}", params={"delete_data": "1" if delete_data else "0"}
     )

@@ -121,3 +121,30 @@ def test_ctrl_c_pauses_a_foreground_fetch_and_detach_leaves_it_running(
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["state"] == "metadata"
     assert d.call("show", rid).get("transfer") is not None  # going on in the engine
+
+
+def test_failed_fetches_are_removed_unless_kept_and_rm_leaves_nothing(
+    daemons: DaemonFactory, make_model: Callable[..., Path], make_release: Callable[..., Path]
+) -> None:
+    seeder = daemons(name="seeder")
+    magnet = seeder.call("publish", make_release(make_model()))["magnet"]
+    leech = daemons(name="leech")  # trusts nobody: the fetch is refused
+    store = leech.home / "store"
+    res = p2pw(leech.home, "fetch", magnet, "--peer", seeder.peer, "--timeout", "60")
+    assert res.returncode == 4 and "removed" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert json.loads(p2pw(leech.home, "ls", "--json").stdout)["releases"] == []
+    res = p2pw(leech.home, "fetch", NOBODY, "--timeout", "1")
+    assert res.returncode == 14 and "removed" in res.stderr, res.stderr
+    assert json.loads(p2pw(leech.home, "ls", "--json").stdout)["releases"] == []
+    # Kept: `ls` says it failed, and why.
+    res = p2pw(leech.home, "fetch", magnet, "--peer", seeder.peer, "--timeout", "60", "--keep")
+    assert res.returncode == 4 and "removed" not in res.stderr, res.stderr
+    line = p2pw(leech.home, "ls").stdout
+    assert " error " in line and "UntrustedKeyError" in line, line
+    rid = json.loads(p2pw(leech.home, "ls", "--json").stdout)["releases"][0]["id"]
+    assert p2pw(leech.home, "rm", rid[:10]).returncode == 0
+    assert not (store / "partial" / rid).exists() and not (store / "releases" / rid).exists()
+    leech.stop()
+    doctor = p2pw(leech.home, "doctor", "--json")
+    assert rid[:16] not in doctor.stdout, doctor.stdout  # never offers to re-add it
