@@ -42,6 +42,8 @@ __all__ = [
     "error_named",
     "fetch_body",
     "running_daemon_pid",
+    "save_start_args",
+    "saved_start_args",
     "socket_path",
     "start_daemon",
 ]
@@ -64,6 +66,30 @@ def socket_path(home: Path) -> Path:
 def daemon_log_path(home: Path) -> Path:
     """Where a background daemon writes its log."""
     return home / "daemon.log"
+
+
+def _start_args_path(home: Path) -> Path:
+    return home / "daemon-start.json"
+
+
+def saved_start_args(home: Path) -> list[str]:
+    """The flags of the last explicit ``p2pw daemon start`` on ``home`` (an auto-start's)."""
+    try:
+        doc = json.loads(_start_args_path(home).read_text("utf-8"))
+    except (OSError, ValueError):
+        return []  # none saved (or unreadable): the daemon's config file and defaults
+    args = doc.get("args") if isinstance(doc, dict) else None
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return []
+    return list(args)
+
+
+def save_start_args(home: Path, args: Sequence[str]) -> None:
+    """Remember the flags of an explicit start, so that auto-starts use the same settings."""
+    path = _start_args_path(home)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"args": list(args)}, indent=2) + "\n", "utf-8")
+    os.replace(tmp, path)
 
 
 def error_named(kind: str, message: str) -> P2PWeightsError | None:
@@ -240,7 +266,9 @@ class DaemonClient:
 
     def _unavailable(self) -> DaemonUnavailableError:
         where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
-        return DaemonUnavailableError(f"no daemon answers at {where}")
+        return DaemonUnavailableError(
+            f"no daemon answers at {where}; start one with `p2pw daemon start`"
+        )
 
     def _late(self, method: str, path: str, timeout: float | None) -> DaemonError:
         return DaemonError(
@@ -373,6 +401,8 @@ def fetch_body(
 async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
     """A client whose daemon answers, starting one in the background if needed.
 
+    An auto-started daemon takes the flags of the last ``p2pw daemon start`` on ``home``.
+
     Raises:
         DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
     """
@@ -387,7 +417,7 @@ async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
         # Another process may have started one first (ours then exits because the data
         # dir is locked): use whichever answers, else report that none does.
         with contextlib.suppress(DaemonUnavailableError):
-            await asyncio.to_thread(start_daemon, home)
+            await asyncio.to_thread(start_daemon, home, extra_args=saved_start_args(home))
         await client.status()
     return client
 
@@ -405,7 +435,7 @@ def ensure_daemon_sync(home: Path, *, autostart: bool = True) -> DaemonClient:
         if not autostart:
             raise
         with contextlib.suppress(DaemonUnavailableError):
-            start_daemon(home)
+            start_daemon(home, extra_args=saved_start_args(home))
         client.request_sync("GET", "/status")
     return client
 

@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..client import DaemonClient, ensure_daemon_sync
-from ..errors import KeyFileError
+from ..errors import DaemonUnavailableError, KeyFileError
 from ..paths import data_dir, trust_path
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = [
     "pass_ctx",
     "passphrase_from",
     "progress_bar",
+    "require_data_dir",
     "run",
 ]
 
@@ -144,6 +145,27 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def client_for(ctx: Ctx, *, autostart: bool = True) -> DaemonClient:
-    """A client whose daemon answers, started on demand."""
+def client_for(ctx: Ctx, *, autostart: bool = True, read_only: bool = False) -> DaemonClient:
+    """A client whose daemon answers, started on demand.
+
+    A ``read_only`` verb (``ls``, ``show``) never creates a data dir: a typo'd ``--home``
+    must not leave a new dir and a daemon behind.
+
+    Raises:
+        DaemonUnavailableError: none answers and none may (or could) start.
+    """
+    if read_only:
+        require_data_dir(ctx)
     return ensure_daemon_sync(ctx.home, autostart=autostart)
+
+
+def require_data_dir(ctx: Ctx) -> None:
+    """Refuse, in one line, a verb that would otherwise create a data dir that is not there.
+
+    Raises:
+        DaemonUnavailableError: there is no such data dir.
+    """
+    if not ctx.home.is_dir():
+        raise DaemonUnavailableError(
+            f"no daemon at {ctx.home} (no such data dir); start one with `p2pw daemon start`"
+        )

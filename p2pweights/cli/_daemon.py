@@ -18,11 +18,24 @@ from ..client import (
     daemon_log_path,
     fetch_body,
     running_daemon_pid,
+    save_start_args,
+    saved_start_args,
     start_daemon,
 )
-from ..errors import DaemonError, DaemonUnavailableError, LoadError
+from ..errors import ConfigError, DaemonError, DaemonUnavailableError, LoadError
 from ..paths import default_key_path
-from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
+from ._base import (
+    Ctx,
+    cli,
+    client_for,
+    emit,
+    json_option,
+    load_key,
+    pass_ctx,
+    progress_bar,
+    require_data_dir,
+    run,
+)
 from ._fetch import foreground_fetch, release_name
 
 __all__: list[str] = []
@@ -53,16 +66,26 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
 @json_option
 @pass_ctx
 def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
-    """Start the daemon in the background. It takes the flags of `p2pw daemon run`."""
+    """Start the daemon in the background. It takes the flags of `p2pw daemon run`.
+
+    The flags are saved in the data dir: a daemon started on demand later (by ls, fetch,
+    load or the Python API) uses the same ones.
+    """
     client = DaemonClient(ctx.home)
     try:
         info: dict[str, Any] | None = client.request_sync("GET", "/status")
     except DaemonUnavailableError:
         info = None
     if info is not None:
+        if args and list(args) != saved_start_args(ctx.home):
+            raise ConfigError(
+                f"a daemon already runs on {ctx.home} with other settings; "
+                "`p2pw daemon stop` first to start it with these flags"
+            )
         emit(ctx, {"started": False, **info}, [f"daemon already running (pid {info['pid']})"])
         return
     pid = start_daemon(ctx.home, extra_args=args)
+    save_start_args(ctx.home, args)  # an auto-start (ls, fetch, load) uses the same flags
     info = client.request_sync("GET", "/status")
     emit(
         ctx,
@@ -124,6 +147,7 @@ def doctor(ctx: Ctx, repair: bool, as_json: bool) -> None:
 @pass_ctx
 def daemon_status(ctx: Ctx) -> None:
     """Report on the daemon (exit code 15 when none runs)."""
+    require_data_dir(ctx)
     info = DaemonClient(ctx.home).request_sync("GET", "/status")
     emit(
         ctx,
@@ -320,7 +344,7 @@ def fetch(
 @pass_ctx
 def ls(ctx: Ctx) -> None:
     """List the daemon's releases."""
-    rows = list(client_for(ctx).request_sync("GET", "/releases")["releases"])
+    rows = list(client_for(ctx, read_only=True).request_sync("GET", "/releases")["releases"])
     emit(ctx, {"releases": rows}, [_release_line(r) for r in rows] or ["(no releases)"])
 
 
@@ -330,7 +354,7 @@ def ls(ctx: Ctx) -> None:
 @pass_ctx
 def show(ctx: Ctx, release_id: str) -> None:
     """Show one release (id or a unique id prefix of 6+ characters)."""
-    info = client_for(ctx).request_sync("GET", f"/releases/{release_id}")
+    info = client_for(ctx, read_only=True).request_sync("GET", f"/releases/{release_id}")
     lines = [_release_line(info)] + [
         f"  {k}: {v}"
         for k, v in sorted(info.items())
@@ -352,7 +376,7 @@ def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
 
     Its verified chunks stay (a later fetch reuses them) unless --delete-data.
     """
-    info = client_for(ctx).request_sync(
+    info = client_for(ctx, read_only=True).request_sync(
         "DELETE", f"/releases/{release_id}", params={"delete_data": "1" if delete_data else "0"}
     )
     emit(

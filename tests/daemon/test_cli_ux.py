@@ -17,7 +17,7 @@ import pytest
 import p2pweights
 from p2pweights import FetchTimeoutError
 
-from .conftest import Daemon, p2pw
+from .conftest import _ADDRESSES, Daemon, p2pw
 
 DaemonFactory = Callable[..., Daemon]
 
@@ -148,3 +148,36 @@ def test_failed_fetches_are_removed_unless_kept_and_rm_leaves_nothing(
     leech.stop()
     doctor = p2pw(leech.home, "doctor", "--json")
     assert rid[:16] not in doctor.stdout, doctor.stdout  # never offers to re-add it
+
+
+def test_an_auto_started_daemon_keeps_the_settings_of_the_last_explicit_start(
+    tmp_path: Path,
+) -> None:
+    home, addr = tmp_path / "home", next(_ADDRESSES)
+    flags = ["--profile", "local", "--listen", f"{addr}:0", "--outgoing-interface", addr]
+    res = p2pw(home, "daemon", "start", *flags, "--json")
+    assert res.returncode == 0, res.stderr
+    try:
+        assert json.loads(res.stdout)["profile"] == "local"
+        assert p2pw(home, "daemon", "start", "--profile", "lan").returncode == 2  # no surprise
+        assert p2pw(home, "daemon", "stop").returncode == 0
+        assert p2pw(home, "ls").returncode == 0  # starts one on demand
+        status = json.loads(p2pw(home, "daemon", "status", "--json").stdout)
+        assert status["profile"] == "local"
+    finally:
+        p2pw(home, "daemon", "stop")
+
+
+@pytest.mark.parametrize(
+    "verb", [["ls"], ["show", "abcdef12"], ["rm", "abcdef12"], ["daemon", "status"]]
+)
+def test_a_read_only_verb_on_a_missing_data_dir_creates_nothing(
+    tmp_path: Path, verb: list[str]
+) -> None:
+    typo = tmp_path / "typo"
+    res = p2pw(typo, *verb)
+    assert res.returncode == 15, res.stderr
+    assert f"no daemon at {typo}" in res.stderr
+    assert "start one with `p2pw daemon start`" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not typo.exists()
