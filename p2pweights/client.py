@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from . import errors
-from .errors import ApiError, DaemonError, DaemonUnavailableError, P2PWeightsError
+from .errors import ApiError, ConfigError, DaemonError, DaemonUnavailableError, P2PWeightsError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DaemonClient",
+    "check_data_dir",
     "daemon_log_path",
     "ensure_daemon",
     "ensure_daemon_sync",
@@ -66,6 +67,26 @@ def socket_path(home: Path) -> Path:
 def daemon_log_path(home: Path) -> Path:
     """Where a background daemon writes its log."""
     return home / "daemon.log"
+
+
+_MAX_SOCKET_PATH = 107
+"""Bytes a Unix socket's path may have on Linux (``sun_path`` is 108, with its NUL)."""
+
+
+def check_data_dir(home: Path) -> None:
+    """Refuse, in one line, a data dir no daemon can run in.
+
+    Raises:
+        ConfigError: ``home`` is a file, or too long a path for the daemon's socket.
+    """
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"data dir {home} is not a directory")
+    size = len(os.fsencode(socket_path(home)))
+    if size > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"data dir {str(home)[:60]}... is too long a path for the daemon's socket "
+            f"({size} bytes, at most {_MAX_SOCKET_PATH}); use a shorter --home or $P2PW_HOME"
+        )
 
 
 def _start_args_path(home: Path) -> Path:
@@ -408,6 +429,7 @@ async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
     """
     import asyncio  # noqa: PLC0415 - the sync twin below needs no event loop
 
+    check_data_dir(home)
     client = DaemonClient(home)
     try:
         await client.status()
@@ -428,6 +450,7 @@ def ensure_daemon_sync(home: Path, *, autostart: bool = True) -> DaemonClient:
     Raises:
         DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
     """
+    check_data_dir(home)
     client = DaemonClient(home)
     try:
         client.request_sync("GET", "/status")
@@ -474,8 +497,10 @@ def start_daemon(
         The daemon's pid.
 
     Raises:
+        ConfigError: ``home`` cannot hold a daemon (see :func:`check_data_dir`).
         DaemonUnavailableError: it exited or did not become ready in time (see its log).
     """
+    check_data_dir(home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = daemon_log_path(home)
     read_fd, write_fd = os.pipe()

@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         click.echo(f"p2pw: error: {exc}", err=True)
         return exc.exit_code
+    except OSError as exc:  # not ours, but still one line: a file where a dir should be...
+        if debug:
+            raise
+        click.echo(f"p2pw: error: {exc}", err=True)
+        return 1
     except click.exceptions.Abort:
         click.echo("p2pw: aborted", err=True)
         return 130

@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..client import DaemonClient, ensure_daemon_sync
-from ..errors import DaemonUnavailableError, KeyFileError
+from ..errors import ConfigError, DaemonUnavailableError, KeyFileError
 from ..paths import data_dir, trust_path
 
 if TYPE_CHECKING:
@@ -165,6 +165,8 @@ def require_data_dir(ctx: Ctx) -> None:
     Raises:
         DaemonUnavailableError: there is no such data dir.
     """
+    if ctx.home.exists() and not ctx.home.is_dir():
+        raise ConfigError(f"data dir {ctx.home} is not a directory")
     if not ctx.home.is_dir():
         raise DaemonUnavailableError(
             f"no daemon at {ctx.home} (no such data dir); start one with `p2pw daemon start`"

@@ -15,6 +15,7 @@ import click
 from ..client import (
     DEFAULT_TIMEOUT,
     DaemonClient,
+    check_data_dir,
     daemon_log_path,
     fetch_body,
     running_daemon_pid,
@@ -58,7 +59,8 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
     # The daemon's flags are defined once, in p2pweightsd.cli; the daemon is a process of
     # its own that this CLI starts, never a module it imports.
     argv = [sys.executable, "-m", "p2pweightsd", "run", "--home", str(ctx.home), *args]
-    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    env = {**os.environ, "P2PWEIGHTSD_PROG_NAME": "p2pw daemon"}  # its help: `p2pw daemon run`
+    os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and module
 
 
 @daemon.command("start", context_settings={"ignore_unknown_options": True})
@@ -71,6 +73,7 @@ def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
     The flags are saved in the data dir: a daemon started on demand later (by ls, fetch,
     load or the Python API) uses the same ones.
     """
+    check_data_dir(ctx.home)
     client = DaemonClient(ctx.home)
     try:
         info: dict[str, Any] | None = client.request_sync("GET", "/status")
@@ -139,7 +142,8 @@ def doctor(ctx: Ctx, repair: bool, as_json: bool) -> None:
     """Check the catalog and the store; --repair rebuilds a damaged catalog."""
     argv = [sys.executable, "-m", "p2pweightsd", "doctor", "--home", str(ctx.home)]
     argv += ["--repair"] * repair + ["--json"] * as_json
-    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    env = {**os.environ, "P2PWEIGHTSD_PROG_NAME": "p2pw"}
+    os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and module
 
 
 @daemon.command("status")
@@ -188,8 +192,17 @@ def _release_line(r: dict[str, Any]) -> str:
     help="Pack first: version (default 1 with --from-hf-cache).",
 )
 @click.option("--label", default=None, help="Pack first: label (default hf:ORG/NAME@COMMIT).")
-@click.option("--key", "key_path", type=click.Path(path_type=Path))
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    help="Pack first: the signing key (default DATA/keys/publisher.pem).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key's passphrase from this file (else $P2PW_KEY_PASSPHRASE, or a prompt).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

@@ -12,7 +12,7 @@ import click
 
 from ..client import DaemonClient, fetch_body
 from ..errors import DaemonError, P2PWeightsError
-from ._base import Ctx, run
+from ._base import Ctx, client_for, run
 
 __all__ = ["foreground_fetch", "release_name"]
 
@@ -23,7 +23,7 @@ def foreground_fetch(ctx: Ctx, uri: str, *, keep: bool, **kw: Any) -> dict[str, 
     Raises:
         P2PWeightsError: the fetch failed or timed out (after the clean-up).
     """
-    client = DaemonClient(ctx.home)
+    client = client_for(ctx)  # started on demand, after checking the data dir
     before = {r["id"]: r["state"] for r in client.request_sync("GET", "/releases")["releases"]}
     started: dict[str, Any] = {}
     try:

@@ -73,7 +73,11 @@ def key_generate(
     type=click.Path(path_type=Path),
     help="Key file (default: DATA/keys/publisher.pem).",
 )
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key's passphrase from this file (else $P2PW_KEY_PASSPHRASE, or a prompt).",
+)
 @json_option
 @pass_ctx
 def key_show(ctx: Ctx, key_path: Path | None, passphrase_file: Path | None) -> None:
@@ -113,13 +117,21 @@ def trust_add(ctx: Ctx, public_key: str, name: str, scopes: tuple[str, ...]) -> 
 
     pub = PublicKey.parse(public_key)
     store = ctx.trust()
+    before = store.name_of(pub)
     store.add(pub, name, scopes=scopes)
     entry = store.entry_of(pub)
     shown = _scopes_of(entry.scopes if entry else ())
+    renamed = f" (renamed from {before})" if before is not None and before != name else ""
     emit(
         ctx,
-        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint, "scopes": shown},
-        [f"trusted {name}: {pub.text} ({pub.fingerprint}) for {', '.join(shown)}"],
+        {
+            "name": name,
+            "previous_name": before,
+            "public_key": pub.text,
+            "fingerprint": pub.fingerprint,
+            "scopes": shown,
+        },
+        [f"trusted {name}{renamed}: {pub.text} ({pub.fingerprint}) for {', '.join(shown)}"],
     )
 
 
@@ -201,7 +213,11 @@ def source_size(src: Path) -> int:
     type=click.Path(path_type=Path),
     help="Signing key (default: DATA/keys/publisher.pem).",
 )
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key's passphrase from this file (else $P2PW_KEY_PASSPHRASE, or a prompt).",
+)
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Release dir to create."
 )
@@ -211,7 +227,13 @@ def source_size(src: Path) -> int:
     help="The previous release dir, to chain its manifest hash.",
 )
 @click.option("--expires-in-days", type=click.IntRange(min=1), help="Refuse loads after this.")
-@click.option("--max-chunk-mib", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--max-chunk-mib",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Cap on the tensor bytes of one chunk.",
+)
 @json_option
 @pass_ctx
 def pack(

@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 import p2pweights
 from p2pweights import FetchTimeoutError
+from p2pweights.cli import cli
 
 from .conftest import _ADDRESSES, Daemon, p2pw
 
@@ -181,3 +183,48 @@ def test_a_read_only_verb_on_a_missing_data_dir_creates_nothing(
     assert "start one with `p2pw daemon start`" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not typo.exists()
+
+
+@pytest.mark.parametrize("verb", [["ls"], ["fetch", NOBODY], ["daemon", "start"], ["status"]])
+def test_a_file_as_home_is_one_line_not_a_traceback(tmp_path: Path, verb: list[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    res = p2pw(afile, *(["daemon", "status"] if verb == ["status"] else verb))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == f"p2pw: error: data dir {afile} is not a directory\n"
+
+
+def test_a_home_too_long_for_a_socket_says_so(tmp_path: Path) -> None:
+    home = tmp_path / ("x" * 120)
+    for verb in (["fetch", NOBODY], ["daemon", "start"]):
+        res = p2pw(home, *verb)
+        assert res.returncode == 2, res.stderr
+        assert "too long a path for the daemon's socket" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    with pytest.raises(p2pweights.ConfigError, match="too long"):
+        p2pweights.fetch(NOBODY, home=home, timeout=1)
+
+
+def test_help_texts_name_commands_on_path_and_every_option_has_help(tmp_path: Path) -> None:
+    assert "Usage: p2pw daemon run" in p2pw(tmp_path, "daemon", "run", "--help").stdout
+    assert "p2pweightsd" not in p2pw(tmp_path, "daemon", "start", "--help").stdout
+
+    def walk(cmd: click.Command, path: str) -> Iterator[tuple[str, click.Option]]:
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                yield path, param
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{path} {name}")
+
+    bare = [f"{p} {o.opts[0]}" for p, o in walk(cli, "p2pw") if not o.help]
+    assert bare == []
+
+
+def test_trust_add_of_a_known_key_under_a_new_name_says_so(tmp_path: Path) -> None:
+    pub = json.loads(p2pw(tmp_path, "key", "generate", "--json").stdout)["public_key"]
+    assert json.loads(p2pw(tmp_path, "trust", "add", pub, "--name", "a", "--json").stdout)[
+        "previous_name"
+    ] is None
+    res = p2pw(tmp_path, "trust", "add", pub, "--name", "b")
+    assert res.returncode == 0 and "trusted b (renamed from a)" in res.stdout, res.stdout
