@@ -31,7 +31,7 @@ from .admission import store_layout
 from .catalog import ReleaseRow
 from .engine import EventStream, MagnetLink, TorrentFile, make_torrent, parse_magnet, parse_torrent
 from .fetch_flow import FetchFlow
-from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields
+from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields, peer_address
 
 __all__ = ["NotFoundError", "Service"]
 
@@ -215,6 +215,7 @@ class Service(FetchFlow):
             "home": str(self.config.home),
             "profile": self.config.profile,
             "listen_port": self.engine.listen_port,
+            "peer_address": peer_address(self.config.listen, self.engine.listen_port),
             "uptime": round(time.time() - self.started, 1),
             "releases": self.catalog.count(),
             "active_fetches": len(self._tasks),

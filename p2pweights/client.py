@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from . import errors
 from .errors import ApiError, ConfigError, DaemonError, DaemonUnavailableError, P2PWeightsError
@@ -353,7 +353,8 @@ class DaemonClient:
 
     async def order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
         """Have a fetch download these chunk paths first, in this order."""
-        return await self.request("POST", f"/releases/{rid}/order", body={"chunks": list(chunks)})
+        path = f"/releases/{quote(rid, safe='')}/order"
+        return await self.request("POST", path, body={"chunks": list(chunks)})
 
     async def releases(self) -> list[dict[str, Any]]:
         """All releases."""
@@ -362,22 +363,27 @@ class DaemonClient:
 
     async def show(self, rid: str) -> dict[str, Any]:
         """One release."""
-        return await self.request("GET", f"/releases/{rid}")
+        return await self.request("GET", f"/releases/{quote(rid, safe='')}")
 
     async def check(self, rid: str) -> dict[str, Any]:
         """Have the daemon check the release's store files now (``damaged`` if changed)."""
-        return await self.request("POST", f"/releases/{rid}/verify")
+        return await self.request("POST", f"/releases/{quote(rid, safe='')}/verify")
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Until the release is complete or failed (``timed_out`` says which)."""
         return await self.request(
-            "GET", f"/releases/{rid}/wait", params={"timeout": str(timeout)}, timeout=timeout + 30
+            "GET",
+            f"/releases/{quote(rid, safe='')}/wait",
+            params={"timeout": str(timeout)},
+            timeout=timeout + 30,
         )
 
     async def remove(self, rid: str, *, delete_data: bool = False) -> dict[str, Any]:
         """Stop a release, optionally deleting its data."""
         return await self.request(
-            "DELETE", f"/releases/{rid}", params={"delete_data": "1" if delete_data else "0"}
+            "DELETE",
+            f"/releases/{quote(rid, safe='')}",
+            params={"delete_data": "1" if delete_data else "0"},
         )
 
     async def events(self) -> AsyncGenerator[dict[str, Any]]:

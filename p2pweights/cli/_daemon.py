@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -38,6 +39,8 @@ from ._base import (
     run,
 )
 from ._fetch import foreground_fetch, release_name
+from ._names import release_id as resolve_id
+from ._names import release_info, release_path
 
 __all__: list[str] = []
 
@@ -94,7 +97,7 @@ def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
         ctx,
         {"started": True, **info},
         [
-            f"daemon started (pid {pid}), peer port {info['listen_port']}, log "
+            f"daemon started (pid {pid}), peers dial {info.get('peer_address')}, log "
             f"{daemon_log_path(ctx.home)}"
         ],
     )
@@ -157,7 +160,7 @@ def daemon_status(ctx: Ctx) -> None:
         ctx,
         info,
         [
-            f"running: pid {info['pid']}, peer port {info['listen_port']}, "
+            f"running: pid {info['pid']}, peers dial {info.get('peer_address')}, "
             f"{info['releases']} releases, profile {info['profile']}, "
             f"up {info['uptime']:.0f}s"
         ],
@@ -366,8 +369,8 @@ def ls(ctx: Ctx) -> None:
 @json_option
 @pass_ctx
 def show(ctx: Ctx, release_id: str) -> None:
-    """Show one release (id or a unique id prefix of 6+ characters)."""
-    info = client_for(ctx, read_only=True).request_sync("GET", f"/releases/{release_id}")
+    """Show one release: an id or 6+ digit prefix, ORG/MODEL[@VERSION], a dir, or a magnet."""
+    info = release_info(ctx, release_id)
     lines = [_release_line(info)] + [
         f"  {k}: {v}"
         for k, v in sorted(info.items())
@@ -389,8 +392,9 @@ def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
 
     Its verified chunks stay (a later fetch reuses them) unless --delete-data.
     """
+    rid = quote(resolve_id(ctx, release_id), safe="")
     info = client_for(ctx, read_only=True).request_sync(
-        "DELETE", f"/releases/{release_id}", params={"delete_data": "1" if delete_data else "0"}
+        "DELETE", f"/releases/{rid}", params={"delete_data": "1" if delete_data else "0"}
     )
     emit(
         ctx,
@@ -426,10 +430,11 @@ def load_cmd(
 ) -> None:
     """Fetch (if remote) and load a release into torch; prints what was loaded."""
     from ..loader import load as load_tensors  # noqa: PLC0415 - torch, only for this verb
+    from ..remote import is_remote  # noqa: PLC0415
 
     started = time.perf_counter()
     state = load_tensors(
-        source,
+        source if is_remote(source) else release_path(ctx, source),
         home=ctx.home,
         include=include or None,
         peers=peers,

@@ -18,6 +18,7 @@ import click
 from ..errors import ExportError, SourceError
 from ..paths import default_key_path
 from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
+from ._names import release_path
 
 if TYPE_CHECKING:
     from ..trust import TrustStore
@@ -332,7 +333,7 @@ def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
     from ..verify import verify_chunks
 
     store = _trust_for(ctx, key_text)
-    rel = open_release(resolve_source(release), store)
+    rel = open_release(resolve_source(release_path(ctx, release)), store)
     chunks = rel.manifest.chunks
     with progress_bar(ctx, sum(c.size for c in chunks) if full else 0, "verifying") as bar:
         verify_chunks(rel.root, chunks, "full" if full else "fast", progress=bar)
@@ -397,6 +398,7 @@ def export(
     from ..hf_cache import export_to_hf_cache
 
     store = _trust_for(ctx, key_text)
+    release = release_path(ctx, release)
     if (out is None) == (hf_repo is None):
         raise ExportError("give either OUT or --hf-cache ORG/NAME, not both or neither")
     if hf_repo is not None:

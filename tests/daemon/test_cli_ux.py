@@ -228,3 +228,36 @@ def test_trust_add_of_a_known_key_under_a_new_name_says_so(tmp_path: Path) -> No
     ] is None
     res = p2pw(tmp_path, "trust", "add", pub, "--name", "b")
     assert res.returncode == 0 and "trusted b (renamed from a)" in res.stdout, res.stdout
+
+
+def test_every_release_form_on_every_verb(
+    daemons: DaemonFactory,
+    key: p2pweights.PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    d = daemons()
+    p2pweights.TrustStore.load(d.home / "trust.json").add(key.public, "publisher")
+    source = make_release(make_model())
+    info = d.call("publish", source)
+    rid = info["id"]
+    forms = [rid, rid[:10], "test/model", "test/model@1", info["path"], str(source), info["magnet"]]
+    for i, form in enumerate(forms):
+        shown = p2pw(d.home, "show", form, "--json")
+        assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == rid, (form, shown.stderr)
+        assert p2pw(d.home, "verify", form).returncode == 0, form
+        out = tmp_path / f"out{i}"
+        assert p2pw(d.home, "export", form, str(out)).returncode == 0, form
+        if form != info["magnet"]:  # load fetches a magnet: covered by the fetch tests
+            res = p2pw(d.home, "load", form, "--json")
+            assert res.returncode == 0 and json.loads(res.stdout)["tensors"] > 0, res.stderr
+    # Path parts are escaped: a query string never reaches the API as one.
+    for bad in ("abcdef?x=1", "test/other", "test/model@9", "magnet:?xt=urn:btih:" + "a" * 40):
+        res = p2pw(d.home, "show", bad)
+        assert res.returncode in (12, 16) and len(res.stderr.strip().splitlines()) == 1, res
+    status = json.loads(p2pw(d.home, "daemon", "status", "--json").stdout)
+    assert status["peer_address"] == d.peer
+    assert f"peers dial {d.peer}" in p2pw(d.home, "daemon", "status").stdout
+    assert p2pw(d.home, "rm", "test/model@1").returncode == 0
+    assert json.loads(p2pw(d.home, "ls", "--json").stdout)["releases"] == []

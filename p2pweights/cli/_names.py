@@ -1,0 +1,88 @@
+"""One way to name a release on every verb.
+
+A release is named by any of: its id (the v2 info-hash) or a unique prefix of 6+ hex
+digits; ``ORG/MODEL`` or ``ORG/MODEL@VERSION`` (the newest version the daemon has, or
+that one); a release dir (one in the daemon's store, or the dir it was published from);
+or a magnet link. Daemon verbs (``show``, ``rm``) turn it into an id; local verbs
+(``verify``, ``export``, ``load``) into a dir, asking the daemon only when the text is
+not a path on disk.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from ..errors import LoadError, UnknownReleaseError
+from ._base import Ctx, client_for
+
+__all__ = ["release_id", "release_info", "release_path"]
+
+_BTMH = re.compile(r"urn:btmh:1220([0-9a-fA-F]{64})")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _magnet_id(text: str) -> str:
+    for xt in parse_qs(urlsplit(text).query).get("xt", []):
+        m = _BTMH.fullmatch(xt)
+        if m:
+            return m.group(1).lower()
+    raise LoadError(f"{text[:80]!r} is not a magnet link with a v2 info-hash (urn:btmh:1220...)")
+
+
+def _rows(ctx: Ctx) -> list[dict[str, Any]]:
+    return list(client_for(ctx, read_only=True).request_sync("GET", "/releases")["releases"])
+
+
+def release_id(ctx: Ctx, ref: str) -> str:
+    """The id (or id prefix, for the daemon to resolve) of the release ``ref`` names.
+
+    Raises:
+        UnknownReleaseError: a name or dir the daemon has no release for.
+        LoadError: a magnet link without a v2 info-hash.
+    """
+    text = ref.strip()
+    if text.startswith("magnet:"):
+        return _magnet_id(text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        where = str(path.resolve())
+        for r in _rows(ctx):
+            if where in (r.get("path"), r.get("source")):
+                return str(r["id"])
+        raise UnknownReleaseError(f"the daemon has no release from {where}")
+    if _NAME.fullmatch(text.partition("@")[0]):
+        name, _, version = text.partition("@")
+        rows = [
+            r
+            for r in _rows(ctx)
+            if r.get("name") == name and (not version or str(r.get("version")) == version)
+        ]
+        if not rows:
+            raise UnknownReleaseError(f"the daemon has no release named {text[:80]!r}")
+        return str(max(rows, key=lambda r: int(r.get("version") or 0))["id"])
+    return text
+
+
+def release_info(ctx: Ctx, ref: str) -> dict[str, Any]:
+    """The daemon's record of the release ``ref`` names (``GET /v1/releases/{id}``)."""
+    rid = quote(release_id(ctx, ref), safe="")  # an id is hex; anything else stays a path part
+    return client_for(ctx, read_only=True).request_sync("GET", f"/releases/{rid}")
+
+
+def release_path(ctx: Ctx, ref: str | Path) -> Path:
+    """A local release dir for ``ref``: a path on disk as it is, else the daemon's copy.
+
+    Raises:
+        UnknownReleaseError: neither a path nor a release the daemon has.
+        LoadError: the daemon's copy is not complete yet.
+    """
+    path = Path(ref).expanduser()
+    if path.exists() or str(ref).endswith(".torrent"):
+        return path
+    info = release_info(ctx, str(ref))
+    if info["state"] not in ("seeding", "complete"):
+        raise LoadError(f"release {info['id'][:16]} is {info['state']}, not complete yet")
+    return Path(info["path"])
