@@ -51,10 +51,15 @@ def published(
 
 
 def test_trust_flow_and_verify(
-    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str], tmp_path: Path
 ) -> None:
     release, pub = published
-    code, _, err = run(capsys, "verify", str(release))
+    # The publisher checks their own work: a key in the data dir is their own.
+    own = run_json(capsys, "verify", str(release))
+    assert own["publisher_name"].startswith("your own key ") and own["ok"] is True
+    assert run_json(capsys, "load", str(release))["tensors"] > 0
+    other = run_json(capsys, "key", "generate", "--out", str(tmp_path / "other.pem"))
+    code, _, err = run(capsys, "verify", str(release), "--key", str(other["public_key"]))
     assert code == 4 and "not in the trust store" in err and len(err.strip().splitlines()) == 1
     assert run_json(capsys, "verify", str(release), "--key", pub)["ok"] is True
     run_json(capsys, "trust", "add", pub, "--name", "org")
@@ -113,13 +118,14 @@ def test_exit_codes_per_failure_class(
 
 
 def test_debug_shows_the_traceback(
-    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str], tmp_path: Path
 ) -> None:
     release, _ = published
     from p2pweights import UntrustedKeyError
 
+    other = run_json(capsys, "key", "generate", "--out", str(tmp_path / "other.pem"))
     with pytest.raises(UntrustedKeyError):
-        main(["--debug", "verify", str(release)])
+        main(["--debug", "verify", str(release), "--key", str(other["public_key"])])
 
 
 def test_export_both_ways(

@@ -411,6 +411,7 @@ def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
 @click.option("--include", multiple=True, help="Only tensors matching GLOB (repeatable).")
 @click.option("--full", is_flag=True, help="Re-hash every chunk.")
 @click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to fetch from.")
+@click.option("--key", "key_text", help="Trust only this key (ed25519:... or a key file).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -426,11 +427,13 @@ def load_cmd(
     include: tuple[str, ...],
     full: bool,
     peers: tuple[str, ...],
+    key_text: str | None,
     timeout: float,
 ) -> None:
     """Fetch (if remote) and load a release into torch; prints what was loaded."""
     from ..loader import load as load_tensors  # noqa: PLC0415 - torch, only for this verb
     from ..remote import is_remote  # noqa: PLC0415
+    from ._local import _trust_for  # noqa: PLC0415
 
     started = time.perf_counter()
     state = load_tensors(
@@ -440,6 +443,7 @@ def load_cmd(
         peers=peers,
         verify="full" if full else "fast",
         timeout=timeout,
+        trust=_trust_for(ctx, key_text) if key_text is not None else None,
     )
     seconds = time.perf_counter() - started
     nbytes = sum(t.numel() * t.element_size() for t in state.values())

@@ -314,8 +314,10 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
     from ..keys import PublicKey
     from ..trust import TrustStore
 
-    if key_text is None:
-        return ctx.trust()
+    if key_text is None:  # the trust store, and the user's own keys (see SECURITY.md)
+        from ..trust import trust_for
+
+        return trust_for(None, ctx.home)
     if key_text.startswith("ed25519:"):
         return TrustStore.of_keys([PublicKey.parse(key_text)])
     return TrustStore.of_keys([load_key(Path(key_text), None).public])

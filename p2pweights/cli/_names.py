@@ -21,6 +21,7 @@ from ._base import Ctx, client_for
 __all__ = ["release_id", "release_info", "release_path"]
 
 _BTMH = re.compile(r"urn:btmh:1220([0-9a-fA-F]{64})")
+_HEX = re.compile(r"[0-9a-fA-F]{6,64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -32,11 +33,12 @@ def _magnet_id(text: str) -> str:
     raise LoadError(f"{text[:80]!r} is not a magnet link with a v2 info-hash (urn:btmh:1220...)")
 
 
-def _rows(ctx: Ctx) -> list[dict[str, Any]]:
-    return list(client_for(ctx, read_only=True).request_sync("GET", "/releases")["releases"])
+def _rows(ctx: Ctx, autostart: bool) -> list[dict[str, Any]]:
+    client = client_for(ctx, read_only=True, autostart=autostart)
+    return list(client.request_sync("GET", "/releases")["releases"])
 
 
-def release_id(ctx: Ctx, ref: str) -> str:
+def release_id(ctx: Ctx, ref: str, *, autostart: bool = True) -> str:
     """The id (or id prefix, for the daemon to resolve) of the release ``ref`` names.
 
     Raises:
@@ -49,7 +51,7 @@ def release_id(ctx: Ctx, ref: str) -> str:
     path = Path(text).expanduser()
     if path.is_dir():
         where = str(path.resolve())
-        for r in _rows(ctx):
+        for r in _rows(ctx, autostart):
             if where in (r.get("path"), r.get("source")):
                 return str(r["id"])
         raise UnknownReleaseError(f"the daemon has no release from {where}")
@@ -57,7 +59,7 @@ def release_id(ctx: Ctx, ref: str) -> str:
         name, _, version = text.partition("@")
         rows = [
             r
-            for r in _rows(ctx)
+            for r in _rows(ctx, autostart)
             if r.get("name") == name and (not version or str(r.get("version")) == version)
         ]
         if not rows:
@@ -66,10 +68,17 @@ def release_id(ctx: Ctx, ref: str) -> str:
     return text
 
 
-def release_info(ctx: Ctx, ref: str) -> dict[str, Any]:
-    """The daemon's record of the release ``ref`` names (``GET /v1/releases/{id}``)."""
-    rid = quote(release_id(ctx, ref), safe="")  # an id is hex; anything else stays a path part
-    return client_for(ctx, read_only=True).request_sync("GET", f"/releases/{rid}")
+def release_info(ctx: Ctx, ref: str, *, autostart: bool = True) -> dict[str, Any]:
+    """The daemon's record of the release ``ref`` names (``GET /v1/releases/{id}``).
+
+    Raises:
+        UnknownReleaseError: the daemon has no such release.
+        DaemonUnavailableError: no daemon at a data dir that does not exist.
+    """
+    # An id is hex; anything else (a typo, a query string) stays one escaped path part.
+    rid = quote(release_id(ctx, ref, autostart=autostart), safe="")
+    client = client_for(ctx, read_only=True, autostart=autostart)
+    return client.request_sync("GET", f"/releases/{rid}")
 
 
 def release_path(ctx: Ctx, ref: str | Path) -> Path:
@@ -80,9 +89,19 @@ def release_path(ctx: Ctx, ref: str | Path) -> Path:
         LoadError: the daemon's copy is not complete yet.
     """
     path = Path(ref).expanduser()
-    if path.exists() or str(ref).endswith(".torrent"):
-        return path
-    info = release_info(ctx, str(ref))
+    text = str(ref)
+    named = (
+        text.startswith("magnet:")
+        or _HEX.fullmatch(text)
+        or _NAME.fullmatch(text.partition("@")[0])
+    )
+    if path.exists() or not named:
+        return path  # a path: the local verb says what is wrong with it
+    if not (ctx.home / "daemon.sock").exists():  # local verbs never start a daemon
+        raise UnknownReleaseError(
+            f"{text[:80]!r} is not a path, and no daemon runs at {ctx.home} to look it up"
+        )
+    info = release_info(ctx, text, autostart=False)
     if info["state"] not in ("seeding", "complete"):
         raise LoadError(f"release {info['id'][:16]} is {info['state']}, not complete yet")
     return Path(info["path"])
