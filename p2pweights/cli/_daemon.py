@@ -38,7 +38,7 @@ from ._base import (
     require_data_dir,
     run,
 )
-from ._fetch import foreground_fetch, release_name
+from ._fetch import foreground_fetch, release_name, summary
 from ._names import release_id as resolve_id
 from ._names import release_info, release_path
 
@@ -344,8 +344,14 @@ def fetch(
     if no_wait:
         info = client_for(ctx).request_sync("POST", "/fetch", body=fetch_body(uri, **kw))
     else:
+        began = time.monotonic()
         info = foreground_fetch(ctx, uri, keep=keep, timeout=timeout, revision=revision, **kw)
-    lines = [f"{info['state']}: {release_name(info)} ({info['id'][:16]})"]
+        info["seconds"] = round(time.monotonic() - began, 3)
+    lines = (
+        [summary(ctx, info, info["seconds"])]
+        if "seconds" in info
+        else [f"{info['state']}: {release_name(info)} ({info['id'][:16]})"]
+    )
     lines += [f"release {info['path']}"] if info["state"] in ("seeding", "complete") else []
     if local_dir is not None:
         from ..remote import export_to_local_dir  # noqa: PLC0415

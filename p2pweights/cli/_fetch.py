@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -13,8 +12,9 @@ import click
 from ..client import DaemonClient, fetch_body
 from ..errors import DaemonError, P2PWeightsError
 from ._base import Ctx, client_for, run
+from ._progress import FetchProgress, human_bytes
 
-__all__ = ["foreground_fetch", "release_name"]
+__all__ = ["foreground_fetch", "release_name", "summary"]
 
 
 def foreground_fetch(ctx: Ctx, uri: str, *, keep: bool, **kw: Any) -> dict[str, Any]:
@@ -51,49 +51,58 @@ def _fetch_with_progress(
 ) -> dict[str, Any]:
     from ..remote import fetch_async  # noqa: PLC0415 - aiohttp; `fetch --no-wait` skips it
 
-    bar: Any = None
-    done = 0
+    progress = FetchProgress(uri, peers_given=len(kw.get("peers") or ()))
+    progress.live = progress.live and not ctx.json
+    client = DaemonClient(ctx.home)
+    named = False
 
     def on_event(event: dict[str, Any]) -> None:
-        nonlocal bar, done
-        if ctx.json or not sys.stderr.isatty() or "wanted" not in event:
+        nonlocal named
+        if not progress.live:
             return
-        if bar is None:
-            bar = click.progressbar(
-                length=max(int(event["wanted"]), 1),
-                label="fetching",
-                file=sys.stderr,
-                show_eta=True,
-                show_percent=True,
-            )
-            bar.__enter__()
-        now = int(event.get("wanted_done", 0))
-        bar.label = (
-            f"fetching {event.get('download_rate', 0) / 1e6:6.1f} MB/s "
-            f"{event.get('peers', 0)} peers"
-        )
-        bar.update(max(now - done, 0))
-        done = now
+        if not named and event.get("kind") in ("manifest", "downloading"):
+            named = True  # the manifest is in: the daemon knows the release's name now
+            info = client.request_sync("GET", f"/releases/{quote(str(event['id']), safe='')}")
+            if info.get("name"):
+                progress.named(release_name(info))
+        progress.on_event(event)
 
+    progress.start()
+    total: int | None = None
     try:
-        return run(
+        info = run(
             fetch_async(uri, home=ctx.home, on_event=on_event, on_started=started.update, **kw)
         )
+        total = int(info.get("total_bytes") or 0)
+        return info
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-            bar = None
+        progress.finish()
         if not started:  # interrupted before the daemon's answer came: find it by source
             source = fetch_body(uri)["uri"]
-            rows = DaemonClient(ctx.home).request_sync("GET", "/releases")["releases"]
+            rows = client.request_sync("GET", "/releases")["releases"]
             started.update(next((r for r in rows if r.get("source") == source), {}))
         if not started:
             raise
         _pause_and_exit(ctx, uri, str(started["id"]))
         raise  # not reached: _pause_and_exit exits
     finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        progress.finish(total=total)
+
+
+def summary(ctx: Ctx, info: dict[str, Any], seconds: float) -> str:
+    """One line: what arrived, its size, the time, and who signed it."""
+    from ..keys import PublicKey  # noqa: PLC0415 - cryptography, once at the end
+    from ..trust import trust_for  # noqa: PLC0415
+
+    signer = "an unknown key"
+    if info.get("publisher"):
+        key = PublicKey.parse(info["publisher"])
+        who = trust_for(None, ctx.home).name_of(key) or "an untrusted key"
+        signer = f"{who} ({key.fingerprint})"
+    return (
+        f"fetched {release_name(info)}: {human_bytes(int(info.get('total_bytes') or 0))} "
+        f"in {seconds:.1f} s, verified, signed by {signer}"
+    )
 
 
 def _pause_and_exit(ctx: Ctx, uri: str, rid: str) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +24,7 @@ import pytest
 import p2pweights
 from p2pweights import FetchTimeoutError
 from p2pweights.cli import cli
+from p2pweights.cli._progress import HINT_ENV
 
 from .conftest import _ADDRESSES, Daemon, p2pw
 
@@ -261,3 +268,76 @@ def test_every_release_form_on_every_verb(
     assert f"peers dial {d.peer}" in p2pw(d.home, "daemon", "status").stdout
     assert p2pw(d.home, "rm", "test/model@1").returncode == 0
     assert json.loads(p2pw(d.home, "ls", "--json").stdout)["releases"] == []
+
+
+def _in_pty(
+    d: Daemon, args: list[str], *, cols: int = 80, interrupt_on: str | None = None
+) -> tuple[str, int]:
+    """Run `p2pw ARGS` on a pseudo-terminal COLS wide; returns its output and exit code."""
+    exe = str(Path(sys.executable).with_name("p2pw"))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of our width, then p2pw
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+        os.environ.update({"P2PW_HOME": str(d.home), HINT_ENV: "2", "COLUMNS": str(cols)})
+        os.execv(exe, [exe, *args])
+    out = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if interrupt_on is not None and interrupt_on.encode() in out:
+                os.write(fd, b"\x03")  # Ctrl-C, as the terminal sends it
+                interrupt_on = None
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return out.decode("utf-8", "replace"), os.waitstatus_to_exitcode(status)
+
+
+def _frames(text: str) -> list[str]:
+    return [f.replace("\x1b[K", "") for f in re.split(r"[\r\n]+", text) if f.strip()]
+
+
+def test_the_progress_line_in_a_terminal(
+    daemons: DaemonFactory,
+    key: p2pweights.PrivateKey,
+    make_model: Callable[..., Path],
+    make_release: Callable[..., Path],
+) -> None:
+    seeder = daemons(name="seeder")
+    magnet = seeder.call("publish", make_release(make_model()))["magnet"]
+    leech = daemons(name="leech")
+    p2pweights.TrustStore.load(leech.home / "trust.json").add(key.public, "publisher")
+    text, code = _in_pty(leech, ["fetch", magnet, "--peer", seeder.peer], cols=60)
+    frames = _frames(text)
+    assert code == 0, text
+    bars = frames[:-2]  # then the summary and the release path, printed lines that may wrap
+    assert all(len(f) < 60 for f in bars), [f for f in bars if len(f) >= 60]
+    assert "100%" in bars[-1] and bars[-1].startswith("done"), frames[-4:]
+    assert frames[-2].startswith("fetched test/model v1: ") and "in " in frames[-2]
+    assert f"verified, signed by publisher ({key.public.fingerprint})" in frames[-2]
+    # No peers: after the quiet spell, one line says why and what to do.
+    text, code = _in_pty(leech, ["fetch", NOBODY, "--timeout", "4"])
+    assert code == 14, text
+    assert text.count("no peers after") == 1 and "add --peer IP:PORT" in text, text
+    assert all(len(f) < 80 for f in _frames(text)[:-1])  # the error line may wrap
+    # Ctrl-C pauses the fetch, and the daemon says so.
+    text, code = _in_pty(leech, ["fetch", NOBODY, "--keep"], interrupt_on="metadata")
+    assert code == 130 and "go on with: p2pw fetch" in text, text
+    rid = NOBODY.rsplit("1220", 1)[1]
+    assert leech.call("show", rid)["state"] == "paused"
+
+
+def test_the_progress_line_is_quiet_off_a_terminal(daemons: DaemonFactory) -> None:
+    d = daemons()
+    res = p2pw(d.home, "fetch", NOBODY, "--timeout", "2")
+    assert res.returncode == 14 and len(res.stderr.strip().splitlines()) == 1, res.stderr
