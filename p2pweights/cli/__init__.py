@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("p2pw: aborted", err=True)
         return 130
     except click.ClickException as exc:
+        if "--json" in (argv if argv is not None else sys.argv[1:]):
+            kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__
+            doc = {"error": exc.format_message(), "type": kind, "exit_code": exc.exit_code}
+            click.echo(json.dumps(doc))
         exc.show()
         return exc.exit_code
     except click.exceptions.Exit as exc:

@@ -70,10 +70,30 @@ def json_option(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_TIME_KEYS = frozenset({"added", "completed", "time"})
+"""Fields that hold a point in time: ISO 8601 (UTC) in ``--json`` output."""
+
+
+def _iso_times(value: Any) -> Any:
+    """``value`` with the epoch seconds of every time field as ISO 8601 text."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - only for --json
+
+    if isinstance(value, list):
+        return [_iso_times(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: datetime.fromtimestamp(v, UTC).isoformat(timespec="seconds")
+        if k in _TIME_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+        else _iso_times(v)
+        for k, v in value.items()
+    }
+
+
 def emit(ctx: Ctx, data: dict[str, Any], lines: list[str]) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human ``lines``."""
+    """Print ``data`` as JSON with ``--json`` (times in ISO 8601), else the human ``lines``."""
     if ctx.json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        click.echo(json.dumps(_iso_times(data), indent=2, sort_keys=True))
     else:
         for line in lines:
             click.echo(line)

@@ -39,8 +39,8 @@ from ._base import (
     run,
 )
 from ._fetch import foreground_fetch, release_name, summary
+from ._names import check_uri, release_info, release_path
 from ._names import release_id as resolve_id
-from ._names import release_info, release_path
 
 __all__: list[str] = []
 
@@ -337,6 +337,7 @@ def fetch(
         "include": include,
         "trust_on_first_use": trust_on_first_use,
     }
+    check_uri(uri)
     if (revision is not None or local_dir is not None) and no_wait:
         raise LoadError("--revision and --local-dir need the fetch to finish; drop --no-wait")
     if local_dir is not None and include:
@@ -356,8 +357,11 @@ def fetch(
     if local_dir is not None:
         from ..remote import export_to_local_dir  # noqa: PLC0415
 
-        info["local_dir"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
-        lines.append(f"local dir {info['local_dir']}")
+        # `path` is what was asked for (as `fetch(local_dir=...)` returns it); the
+        # daemon's copy stays at `release_path`.
+        info["release_path"] = info["path"]
+        info["path"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
+        lines.append(f"local dir {info['path']}")
     emit(ctx, info, lines)
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ExportError, SourceError
+from ..errors import ExportError, KeyFileError, SourceError
 from ..paths import default_key_path
 from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
-from ._names import release_path
+from ._names import refuse_full_dir, release_path
 
 if TYPE_CHECKING:
     from ..trust import TrustStore
@@ -116,7 +116,10 @@ def trust_add(ctx: Ctx, public_key: str, name: str, scopes: tuple[str, ...]) -> 
     """Trust PUBLIC_KEY (ed25519:...) under NAME, replacing any entry of that key."""
     from ..keys import PublicKey
 
-    pub = PublicKey.parse(public_key)
+    try:
+        pub = PublicKey.parse(public_key)
+    except KeyFileError as exc:  # typed text, not a key file: a usage error (exit 2)
+        raise click.BadParameter(str(exc), param_hint="PUBLIC_KEY") from None
     store = ctx.trust()
     before = store.name_of(pub)
     store.add(pub, name, scopes=scopes)
@@ -177,7 +180,7 @@ def trust_remove(ctx: Ctx, name_or_key: str) -> None:
     entry = ctx.trust().remove(name_or_key)
     emit(
         ctx,
-        {"removed": entry.name, "public_key": entry.key.text},
+        {"removed": True, "name": entry.name, "public_key": entry.key.text},
         [f"removed {entry.name} ({entry.key.fingerprint})"],
     )
 
@@ -265,6 +268,7 @@ def pack(
     if name is None:
         raise SourceError("give --name ORG/MODEL")
     assert src is not None
+    refuse_full_dir(out, "--out")
     priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
     prev_hash = None
     if previous is not None:
@@ -291,7 +295,7 @@ def pack(
     emit(
         ctx,
         {
-            "release": str(out),
+            "path": str(out),
             "name": m.name,
             "version": m.version,
             "chunks": len(m.chunks),
@@ -420,6 +424,7 @@ def export(
                 "repo_id": hf.repo_id,
                 "commit": hf.commit,
                 "snapshot": str(hf.snapshot),
+                "path": str(hf.snapshot),
                 "files": list(hf.files),
                 "exact": True,
             },
@@ -429,13 +434,14 @@ def export(
     if cache_dir is not None:
         raise ExportError("--cache-dir goes with --hf-cache")
     assert out is not None
+    refuse_full_dir(out, "OUT")
     with progress_bar(ctx, _export_bytes(release, store, exact=exact), "exporting") as bar:
         result = export_release(
             release, out, exact=exact, verify="full" if full else "fast", trust=store, progress=bar
         )
     emit(
         ctx,
-        {"out": str(result.root), "files": list(result.files), "exact": exact},
+        {"path": str(result.root), "files": list(result.files), "exact": exact},
         [
             f"exported {len(result.files)} files to {result.root}"
             + (" (byte-identical originals)" if exact else " (tensor data shared, not copied)")

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import click
+
 from ..errors import LoadError, UnknownReleaseError
 from ._base import Ctx, client_for
 
-__all__ = ["release_id", "release_info", "release_path"]
+__all__ = ["check_uri", "refuse_full_dir", "release_id", "release_info", "release_path"]
 
 _BTMH = re.compile(r"urn:btmh:1220([0-9a-fA-F]{64})")
 _HEX = re.compile(r"[0-9a-fA-F]{6,64}")
@@ -105,3 +107,33 @@ def release_path(ctx: Ctx, ref: str | Path) -> Path:
     if info["state"] not in ("seeding", "complete"):
         raise LoadError(f"release {info['id'][:16]} is {info['state']}, not complete yet")
     return Path(info["path"])
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, as a usage error (exit 2), a fetch source that cannot name a release.
+
+    Raises:
+        click.BadParameter: not a v2 magnet link, a 64-digit info-hash or a .torrent file.
+    """
+    if uri.startswith("magnet:"):
+        try:
+            _magnet_id(uri)
+        except LoadError as exc:
+            raise click.BadParameter(str(exc), param_hint="URI") from None
+    elif not (_HEX.fullmatch(uri) and len(uri) == 64) and not (
+        uri.endswith(".torrent") and Path(uri).is_file()
+    ):
+        raise click.BadParameter(
+            f"{uri[:80]!r} is not a magnet link, a v2 info-hash or a .torrent file",
+            param_hint="URI",
+        )
+
+
+def refuse_full_dir(out: Path, hint: str) -> None:
+    """An output dir must be new or empty: anything else is a usage error (exit 2).
+
+    Raises:
+        click.BadParameter: ``out`` exists and is not an empty directory.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise click.BadParameter(f"{out} exists and is not an empty directory", param_hint=hint)

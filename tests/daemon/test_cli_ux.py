@@ -230,9 +230,12 @@ def test_help_texts_name_commands_on_path_and_every_option_has_help(tmp_path: Pa
 
 def test_trust_add_of_a_known_key_under_a_new_name_says_so(tmp_path: Path) -> None:
     pub = json.loads(p2pw(tmp_path, "key", "generate", "--json").stdout)["public_key"]
-    assert json.loads(p2pw(tmp_path, "trust", "add", pub, "--name", "a", "--json").stdout)[
-        "previous_name"
-    ] is None
+    assert (
+        json.loads(p2pw(tmp_path, "trust", "add", pub, "--name", "a", "--json").stdout)[
+            "previous_name"
+        ]
+        is None
+    )
     res = p2pw(tmp_path, "trust", "add", pub, "--name", "b")
     assert res.returncode == 0 and "trusted b (renamed from a)" in res.stdout, res.stdout
 
@@ -341,3 +344,65 @@ def test_the_progress_line_is_quiet_off_a_terminal(daemons: DaemonFactory) -> No
     d = daemons()
     res = p2pw(d.home, "fetch", NOBODY, "--timeout", "2")
     assert res.returncode == 14 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def _json(home: Path, *args: str, code: int = 0) -> dict[str, object]:
+    res = p2pw(home, *args, "--json")
+    assert res.returncode == code, (args, res.stdout, res.stderr)
+    doc = json.loads(res.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
+
+
+def test_json_shapes_and_exit_codes_of_every_verb(
+    daemons: DaemonFactory, make_model: Callable[..., Path], tmp_path: Path
+) -> None:
+    d = daemons()
+    h = d.home
+    key = _json(h, "key", "generate")
+    assert {"path", "public_key", "fingerprint", "encrypted"} <= set(key)
+    assert {"public_key", "fingerprint"} <= set(_json(h, "key", "show"))
+    pub = str(key["public_key"])
+    assert {"name", "previous_name", "public_key", "fingerprint", "scopes"} <= set(
+        _json(h, "trust", "add", pub, "--name", "me")
+    )
+    assert set(_json(h, "trust", "list")["keys"][0]) == {  # type: ignore[index]
+        "name",
+        "public_key",
+        "fingerprint",
+        "scopes",
+    }
+    model, rel = make_model(), tmp_path / "rel"
+    packed = _json(h, "pack", str(model), "--name", "org/m", "--version", "1", "--out", str(rel))
+    assert packed["path"] == str(rel) and {"name", "version", "manifest_sha256"} <= set(packed)
+    verified = _json(h, "verify", str(rel))
+    assert {"ok", "name", "version", "publisher", "publisher_name", "mode"} <= set(verified)
+    exported = _json(h, "export", str(rel), str(tmp_path / "x"))
+    assert exported["path"] == str(tmp_path / "x") and {"files", "exact"} <= set(exported)
+    published = _json(h, "publish", str(rel))
+    shown = _json(h, "show", "org/m")
+    for info in (published, shown):
+        assert {"id", "name", "version", "state", "path", "magnet", "added"} <= set(info)
+        assert ISO.fullmatch(str(info["added"])), info["added"]
+    listed = _json(h, "ls")["releases"]
+    assert [r["id"] for r in listed] == [published["id"]]  # type: ignore[index, union-attr]
+    status = _json(h, "daemon", "status")
+    assert {"pid", "version", "home", "profile", "listen_port", "peer_address"} <= set(status)
+    assert {"tensors", "bytes", "seconds"} <= set(_json(h, "load", "org/m@1"))
+    assert _json(h, "rm", "org/m") == {"id": published["id"], "removed": True, "deleted_chunks": 0}
+    assert _json(h, "trust", "remove", "me")["removed"] is True
+    # Exit codes: usage errors are 2 and JSON too; an unknown release 16.
+    for args in (
+        ["fetch", "magnet:?xt=urn:btih:" + "a" * 40],  # not a v2 magnet
+        ["fetch", "no-such-thing"],
+        ["trust", "add", "ed25519:nope", "--name", "x"],  # bad key text, not a key file
+        ["pack", str(model), "--name", "org/m", "--version", "2", "--out", str(rel)],  # exists
+        ["export", str(rel), str(tmp_path / "x")],  # exists
+        ["ls", "--no-such-flag"],
+    ):
+        doc = _json(h, *args, code=2)
+        assert doc["exit_code"] == 2 and doc["type"] == "UsageError", (args, doc)
+    assert _json(h, "show", "org/nothing", code=16)["type"] == "UnknownReleaseError"
