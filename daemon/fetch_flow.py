@@ -457,9 +457,13 @@ class FetchFlow(Upkeep):
         progressed = self._progressed.setdefault(tid, asyncio.Event())
         while True:
             waits = [asyncio.ensure_future(progressed.wait()), asyncio.ensure_future(stop.wait())]
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for fut in pending:
-                fut.cancel()
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when this task is cancelled: asyncio.wait leaves its futures be, and
+                # a pending one dropped with its Event is "destroyed but it is pending".
+                for fut in waits:
+                    fut.cancel()
             if stop.is_set():
                 return
             progressed.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import pty
 import re
@@ -338,6 +339,8 @@ def test_the_progress_line_in_a_terminal(
     assert code == 130 and "go on with: p2pw fetch" in text, text
     rid = NOBODY.rsplit("1220", 1)[1]
     assert leech.call("show", rid)["state"] == "paused"
+    leech.stop()
+    assert "Task was destroyed" not in leech.log()  # the task lifecycle is clean
 
 
 def test_the_progress_line_is_quiet_off_a_terminal(daemons: DaemonFactory) -> None:
@@ -406,3 +409,25 @@ def test_json_shapes_and_exit_codes_of_every_verb(
         doc = _json(h, *args, code=2)
         assert doc["exit_code"] == 2 and doc["type"] == "UsageError", (args, doc)
     assert _json(h, "show", "org/nothing", code=16)["type"] == "UnknownReleaseError"
+
+
+def test_failed_pieces_are_summarised_per_torrent(caplog: pytest.LogCaptureFixture) -> None:
+    from p2pweightsd.runner import PieceFailures
+
+    alerts = logging.getLogger("p2pweightsd.engine.alerts")
+    failures = PieceFailures()
+    alerts.addFilter(failures)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for piece in range(20):
+                alerts.warning("torrent %s: piece %d failed the hash check", "ab" * 32, piece)
+            alerts.warning("something else")
+            failures.flush()
+    finally:
+        alerts.removeFilter(failures)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "something else",
+        f"torrent {'ab' * 8}: 20 pieces failed the hash check (0, 1, 2, 3, 4, 5, 6, 7, ...); "
+        "thrown away and fetched again, and a peer that keeps sending bad data is banned",
+    ]
