@@ -115,8 +115,12 @@ class Upkeep(ServiceState):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if row.id in self.engine:
-            with contextlib.suppress(P2PWeightsError, EngineError, sqlite3.Error):
-                self.catalog.save_resume(row.id, await self.engine.save_resume_data(row.id))
+            # Only a torrent with metadata has a state worth saving (and libtorrent may not
+            # answer for one without); the user waits on this, so it is bounded too.
+            if row.has_torrent:
+                with contextlib.suppress(P2PWeightsError, EngineError, sqlite3.Error, TimeoutError):
+                    data = await asyncio.wait_for(self.engine.save_resume_data(row.id), 10)
+                    self.catalog.save_resume(row.id, data)
             await self.engine.remove(row.id)
         self._paused_from.pop(row.id, None)
         self.catalog.set_state(row.id, "paused", USER_PAUSE)
