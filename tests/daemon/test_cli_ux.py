@@ -85,7 +85,12 @@ def test_daemon_stop_is_prompt_with_a_fetch_attached_and_the_fetch_resumes(
     assert res.returncode == 0, res.stderr
     assert time.monotonic() - started < 5, "daemon stop took too long"
     assert json.loads(res.stdout)["stopped"] is True
-    _, err = fg[0].communicate(timeout=30)
+    try:
+        _, err = fg[0].communicate(timeout=30)
+    finally:
+        if fg[0].poll() is None:  # a failed test must not leave it running
+            fg[0].kill()
+            fg[0].communicate()
     assert fg[0].returncode == 15 and "Traceback" not in err
     d.pid = 0
     d.start()
@@ -119,7 +124,12 @@ def test_ctrl_c_pauses_a_foreground_fetch_and_detach_leaves_it_running(
     d = daemons()
     rid, proc = _foreground_fetch(d)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed test must not leave it running
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert f"go on with: p2pw fetch '{NOBODY}'" in err and "Traceback" not in err
     paused = d.call("show", rid)
