@@ -15,6 +15,7 @@ Endpoints (all under ``/v1``)::
     GET    /releases                     list
     GET    /releases/{id}                show
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
+    POST   /releases/{id}/pause          pause a fetch until it is asked for again
     DELETE /releases/{id}?delete_data=1  stop seeding, optionally delete data
     GET    /events                       progress as Server-Sent Events
 
@@ -333,6 +334,11 @@ async def mirror(request: web.Request) -> web.Response:
     return web.json_response(info, status=201)
 
 
+async def pause(request: web.Request) -> web.Response:
+    """POST /v1/releases/{id}/pause: pause a fetch (the user pressed Ctrl-C)."""
+    return web.json_response(await request.app[SERVICE].pause_fetch(request.match_info["id"]))
+
+
 async def order(request: web.Request) -> web.Response:
     """POST /v1/releases/{id}/order: download these chunks first, in this order."""
     f = Fields(await _body(request), {"chunks"})
@@ -425,6 +431,7 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/releases/{id}/wait", wait)
     app.router.add_post("/v1/releases/{id}/order", order)
     app.router.add_post("/v1/releases/{id}/mirror", mirror)
+    app.router.add_post("/v1/releases/{id}/pause", pause)
     app.router.add_post("/v1/releases/{id}/verify", check)
     app.router.add_delete("/v1/releases/{id}", remove)
     app.router.add_get("/v1/events", events)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the daemon's CLI and return its exit code (our errors map to theirs)."""
     try:
         # Without standalone mode, click returns a command's Exit code instead of raising.
-        code = cli.main(args=argv, prog_name="p2pweightsd", standalone_mode=False)
+        # `p2pw daemon run` and `p2pw doctor` exec this module: their help names them.
+        prog = os.environ.get("P2PWEIGHTSD_PROG_NAME") or "p2pweightsd"
+        code = cli.main(args=argv, prog_name=prog, standalone_mode=False)
     except P2PWeightsError as exc:
         click.echo(f"p2pweightsd: error: {exc}", err=True)
         return exc.exit_code

@@ -137,6 +137,12 @@ class FetchFlow(Upkeep):
                 return self.show(rid)
             include = merged
             target = parse_torrent(row.torrent)
+        resume = None
+        if row is not None and row.state == "paused" and rid not in self._paused_from:
+            # Paused by the user: go on from the saved state, with the torrent if known.
+            resume = self.catalog.resume_data(rid)
+            if row.torrent is not None:
+                target = parse_torrent(row.torrent)
         if rid in self.engine:
             await self.engine.remove(rid)
         self.catalog.add_release(
@@ -152,7 +158,8 @@ class FetchFlow(Upkeep):
         self.catalog.set_state(rid, "metadata")
         row = self.catalog.get(rid)
         assert row is not None
-        self._start_fetch(rid, target, row, resume=None)
+        self._start_fetch(rid, target, row, resume=resume)
+        self._notify(rid, "added")  # the progress bar's first stage: waiting for metadata
         return self.show(rid)
 
     def _start_fetch(
@@ -470,9 +477,13 @@ class FetchFlow(Upkeep):
         progressed = self._progressed.setdefault(tid, asyncio.Event())
         while True:
             waits = [asyncio.ensure_future(progressed.wait()), asyncio.ensure_future(stop.wait())]
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for fut in pending:
-                fut.cancel()
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when this task is cancelled: asyncio.wait leaves its futures be, and
+                # a pending one dropped with its Event is "destroyed but it is pending".
+                for fut in waits:
+                    fut.cancel()
             if stop.is_set():
                 return
             progressed.clear()

@@ -29,9 +29,58 @@ from .engine import Engine, EngineSettings
 from .service import Service
 from .store import Store
 
-__all__ = ["engine_settings", "read_or_create_token", "serve"]
+__all__ = ["PieceFailures", "engine_settings", "read_or_create_token", "serve"]
 
 log = logging.getLogger(__name__)
+
+_SHUTDOWN_GRACE = 1.0
+"""Seconds open API requests get to finish when the daemon stops."""
+
+
+_HASH_FAILED = "torrent %s: piece %d failed the hash check"
+_SUMMARY_EVERY = 30.0
+
+
+class PieceFailures(logging.Filter):
+    """Holds back the engine's line per failed piece; :meth:`flush` logs one per torrent.
+
+    A lying or broken peer can fail thousands of pieces: one line each buries the log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: dict[str, list[int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Count a failed piece instead of logging it; pass every other record."""
+        args = record.args
+        if record.msg == _HASH_FAILED and isinstance(args, tuple) and len(args) == 2:
+            piece = args[1]
+            self.pieces.setdefault(str(args[0]), []).append(piece if isinstance(piece, int) else -1)
+            return False
+        return True
+
+    def flush(self) -> None:
+        """Log what failed since the last flush, one line per torrent."""
+        for tid, pieces in sorted(self.pieces.items()):
+            shown = ", ".join(map(str, sorted(pieces)[:8])) + (", ..." if len(pieces) > 8 else "")
+            log.warning(
+                "torrent %s: %d pieces failed the hash check (%s); thrown away and fetched "
+                "again, and a peer that keeps sending bad data is banned",
+                tid[:16],
+                len(pieces),
+                shown,
+            )
+        self.pieces.clear()
+
+    async def run(self) -> None:
+        """Flush every ``_SUMMARY_EVERY`` seconds, and once more when cancelled."""
+        try:
+            while True:
+                await asyncio.sleep(_SUMMARY_EVERY)
+                self.flush()
+        finally:
+            self.flush()
 
 
 def engine_settings(config: DaemonConfig) -> EngineSettings:
@@ -111,10 +160,20 @@ async def serve(config: DaemonConfig, *, ready_fd: int | None = None) -> None:
     engine = await Engine.start(engine_settings(config))
     service = Service(config, engine, catalog, store)
     runner: web.AppRunner | None = None
+    failures = PieceFailures()
+    alerts_log = logging.getLogger(f"{__package__}.engine.alerts")
+    alerts_log.addFilter(failures)
+    summaries = asyncio.create_task(failures.run(), name="p2pw-piece-failures")
     try:
         await service.start(unclean=unclean)
         token = read_or_create_token(config.token_path) if config.tcp_port else None
-        runner = web.AppRunner(make_app(service, token=token), handle_signals=False)
+        # Long polls and event streams never end by themselves: a stop gives them a moment,
+        # then cancels them, so `p2pw daemon stop` returns within seconds (aiohttp: 60 s).
+        runner = web.AppRunner(
+            make_app(service, token=token),
+            handle_signals=False,
+            shutdown_timeout=_SHUTDOWN_GRACE,
+        )
         await runner.setup()
         config.socket_path.unlink(missing_ok=True)
         old = os.umask(0o177)  # the socket is born 0600: no window with wider rights
@@ -144,6 +203,10 @@ async def serve(config: DaemonConfig, *, ready_fd: int | None = None) -> None:
         if runner is not None:
             await runner.cleanup()
         await service.close()
+        summaries.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await summaries
+        alerts_log.removeFilter(failures)
         catalog.close()
         config.socket_path.unlink(missing_ok=True)
         dirty.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from .admission import store_layout
 from .catalog import ReleaseRow
 from .engine import EventStream, MagnetLink, TorrentFile, make_torrent, parse_magnet, parse_torrent
 from .fetch_flow import FetchFlow
-from .service_state import DONE, WAIT_ENDS, event_fields
+from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields, peer_address
 
 __all__ = ["NotFoundError", "Service"]
 
@@ -89,6 +89,8 @@ class Service(FetchFlow):
     async def _restore(self, row: ReleaseRow) -> None:
         if row.state in ("error", "damaged"):  # a damaged release waits for a re-fetch
             return
+        if row.state == "paused" and row.error == USER_PAUSE:
+            return  # it waits for the user to ask again
         resume = self.catalog.resume_data(row.id)
         if row.torrent is None:  # still waiting for metadata: start over from the link
             target: TorrentFile | MagnetLink = parse_magnet(row.source)
@@ -249,6 +251,7 @@ class Service(FetchFlow):
             "home": str(self.config.home),
             "profile": self.config.profile,
             "listen_port": self.engine.listen_port,
+            "peer_address": peer_address(self.config.listen, self.engine.listen_port),
             "uptime": round(time.time() - self.started, 1),
             "releases": self.catalog.count(),
             "active_fetches": len(self._tasks),
@@ -276,7 +279,7 @@ class Service(FetchFlow):
         return info
 
     async def remove(self, rid: str, *, delete_data: bool) -> dict[str, Any]:
-        """Stop a release (cancel its fetch, stop seeding), optionally deleting its data."""
+        """Forget a release (cancel its fetch, stop seeding), optionally deleting its chunks."""
         row = self._row(rid)
         task = self._tasks.pop(row.id, None)
         if task is not None:
@@ -287,8 +290,9 @@ class Service(FetchFlow):
             await self.engine.remove(row.id)
         self.web.forget(row.id)
         orphans = self.catalog.remove(row.id, forget_chunks=delete_data)
-        if delete_data:
-            self.store.remove_release(row.id, orphans)
+        # Its dir (metadata and a link) and partial files go either way: left behind, the
+        # doctor would offer to re-add a release the user removed. Chunks stay unless asked.
+        self.store.remove_release(row.id, orphans if delete_data else [])
         self._notify(row.id, "removed")
         return {"id": row.id, "removed": True, "deleted_chunks": len(orphans) if delete_data else 0}
 

@@ -17,10 +17,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from p2pweights.errors import UnknownReleaseError
+from p2pweights.errors import ConfigError, UnknownReleaseError
 
 from .catalog import Catalog, ReleaseRow, ReleaseState
-from .config import DaemonConfig
+from .config import DaemonConfig, lan_address
 from .download import Download
 from .engine import Engine, EngineError, EngineEvent, TorrentStatus, parse_torrent
 from .store import TORRENT_NAME, Store
@@ -30,9 +30,11 @@ __all__ = [
     "DONE",
     "HEX64",
     "TERMINAL",
+    "USER_PAUSE",
     "WAIT_ENDS",
     "ServiceState",
     "event_fields",
+    "peer_address",
     "status_fields",
 ]
 
@@ -42,6 +44,8 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 DONE = ("seeding", "complete")
 """Every wanted chunk is in: seeding, or stopped after its seeding limits."""
 TERMINAL = (*DONE, "error")
+USER_PAUSE = "paused by the user; `p2pw fetch` of the same release goes on"
+"""The ``error`` of a fetch the user paused (Ctrl-C): it waits for them, even over restarts."""
 WAIT_ENDS = (*TERMINAL, "paused")
 """A wait also returns for a release a full disk paused: the caller should hear of it."""
 
@@ -187,6 +191,17 @@ class ServiceState:
             self._background.remove(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("setting priorities failed: %s", task.exception())
+
+
+def peer_address(listen: str, port: int) -> str:
+    """``IP:PORT`` that peers dial (``--peer``): the first listen address, or the LAN one."""
+    host = listen.split(",", maxsplit=1)[0].strip().rsplit(":", 1)[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - read, not bound
+        try:
+            host = lan_address()
+        except ConfigError:
+            host = "127.0.0.1"  # no LAN address: only this host can reach it
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def event_fields(event: EngineEvent) -> dict[str, Any]:

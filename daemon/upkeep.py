@@ -16,7 +16,7 @@ from p2pweights.release import open_self_signed
 
 from .admission import CHUNK_NAME, parse_peer, store_layout
 from .engine import EngineError, TorrentFile, parse_torrent
-from .service_state import DONE, TERMINAL, ServiceState
+from .service_state import DONE, TERMINAL, USER_PAUSE, ServiceState
 from .store import FileStamp
 
 __all__ = ["Upkeep"]
@@ -179,6 +179,35 @@ class Upkeep(ServiceState):
                 if row.state in (*DONE, "damaged"):
                     with contextlib.suppress(P2PWeightsError, sqlite3.Error, OSError):
                         await self._check_store_files(row.id)
+
+    # ------------------------------------------------------------------ pauses
+
+    async def pause_fetch(self, rid: str) -> dict[str, Any]:
+        """Pause a fetch the user stopped (``POST /v1/releases/{id}/pause``).
+
+        Its resume data is saved and it leaves the engine; it stays paused over restarts
+        until a fetch of the same release asks for it again.
+        """
+        row = self._row(rid)
+        if row.state in (*DONE, "error", "damaged"):
+            return self.show(row.id)  # nothing is being fetched
+        task = self._tasks.pop(row.id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if row.id in self.engine:
+            # Only a torrent with metadata has a state worth saving (and libtorrent may not
+            # answer for one without); the user waits on this, so it is bounded too.
+            if row.has_torrent:
+                with contextlib.suppress(P2PWeightsError, EngineError, sqlite3.Error, TimeoutError):
+                    data = await asyncio.wait_for(self.engine.save_resume_data(row.id), 10)
+                    self.catalog.save_resume(row.id, data)
+            await self.engine.remove(row.id)
+        self._paused_from.pop(row.id, None)
+        self.catalog.set_state(row.id, "paused", USER_PAUSE)
+        self._notify(row.id, "paused", message=USER_PAUSE)
+        return self.show(row.id)
 
     # ------------------------------------------------------------------ a full disk
 

@@ -25,27 +25,38 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from . import errors
-from .errors import ApiError, DaemonError, DaemonUnavailableError, P2PWeightsError
+from .errors import ApiError, ConfigError, DaemonError, DaemonUnavailableError, P2PWeightsError
 
 if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "DaemonClient",
+    "check_data_dir",
     "daemon_log_path",
     "ensure_daemon",
     "ensure_daemon_sync",
     "error_named",
     "fetch_body",
     "running_daemon_pid",
+    "save_start_args",
+    "saved_start_args",
     "socket_path",
     "start_daemon",
 ]
 
 _START_TIMEOUT = 60.0
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds ``load``, ``fetch`` and ``stream`` wait for a remote release by default.
+
+Finite, so an unreachable release fails with ``FetchTimeoutError`` rather than hanging;
+the daemon's fetch goes on, and a later call picks up where it is.
+"""
 
 
 def socket_path(home: Path) -> Path:
@@ -56,6 +67,50 @@ def socket_path(home: Path) -> Path:
 def daemon_log_path(home: Path) -> Path:
     """Where a background daemon writes its log."""
     return home / "daemon.log"
+
+
+_MAX_SOCKET_PATH = 107
+"""Bytes a Unix socket's path may have on Linux (``sun_path`` is 108, with its NUL)."""
+
+
+def check_data_dir(home: Path) -> None:
+    """Refuse, in one line, a data dir no daemon can run in.
+
+    Raises:
+        ConfigError: ``home`` is a file, or too long a path for the daemon's socket.
+    """
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"data dir {home} is not a directory")
+    size = len(os.fsencode(socket_path(home)))
+    if size > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"data dir {str(home)[:60]}... is too long a path for the daemon's socket "
+            f"({size} bytes, at most {_MAX_SOCKET_PATH}); use a shorter --home or $P2PW_HOME"
+        )
+
+
+def _start_args_path(home: Path) -> Path:
+    return home / "daemon-start.json"
+
+
+def saved_start_args(home: Path) -> list[str]:
+    """The flags of the last explicit ``p2pw daemon start`` on ``home`` (an auto-start's)."""
+    try:
+        doc = json.loads(_start_args_path(home).read_text("utf-8"))
+    except (OSError, ValueError):
+        return []  # none saved (or unreadable): the daemon's config file and defaults
+    args = doc.get("args") if isinstance(doc, dict) else None
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return []
+    return list(args)
+
+
+def save_start_args(home: Path, args: Sequence[str]) -> None:
+    """Remember the flags of an explicit start, so that auto-starts use the same settings."""
+    path = _start_args_path(home)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"args": list(args)}, indent=2) + "\n", "utf-8")
+    os.replace(tmp, path)
 
 
 def error_named(kind: str, message: str) -> P2PWeightsError | None:
@@ -232,7 +287,9 @@ class DaemonClient:
 
     def _unavailable(self) -> DaemonUnavailableError:
         where = f"127.0.0.1:{self.tcp_port}" if self.tcp_port else socket_path(self.home)
-        return DaemonUnavailableError(f"no daemon answers at {where}")
+        return DaemonUnavailableError(
+            f"no daemon answers at {where}; start one with `p2pw daemon start`"
+        )
 
     def _late(self, method: str, path: str, timeout: float | None) -> DaemonError:
         return DaemonError(
@@ -310,7 +367,8 @@ class DaemonClient:
 
     async def order(self, rid: str, chunks: Sequence[str]) -> dict[str, Any]:
         """Have a fetch download these chunk paths first, in this order."""
-        return await self.request("POST", f"/releases/{rid}/order", body={"chunks": list(chunks)})
+        path = f"/releases/{quote(rid, safe='')}/order"
+        return await self.request("POST", path, body={"chunks": list(chunks)})
 
     async def releases(self) -> list[dict[str, Any]]:
         """All releases."""
@@ -319,7 +377,7 @@ class DaemonClient:
 
     async def show(self, rid: str) -> dict[str, Any]:
         """One release."""
-        return await self.request("GET", f"/releases/{rid}")
+        return await self.request("GET", f"/releases/{quote(rid, safe='')}")
 
     async def check(self, rid: str, *, full: bool = False) -> dict[str, Any]:
         """Have the daemon check a complete release's store files now.
@@ -328,18 +386,23 @@ class DaemonClient:
             CorruptChunkError: a file changed; the release is ``damaged``, not seeded.
         """
         params = {"full": "1"} if full else None
-        return await self.request("POST", f"/releases/{rid}/verify", params=params)
+        return await self.request("POST", f"/releases/{quote(rid, safe='')}/verify", params=params)
 
     async def wait(self, rid: str, timeout: float) -> dict[str, Any]:
         """Until the release is complete or failed (``timed_out`` says which)."""
         return await self.request(
-            "GET", f"/releases/{rid}/wait", params={"timeout": str(timeout)}, timeout=timeout + 30
+            "GET",
+            f"/releases/{quote(rid, safe='')}/wait",
+            params={"timeout": str(timeout)},
+            timeout=timeout + 30,
         )
 
     async def remove(self, rid: str, *, delete_data: bool = False) -> dict[str, Any]:
         """Stop a release, optionally deleting its data."""
         return await self.request(
-            "DELETE", f"/releases/{rid}", params={"delete_data": "1" if delete_data else "0"}
+            "DELETE",
+            f"/releases/{quote(rid, safe='')}",
+            params={"delete_data": "1" if delete_data else "0"},
         )
 
     async def events(self) -> AsyncGenerator[dict[str, Any]]:
@@ -386,11 +449,14 @@ def fetch_body(
 async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
     """A client whose daemon answers, starting one in the background if needed.
 
+    An auto-started daemon takes the flags of the last ``p2pw daemon start`` on ``home``.
+
     Raises:
         DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
     """
     import asyncio  # noqa: PLC0415 - the sync twin below needs no event loop
 
+    check_data_dir(home)
     client = DaemonClient(home)
     try:
         await client.status()
@@ -400,7 +466,7 @@ async def ensure_daemon(home: Path, *, autostart: bool = True) -> DaemonClient:
         # Another process may have started one first (ours then exits because the data
         # dir is locked): use whichever answers, else report that none does.
         with contextlib.suppress(DaemonUnavailableError):
-            await asyncio.to_thread(start_daemon, home)
+            await asyncio.to_thread(start_daemon, home, extra_args=saved_start_args(home))
         await client.status()
     return client
 
@@ -411,6 +477,7 @@ def ensure_daemon_sync(home: Path, *, autostart: bool = True) -> DaemonClient:
     Raises:
         DaemonUnavailableError: none answers and ``autostart`` is off, or it failed to start.
     """
+    check_data_dir(home)
     client = DaemonClient(home)
     try:
         client.request_sync("GET", "/status")
@@ -418,7 +485,7 @@ def ensure_daemon_sync(home: Path, *, autostart: bool = True) -> DaemonClient:
         if not autostart:
             raise
         with contextlib.suppress(DaemonUnavailableError):
-            start_daemon(home)
+            start_daemon(home, extra_args=saved_start_args(home))
         client.request_sync("GET", "/status")
     return client
 
@@ -457,8 +524,10 @@ def start_daemon(
         The daemon's pid.
 
     Raises:
+        ConfigError: ``home`` cannot hold a daemon (see :func:`check_data_dir`).
         DaemonUnavailableError: it exited or did not become ready in time (see its log).
     """
+    check_data_dir(home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = daemon_log_path(home)
     read_fd, write_fd = os.pipe()

@@ -25,6 +25,7 @@
     ├── UnknownReleaseError (LookupError)   no release with that id is known to the daemon
     ├── SwarmError                          the swarm could not deliver: torrent errors, no peers
     │   ├── ReleaseMismatchError            the torrent's files differ from the signed manifest
+    │   ├── FetchTimeoutError (TimeoutError)  not complete within the caller's timeout
     │   └── DiskFullError                   the store's disk is full; the fetch is paused, not lost
     └── DaemonError                         talking to the daemon failed
         ├── DaemonUnavailableError (ConnectionError)  no daemon answers, and none could start
@@ -45,6 +46,7 @@ __all__ = [
     "DaemonUnavailableError",
     "DiskFullError",
     "ExportError",
+    "FetchTimeoutError",
     "FormatError",
     "KeyFileError",
     "LoadError",
@@ -204,6 +206,10 @@ class ReleaseMismatchError(SwarmError):
     """The torrent's file list differs from the signed manifest's chunk list."""
 
     exit_code = 3
+
+
+class FetchTimeoutError(SwarmError, TimeoutError):
+    """A fetch, load or stream was not complete within its ``timeout``; the fetch goes on."""
 
 
 class DiskFullError(SwarmError):

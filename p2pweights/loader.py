@@ -27,8 +27,8 @@ from ._torch_dtypes import TORCH_DTYPES
 from .errors import LoadError
 from .manifest import TensorEntry
 from .release import Release, open_release, resolve_source
+from .remote import DEFAULT_TIMEOUT, is_remote
 from .remote import fetch as remote_fetch
-from .remote import is_remote
 from .trust import TrustStore, trust_for
 from .verify import VerifyMode, check_mode, verify_chunks
 
@@ -229,6 +229,7 @@ def open(
     trust: TrustStore | None = None,
     home: Path | str | None = None,
     peers: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> ReleaseReader:
     """Open a release lazily; the manifest is authenticated now, chunks on first use.
 
@@ -240,12 +241,13 @@ def open(
         trust: the keys to believe; defaults to the data dir's trust store.
         home: the data dir, when ``trust`` is not given.
         peers: ``IP:PORT`` peers to fetch a remote source from.
+        timeout: seconds to wait for a remote source (then ``FetchTimeoutError``).
 
     Raises:
         LoadError, ManifestError, UntrustedKeyError, SignatureError: see :func:`load`.
 
     """
-    root = _local_root(source, home=home, include=None, peers=peers)
+    root = _local_root(source, home=home, include=None, peers=peers, timeout=timeout)
     release = open_release(root, trust_for(trust, home))
     return ReleaseReader(release, verify=verify, device=device)
 
@@ -256,10 +258,13 @@ def _local_root(
     home: Path | str | None,
     include: list[str] | None,
     peers: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
     """A local release dir for ``source``, fetched through the daemon when it is remote."""
     if is_remote(source):
-        return remote_fetch(str(source), home=home, include=include or (), peers=peers)
+        return remote_fetch(
+            str(source), home=home, include=include or (), peers=peers, timeout=timeout
+        )
     return resolve_source(source)
 
 
@@ -272,6 +277,7 @@ def load(
     trust: TrustStore | None = None,
     home: Path | str | None = None,
     peers: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, torch.Tensor]:
     """Load a verified state dict.
 
@@ -285,6 +291,7 @@ def load(
         trust: the keys to believe; defaults to the data dir's trust store.
         home: the data dir, when ``trust`` is not given.
         peers: ``IP:PORT`` peers to fetch a remote source from.
+        timeout: seconds to wait for a remote source to arrive.
 
     Returns:
         Tensor name to tensor, in name order.
@@ -294,10 +301,11 @@ def load(
         ManifestError, UnsafePathError: malformed manifest.
         UntrustedKeyError, SignatureError, ReleaseExpiredError: not authentic.
         MissingChunkError, CorruptChunkError: chunks that fail verification.
+        FetchTimeoutError: a remote source was not complete within ``timeout``.
 
     """
     patterns = _patterns(include)
-    root = _local_root(source, home=home, include=patterns, peers=peers)
+    root = _local_root(source, home=home, include=patterns, peers=peers, timeout=timeout)
     with open(root, verify=verify, device=device, trust=trust, home=home) as reader:
         return reader.tensors(_select(reader.keys(), patterns))
 

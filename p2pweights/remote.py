@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ._canonical import loads_strict
-from .client import ensure_daemon, error_named
+from .client import DEFAULT_TIMEOUT, ensure_daemon, error_named
 from .errors import (
+    FetchTimeoutError,
     LoadError,
     ManifestError,
     ReleaseMismatchError,
@@ -29,6 +30,7 @@ from .release import EXPORT_POINTER, Release, open_release
 from .trust import trust_for
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "Revision",
     "check_revision",
     "ensure_daemon",
@@ -124,10 +126,11 @@ async def fetch_async(
     peers: Sequence[str] = (),
     trackers: Sequence[str] = (),
     trust_on_first_use: bool = False,
-    timeout: float = 3600.0,
+    timeout: float = DEFAULT_TIMEOUT,
     web_seeds: Sequence[str] = (),
     revision: str | int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_started: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fetch through the daemon and wait; returns the daemon's record of the release.
 
@@ -135,12 +138,14 @@ async def fetch_async(
     authenticated manifest, read locally with this data dir's trust store. A magnet or
     info-hash already pins the exact content; the revision makes that pin explicit and
     readable. A release that does not match stays in the daemon (verified, seeding) but is
-    not returned.
+    not returned. ``on_event`` sees the release's daemon events; ``on_started`` the
+    daemon's first answer (its id), before the wait.
 
     Raises:
         LoadError: a malformed ``revision`` (before anything is fetched).
         ReleaseMismatchError: the fetched release is not the pinned revision.
-        SwarmError: not complete within ``timeout``, or the swarm failed.
+        FetchTimeoutError: not complete within ``timeout`` (the daemon's fetch goes on).
+        SwarmError: the swarm failed.
         TrustError, FormatError, ...: the release was refused (the daemon's reason).
     """
     pin = parse_revision(revision) if revision is not None else None
@@ -154,6 +159,8 @@ async def fetch_async(
         web_seeds=web_seeds,
     )
     rid = str(started["id"])
+    if on_started is not None:
+        on_started(started)
     watcher: asyncio.Task[None] | None = None
     if on_event is not None:
         callback = on_event
@@ -178,8 +185,9 @@ async def fetch_async(
     if info["state"] in ("error", "paused"):  # paused: the store's disk is full
         raise_release_error(info)
     if info.get("timed_out"):
-        raise SwarmError(
-            f"release {rid[:12]} not complete after {timeout:.0f}s (state {info['state']})"
+        raise FetchTimeoutError(
+            f"release {rid[:12]} not complete after {timeout:.0f}s (state {info['state']}); "
+            "the daemon goes on fetching it: wait longer with a larger timeout"
         )
     if pin is not None:
         release = await asyncio.to_thread(_open_fetched, Path(info["path"]), home)
@@ -235,7 +243,7 @@ def fetch(
     home: Path | str | None = None,
     peers: Sequence[str] = (),
     trust_on_first_use: bool = False,
-    timeout: float = 3600.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
     """Fetch a release through the daemon (started on demand), like ``snapshot_download``.
 
@@ -249,7 +257,8 @@ def fetch(
         home: the data dir (default ``$P2PW_HOME``, else the platform's).
         peers: ``IP:PORT`` peers to dial.
         trust_on_first_use: trust the publisher key if it is not trusted yet.
-        timeout: seconds to wait for the fetch to complete.
+        timeout: seconds to wait for the fetch to complete (then
+            :class:`~p2pweights.errors.FetchTimeoutError`; the daemon goes on fetching).
 
     Returns:
         ``local_dir`` when given, else the verified release dir in the daemon's store

@@ -31,11 +31,11 @@ from typing import Any, NamedTuple
 import torch
 
 from .chunking import chunk_order, layer_order
-from .errors import LoadError, P2PWeightsError, SwarmError
+from .errors import FetchTimeoutError, LoadError, P2PWeightsError, SwarmError
 from .loader import ReleaseReader, Source, _patterns, _select
 from .paths import data_dir
 from .release import open_release, resolve_source
-from .remote import ensure_daemon, is_remote, raise_release_error
+from .remote import DEFAULT_TIMEOUT, ensure_daemon, is_remote, raise_release_error
 from .trust import TrustStore, trust_for
 from .verify import VerifyMode, check_mode
 
@@ -270,7 +270,7 @@ class TensorStream:
         try:
             msg = self._feed.messages.get(timeout=max(left, 0.0))
         except queue.Empty:
-            raise SwarmError(
+            raise FetchTimeoutError(
                 f"stream of {str(self._source)[:80]} not complete after {self._timeout:.0f}s"
             ) from None
         if msg.kind == "error":
@@ -347,7 +347,7 @@ def stream(
     home: Path | str | None = None,
     peers: Sequence[str] = (),
     trust_on_first_use: bool = False,
-    timeout: float = 3600.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> TensorStream:
     """Yield ``(name, tensor)`` as each tensor's chunk is complete and verified.
 
@@ -365,7 +365,7 @@ def stream(
         home: the data dir.
         peers: ``IP:PORT`` peers to fetch a remote source from.
         trust_on_first_use: let the daemon trust an unknown publisher (explicit opt-in).
-        timeout: seconds for the whole stream.
+        timeout: seconds for the whole stream (then ``FetchTimeoutError``).
 
     Returns:
         A :class:`TensorStream`; iterate it, or use it as a context manager.
@@ -398,7 +398,7 @@ def load_into_streaming(
     trust: TrustStore | None = None,
     home: Path | str | None = None,
     peers: Sequence[str] = (),
-    timeout: float = 3600.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> IncompatibleKeys:
     """Fill ``module``'s parameters and buffers tensor by tensor as chunks land.
 

@@ -21,16 +21,17 @@ from pathlib import Path
 from ._atomic import atomic_write_bytes
 from ._canonical import dumps, loads_strict
 from .errors import (
+    FormatError,
     KeyFileError,
     ManifestError,
     OutOfScopeError,
     TrustStoreError,
     UntrustedKeyError,
 )
-from .keys import PublicKey
+from .keys import PublicKey, load_private_key
 from .paths import data_dir, trust_path
 
-__all__ = ["TrustEntry", "TrustStore"]
+__all__ = ["TrustEntry", "TrustStore", "own_keys", "trust_for"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SCOPE_RE = re.compile(r"[A-Za-z0-9._*?\[\]!/-]{1,201}")
@@ -224,5 +225,35 @@ def _check_name(name: object) -> str:
 
 
 def trust_for(trust: TrustStore | None, home: Path | str | None) -> TrustStore:
-    """``trust`` if given, else the trust store of the data dir ``home`` (or the default)."""
-    return trust if trust is not None else TrustStore.load(trust_path(data_dir(home)))
+    """``trust`` if given, else the data dir's trust store plus the user's own keys.
+
+    The user's own keys (:func:`own_keys`) let a publisher verify and load what they just
+    packed. The result is in memory: adding to it never writes them into ``trust.json``.
+    """
+    if trust is not None:
+        return trust
+    home_dir = data_dir(home)
+    store = TrustStore.load(trust_path(home_dir))
+    own = [e for e in own_keys(home_dir) if store.entry_of(e.key) is None]
+    return TrustStore([*store.entries, *own]) if own else store
+
+
+def own_keys(home: Path) -> list[TrustEntry]:
+    """The public keys of the signing keys in ``home/keys``, named after their files.
+
+    A key whose PEM is encrypted counts once its public key sits beside it in
+    ``NAME.pub`` (``ed25519:...``); files that are not keys are skipped.
+    """
+    keys_dir = home / "keys"
+    found: list[TrustEntry] = []
+    for pem in sorted(keys_dir.glob("*.pem")) if keys_dir.is_dir() else []:
+        pub = pem.with_suffix(".pub")
+        try:
+            if pub.is_file():
+                key = PublicKey.parse(pub.read_text("ascii").strip())
+            else:
+                key = load_private_key(pem).public
+        except (KeyFileError, FormatError, OSError, UnicodeDecodeError, ValueError):
+            continue  # encrypted without a .pub, or not a key at all
+        found.append(TrustEntry(f"your own key {pem}", key))
+    return found

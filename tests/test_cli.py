@@ -51,10 +51,15 @@ def published(
 
 
 def test_trust_flow_and_verify(
-    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str], tmp_path: Path
 ) -> None:
     release, pub = published
-    code, _, err = run(capsys, "verify", str(release))
+    # The publisher checks their own work: a key in the data dir is their own.
+    own = run_json(capsys, "verify", str(release))
+    assert own["publisher_name"].startswith("your own key ") and own["ok"] is True
+    assert run_json(capsys, "load", str(release))["tensors"] > 0
+    other = run_json(capsys, "key", "generate", "--out", str(tmp_path / "other.pem"))
+    code, _, err = run(capsys, "verify", str(release), "--key", str(other["public_key"]))
     assert code == 4 and "not in the trust store" in err and len(err.strip().splitlines()) == 1
     assert run_json(capsys, "verify", str(release), "--key", pub)["ok"] is True
     run_json(capsys, "trust", "add", pub, "--name", "org")
@@ -64,7 +69,7 @@ def test_trust_flow_and_verify(
     ]
     ok = run_json(capsys, "verify", str(release), "--full")
     assert ok["publisher_name"] == "org" and ok["mode"] == "full"
-    assert run_json(capsys, "trust", "remove", "org")["removed"] == "org"
+    assert run_json(capsys, "trust", "remove", "org")["removed"] is True
     assert run(capsys, "trust", "remove", "org")[0] == 10
 
 
@@ -113,13 +118,14 @@ def test_exit_codes_per_failure_class(
 
 
 def test_debug_shows_the_traceback(
-    capsys: pytest.CaptureFixture[str], published: tuple[Path, str]
+    capsys: pytest.CaptureFixture[str], published: tuple[Path, str], tmp_path: Path
 ) -> None:
     release, _ = published
     from p2pweights import UntrustedKeyError
 
+    other = run_json(capsys, "key", "generate", "--out", str(tmp_path / "other.pem"))
     with pytest.raises(UntrustedKeyError):
-        main(["--debug", "verify", str(release)])
+        main(["--debug", "verify", str(release), "--key", str(other["public_key"])])
 
 
 def test_export_both_ways(
@@ -132,7 +138,8 @@ def test_export_both_ways(
     )
     exact = run_json(capsys, "export", str(release), str(tmp_path / "b"), "--exact", "--key", pub)
     assert "model.safetensors" in exact["files"] and "config.json" in exact["files"]
-    assert run(capsys, "export", str(release), str(tmp_path / "b"), "--key", pub)[0] == 11
+    # An existing OUT is a usage error (exit 2), as for pack.
+    assert run(capsys, "export", str(release), str(tmp_path / "b"), "--key", pub)[0] == 2
 
 
 def test_key_passphrase_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

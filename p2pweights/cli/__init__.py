@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="p2pw", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="p2pw", standalone_mode=False)
+        if isinstance(code, int):  # a command's click.exceptions.Exit, returned by click
+            return code
     except P2PWeightsError as exc:
         if debug:
             raise
@@ -36,10 +38,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         click.echo(f"p2pw: error: {exc}", err=True)
         return exc.exit_code
+    except OSError as exc:  # not ours, but still one line: a file where a dir should be...
+        if debug:
+            raise
+        click.echo(f"p2pw: error: {exc}", err=True)
+        return 1
     except click.exceptions.Abort:
         click.echo("p2pw: aborted", err=True)
         return 130
     except click.ClickException as exc:
+        if "--json" in (argv if argv is not None else sys.argv[1:]):
+            kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__
+            doc = {"error": exc.format_message(), "type": kind, "exit_code": exc.exit_code}
+            click.echo(json.dumps(doc))
         exc.show()
         return exc.exit_code
     except click.exceptions.Exit as exc:

@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..client import DaemonClient, ensure_daemon_sync
-from ..errors import KeyFileError
+from ..errors import ConfigError, DaemonUnavailableError, KeyFileError
 from ..paths import data_dir, trust_path
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = [
     "pass_ctx",
     "passphrase_from",
     "progress_bar",
+    "require_data_dir",
     "run",
 ]
 
@@ -69,10 +70,30 @@ def json_option(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_TIME_KEYS = frozenset({"added", "completed", "time"})
+"""Fields that hold a point in time: ISO 8601 (UTC) in ``--json`` output."""
+
+
+def _iso_times(value: Any) -> Any:
+    """``value`` with the epoch seconds of every time field as ISO 8601 text."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - only for --json
+
+    if isinstance(value, list):
+        return [_iso_times(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: datetime.fromtimestamp(v, UTC).isoformat(timespec="seconds")
+        if k in _TIME_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+        else _iso_times(v)
+        for k, v in value.items()
+    }
+
+
 def emit(ctx: Ctx, data: dict[str, Any], lines: list[str]) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human ``lines``."""
+    """Print ``data`` as JSON with ``--json`` (times in ISO 8601), else the human ``lines``."""
     if ctx.json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        click.echo(json.dumps(_iso_times(data), indent=2, sort_keys=True))
     else:
         for line in lines:
             click.echo(line)
@@ -144,6 +165,29 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def client_for(ctx: Ctx, *, autostart: bool = True) -> DaemonClient:
-    """A client whose daemon answers, started on demand."""
+def client_for(ctx: Ctx, *, autostart: bool = True, read_only: bool = False) -> DaemonClient:
+    """A client whose daemon answers, started on demand.
+
+    A ``read_only`` verb (``ls``, ``show``) never creates a data dir: a typo'd ``--home``
+    must not leave a new dir and a daemon behind.
+
+    Raises:
+        DaemonUnavailableError: none answers and none may (or could) start.
+    """
+    if read_only:
+        require_data_dir(ctx)
     return ensure_daemon_sync(ctx.home, autostart=autostart)
+
+
+def require_data_dir(ctx: Ctx) -> None:
+    """Refuse, in one line, a verb that would otherwise create a data dir that is not there.
+
+    Raises:
+        DaemonUnavailableError: there is no such data dir.
+    """
+    if ctx.home.exists() and not ctx.home.is_dir():
+        raise ConfigError(f"data dir {ctx.home} is not a directory")
+    if not ctx.home.is_dir():
+        raise DaemonUnavailableError(
+            f"no daemon at {ctx.home} (no such data dir); start one with `p2pw daemon start`"
+        )

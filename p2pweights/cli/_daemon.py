@@ -9,13 +9,38 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
-from ..client import DaemonClient, daemon_log_path, fetch_body, running_daemon_pid, start_daemon
-from ..errors import DaemonError, DaemonUnavailableError, LoadError
+from ..client import (
+    DEFAULT_TIMEOUT,
+    DaemonClient,
+    check_data_dir,
+    daemon_log_path,
+    fetch_body,
+    running_daemon_pid,
+    save_start_args,
+    saved_start_args,
+    start_daemon,
+)
+from ..errors import ConfigError, DaemonError, DaemonUnavailableError, LoadError
 from ..paths import default_key_path
-from ._base import Ctx, cli, client_for, emit, json_option, load_key, pass_ctx, progress_bar, run
+from ._base import (
+    Ctx,
+    cli,
+    client_for,
+    emit,
+    json_option,
+    load_key,
+    pass_ctx,
+    progress_bar,
+    require_data_dir,
+    run,
+)
+from ._fetch import foreground_fetch, release_name, summary
+from ._names import check_uri, release_info, release_path
+from ._names import release_id as resolve_id
 
 __all__: list[str] = []
 
@@ -37,7 +62,8 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
     # The daemon's flags are defined once, in p2pweightsd.cli; the daemon is a process of
     # its own that this CLI starts, never a module it imports.
     argv = [sys.executable, "-m", "p2pweightsd", "run", "--home", str(ctx.home), *args]
-    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    env = {**os.environ, "P2PWEIGHTSD_PROG_NAME": "p2pw daemon"}  # its help: `p2pw daemon run`
+    os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and module
 
 
 @daemon.command("start", context_settings={"ignore_unknown_options": True})
@@ -45,33 +71,53 @@ def daemonrun(ctx: Ctx, args: tuple[str, ...]) -> None:
 @json_option
 @pass_ctx
 def daemon_start(ctx: Ctx, args: tuple[str, ...]) -> None:
-    """Start the daemon in the background. It takes the flags of `p2pw daemon run`."""
+    """Start the daemon in the background. It takes the flags of `p2pw daemon run`.
+
+    The flags are saved in the data dir: a daemon started on demand later (by ls, fetch,
+    load or the Python API) uses the same ones.
+    """
+    check_data_dir(ctx.home)
     client = DaemonClient(ctx.home)
     try:
         info: dict[str, Any] | None = client.request_sync("GET", "/status")
     except DaemonUnavailableError:
         info = None
     if info is not None:
+        if args and list(args) != saved_start_args(ctx.home):
+            raise ConfigError(
+                f"a daemon already runs on {ctx.home} with other settings; "
+                "`p2pw daemon stop` first to start it with these flags"
+            )
         emit(ctx, {"started": False, **info}, [f"daemon already running (pid {info['pid']})"])
         return
     pid = start_daemon(ctx.home, extra_args=args)
+    save_start_args(ctx.home, args)  # an auto-start (ls, fetch, load) uses the same flags
     info = client.request_sync("GET", "/status")
     emit(
         ctx,
         {"started": True, **info},
         [
-            f"daemon started (pid {pid}), peer port {info['listen_port']}, log "
+            f"daemon started (pid {pid}), peers dial {info.get('peer_address')}, log "
             f"{daemon_log_path(ctx.home)}"
         ],
     )
 
 
 @daemon.command("stop")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the daemon to exit.",
+)
 @json_option
 @pass_ctx
 def daemon_stop(ctx: Ctx, timeout: float) -> None:
-    """Stop the daemon cleanly (SIGTERM; it saves resume data first)."""
+    """Stop the daemon cleanly (SIGTERM; it saves resume data first).
+
+    Attached clients are cut off; fetches go on at the next start.
+    """
     pid = running_daemon_pid(ctx.home)
     if pid is None:
         emit(ctx, {"stopped": False, "running": False}, ["daemon is not running"])
@@ -99,7 +145,8 @@ def doctor(ctx: Ctx, repair: bool, as_json: bool) -> None:
     """Check the catalog and the store; --repair rebuilds a damaged catalog."""
     argv = [sys.executable, "-m", "p2pweightsd", "doctor", "--home", str(ctx.home)]
     argv += ["--repair"] * repair + ["--json"] * as_json
-    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    env = {**os.environ, "P2PWEIGHTSD_PROG_NAME": "p2pw"}
+    os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and module
 
 
 @daemon.command("status")
@@ -107,12 +154,13 @@ def doctor(ctx: Ctx, repair: bool, as_json: bool) -> None:
 @pass_ctx
 def daemon_status(ctx: Ctx) -> None:
     """Report on the daemon (exit code 15 when none runs)."""
+    require_data_dir(ctx)
     info = DaemonClient(ctx.home).request_sync("GET", "/status")
     emit(
         ctx,
         info,
         [
-            f"running: pid {info['pid']}, peer port {info['listen_port']}, "
+            f"running: pid {info['pid']}, peers dial {info.get('peer_address')}, "
             f"{info['releases']} releases, profile {info['profile']}, "
             f"up {info['uptime']:.0f}s"
         ],
@@ -123,9 +171,12 @@ def _release_line(r: dict[str, Any]) -> str:
     t = r.get("transfer") or {}
     prog = f"{100 * float(t.get('progress', 1.0 if r['state'] == 'seeding' else 0)):.0f}%"
     name = f"{r.get('name') or '?'} v{r.get('version') if r.get('version') is not None else '?'}"
-    return (
+    line = (
         f"{r['id'][:16]}  {name:<40} {r['state']:<11} {prog:>5}  {r['total_bytes'] / 1e6:9.1f} MB"
     )
+    if r["state"] in ("error", "paused", "damaged") and r.get("error"):
+        line += f"  ({str(r['error'])[:120]})"  # why it failed, or what it waits for
+    return line
 
 
 @cli.command()
@@ -144,8 +195,17 @@ def _release_line(r: dict[str, Any]) -> str:
     help="Pack first: version (default 1 with --from-hf-cache).",
 )
 @click.option("--label", default=None, help="Pack first: label (default hf:ORG/NAME@COMMIT).")
-@click.option("--key", "key_path", type=click.Path(path_type=Path))
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    help="Pack first: the signing key (default DATA/keys/publisher.pem).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key's passphrase from this file (else $P2PW_KEY_PASSPHRASE, or a prompt).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -228,40 +288,6 @@ def publish(
     )
 
 
-def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
-    from ..remote import fetch_async  # noqa: PLC0415 - aiohttp; `fetch --no-wait` skips it
-
-    bar: Any = None
-    done = 0
-
-    def on_event(event: dict[str, Any]) -> None:
-        nonlocal bar, done
-        if ctx.json or not sys.stderr.isatty() or "wanted" not in event:
-            return
-        if bar is None:
-            bar = click.progressbar(
-                length=max(int(event["wanted"]), 1),
-                label="fetching",
-                file=sys.stderr,
-                show_eta=True,
-                show_percent=True,
-            )
-            bar.__enter__()
-        now = int(event.get("wanted_done", 0))
-        bar.label = (
-            f"fetching {event.get('download_rate', 0) / 1e6:6.1f} MB/s "
-            f"{event.get('peers', 0)} peers"
-        )
-        bar.update(max(now - done, 0))
-        done = now
-
-    try:
-        return run(fetch_async(uri, home=ctx.home, on_event=on_event, **kw))
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-
-
 @cli.command()
 @click.argument("uri")
 @click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to connect to.")
@@ -280,8 +306,20 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
     help="Trust the publisher key of this release, for this release's name only, if the "
     "key is not in the trust store yet.",
 )
-@click.option("--no-wait", is_flag=True, help="Return once the fetch has started.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.option(
+    "--no-wait",
+    "--detach",
+    "no_wait",
+    is_flag=True,
+    help="Return once the fetch has started; it goes on in the daemon.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds to wait for the fetch (exit 14 after).",
+)
 @click.option(
     "--revision",
     help="Refuse the release unless it is this version (e.g. 3) or manifest sha256 prefix.",
@@ -291,6 +329,7 @@ def _fetch_with_progress(ctx: Ctx, uri: str, **kw: Any) -> dict[str, Any]:
     type=click.Path(path_type=Path, file_okay=False),
     help="Also write a linked HF-layout dir there, for from_pretrained.",
 )
+@click.option("--keep", is_flag=True, help="Keep a fetch that fails or times out (in `ls`).")
 @json_option
 @pass_ctx
 def fetch(
@@ -305,8 +344,13 @@ def fetch(
     timeout: float,
     revision: str | None,
     local_dir: Path | None,
+    keep: bool,
 ) -> None:
-    """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it."""
+    """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it.
+
+    Ctrl-C pauses the fetch (the same command goes on with it); --detach leaves it running.
+    A fetch that fails or times out is removed with its partial data, unless --keep.
+    """
     kw: dict[str, Any] = {
         "peers": peers,
         "trackers": trackers,
@@ -314,6 +358,7 @@ def fetch(
         "trust_on_first_use": trust_on_first_use,
         "web_seeds": web_seeds,
     }
+    check_uri(uri)
     if (revision is not None or local_dir is not None) and no_wait:
         raise LoadError("--revision and --local-dir need the fetch to finish; drop --no-wait")
     if local_dir is not None and include:
@@ -321,16 +366,23 @@ def fetch(
     if no_wait:
         info = client_for(ctx).request_sync("POST", "/fetch", body=fetch_body(uri, **kw))
     else:
-        info = _fetch_with_progress(ctx, uri, timeout=timeout, revision=revision, **kw)
-    lines = [
-        f"{info['state']}: {info.get('name') or '?'} v{info.get('version')} ({info['id'][:16]})",
-        f"release {info['path']}",
-    ]
+        began = time.monotonic()
+        info = foreground_fetch(ctx, uri, keep=keep, timeout=timeout, revision=revision, **kw)
+        info["seconds"] = round(time.monotonic() - began, 3)
+    lines = (
+        [summary(ctx, info, info["seconds"])]
+        if "seconds" in info
+        else [f"{info['state']}: {release_name(info)} ({info['id'][:16]})"]
+    )
+    lines += [f"release {info['path']}"] if info["state"] in ("seeding", "complete") else []
     if local_dir is not None:
         from ..remote import export_to_local_dir  # noqa: PLC0415
 
-        info["local_dir"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
-        lines.append(f"local dir {info['local_dir']}")
+        # `path` is what was asked for (as `fetch(local_dir=...)` returns it); the
+        # daemon's copy stays at `release_path`.
+        info["release_path"] = info["path"]
+        info["path"] = str(export_to_local_dir(Path(info["path"]), local_dir, home=ctx.home))
+        lines.append(f"local dir {info['path']}")
     emit(ctx, info, lines)
 
 
@@ -358,7 +410,7 @@ def mirror(ctx: Ctx, release_id: str, directory: Path) -> None:
 @pass_ctx
 def ls(ctx: Ctx) -> None:
     """List the daemon's releases."""
-    rows = list(client_for(ctx).request_sync("GET", "/releases")["releases"])
+    rows = list(client_for(ctx, read_only=True).request_sync("GET", "/releases")["releases"])
     emit(ctx, {"releases": rows}, [_release_line(r) for r in rows] or ["(no releases)"])
 
 
@@ -367,8 +419,8 @@ def ls(ctx: Ctx) -> None:
 @json_option
 @pass_ctx
 def show(ctx: Ctx, release_id: str) -> None:
-    """Show one release (id or a unique id prefix of 6+ characters)."""
-    info = client_for(ctx).request_sync("GET", f"/releases/{release_id}")
+    """Show one release: an id or 6+ digit prefix, ORG/MODEL[@VERSION], a dir, or a magnet."""
+    info = release_info(ctx, release_id)
     lines = [_release_line(info)] + [
         f"  {k}: {v}"
         for k, v in sorted(info.items())
@@ -386,9 +438,13 @@ def show(ctx: Ctx, release_id: str) -> None:
 @json_option
 @pass_ctx
 def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
-    """Stop seeding a release, optionally deleting its data."""
-    info = client_for(ctx).request_sync(
-        "DELETE", f"/releases/{release_id}", params={"delete_data": "1" if delete_data else "0"}
+    """Forget a release: stop its fetch or seeding, delete its partial data.
+
+    Its verified chunks stay (a later fetch reuses them) unless --delete-data.
+    """
+    rid = quote(resolve_id(ctx, release_id), safe="")
+    info = client_for(ctx, read_only=True).request_sync(
+        "DELETE", f"/releases/{rid}", params={"delete_data": "1" if delete_data else "0"}
     )
     emit(
         ctx,
@@ -402,24 +458,42 @@ def rm(ctx: Ctx, release_id: str, delete_data: bool) -> None:
 
 @cli.command("load")
 @click.argument("source")
-@click.option("--include", multiple=True)
+@click.option("--include", multiple=True, help="Only tensors matching GLOB (repeatable).")
 @click.option("--full", is_flag=True, help="Re-hash every chunk.")
-@click.option("--peer", "peers", multiple=True)
+@click.option("--peer", "peers", multiple=True, help="IP:PORT of a peer to fetch from.")
+@click.option("--key", "key_text", help="Trust only this key (ed25519:... or a key file).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for a remote release (exit 14 after; the daemon goes on).",
+)
 @json_option
 @pass_ctx
 def load_cmd(
-    ctx: Ctx, source: str, include: tuple[str, ...], full: bool, peers: tuple[str, ...]
+    ctx: Ctx,
+    source: str,
+    include: tuple[str, ...],
+    full: bool,
+    peers: tuple[str, ...],
+    key_text: str | None,
+    timeout: float,
 ) -> None:
     """Fetch (if remote) and load a release into torch; prints what was loaded."""
     from ..loader import load as load_tensors  # noqa: PLC0415 - torch, only for this verb
+    from ..remote import is_remote  # noqa: PLC0415
+    from ._local import _trust_for  # noqa: PLC0415
 
     started = time.perf_counter()
     state = load_tensors(
-        source,
+        source if is_remote(source) else release_path(ctx, source),
         home=ctx.home,
         include=include or None,
         peers=peers,
         verify="full" if full else "fast",
+        timeout=timeout,
+        trust=_trust_for(ctx, key_text) if key_text is not None else None,
     )
     seconds = time.perf_counter() - started
     nbytes = sum(t.numel() * t.element_size() for t in state.values())

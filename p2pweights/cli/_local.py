@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ExportError, SourceError
+from ..errors import ExportError, KeyFileError, SourceError
 from ..paths import default_key_path
 from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_from, progress_bar
+from ._names import refuse_full_dir, release_path
 
 if TYPE_CHECKING:
     from ..trust import TrustStore
@@ -73,7 +74,11 @@ def key_generate(
     type=click.Path(path_type=Path),
     help="Key file (default: DATA/keys/publisher.pem).",
 )
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key's passphrase from this file (else $P2PW_KEY_PASSPHRASE, or a prompt).",
+)
 @json_option
 @pass_ctx
 def key_show(ctx: Ctx, key_path: Path | None, passphrase_file: Path | None) -> None:
@@ -111,15 +116,26 @@ def trust_add(ctx: Ctx, public_key: str, name: str, scopes: tuple[str, ...]) -> 
     """Trust PUBLIC_KEY (ed25519:...) under NAME, replacing any entry of that key."""
     from ..keys import PublicKey
 
-    pub = PublicKey.parse(public_key)
+    try:
+        pub = PublicKey.parse(public_key)
+    except KeyFileError as exc:  # typed text, not a key file: a usage error (exit 2)
+        raise click.BadParameter(str(exc), param_hint="PUBLIC_KEY") from None
     store = ctx.trust()
+    before = store.name_of(pub)
     store.add(pub, name, scopes=scopes)
     entry = store.entry_of(pub)
     shown = _scopes_of(entry.scopes if entry else ())
+    renamed = f" (renamed from {before})" if before is not None and before != name else ""
     emit(
         ctx,
-        {"name": name, "public_key": pub.text, "fingerprint": pub.fingerprint, "scopes": shown},
-        [f"trusted {name}: {pub.text} ({pub.fingerprint}) for {', '.join(shown)}"],
+        {
+            "name": name,
+            "previous_name": before,
+            "public_key": pub.text,
+            "fingerprint": pub.fingerprint,
+            "scopes": shown,
+        },
+        [f"trusted {name}{renamed}: {pub.text} ({pub.fingerprint}) for {', '.join(shown)}"],
     )
 
 
@@ -164,7 +180,7 @@ def trust_remove(ctx: Ctx, name_or_key: str) -> None:
     entry = ctx.trust().remove(name_or_key)
     emit(
         ctx,
-        {"removed": entry.name, "public_key": entry.key.text},
+        {"removed": True, "name": entry.name, "public_key": entry.key.text},
         [f"removed {entry.name} ({entry.key.fingerprint})"],
     )
 
@@ -201,7 +217,11 @@ def source_size(src: Path) -> int:
     type=click.Path(path_type=Path),
     help="Signing key (default: DATA/keys/publisher.pem).",
 )
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key's passphrase from this file (else $P2PW_KEY_PASSPHRASE, or a prompt).",
+)
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Release dir to create."
 )
@@ -211,7 +231,13 @@ def source_size(src: Path) -> int:
     help="The previous release dir, to chain its manifest hash.",
 )
 @click.option("--expires-in-days", type=click.IntRange(min=1), help="Refuse loads after this.")
-@click.option("--max-chunk-mib", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--max-chunk-mib",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Cap on the tensor bytes of one chunk.",
+)
 @json_option
 @pass_ctx
 def pack(
@@ -242,6 +268,7 @@ def pack(
     if name is None:
         raise SourceError("give --name ORG/MODEL")
     assert src is not None
+    refuse_full_dir(out, "--out")
     priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
     prev_hash = None
     if previous is not None:
@@ -268,7 +295,7 @@ def pack(
     emit(
         ctx,
         {
-            "release": str(out),
+            "path": str(out),
             "name": m.name,
             "version": m.version,
             "chunks": len(m.chunks),
@@ -291,8 +318,10 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
     from ..keys import PublicKey
     from ..trust import TrustStore
 
-    if key_text is None:
-        return ctx.trust()
+    if key_text is None:  # the trust store, and the user's own keys (see SECURITY.md)
+        from ..trust import trust_for
+
+        return trust_for(None, ctx.home)
     if key_text.startswith("ed25519:"):
         return TrustStore.of_keys([PublicKey.parse(key_text)])
     return TrustStore.of_keys([load_key(Path(key_text), None).public])
@@ -310,7 +339,7 @@ def verify(ctx: Ctx, release: Path, full: bool, key_text: str | None) -> None:
     from ..verify import verify_chunks
 
     store = _trust_for(ctx, key_text)
-    rel = open_release(resolve_source(release), store)
+    rel = open_release(resolve_source(release_path(ctx, release)), store)
     chunks = rel.manifest.chunks
     with progress_bar(ctx, sum(c.size for c in chunks) if full else 0, "verifying") as bar:
         verify_chunks(rel.root, chunks, "full" if full else "fast", progress=bar)
@@ -375,6 +404,7 @@ def export(
     from ..hf_cache import export_to_hf_cache
 
     store = _trust_for(ctx, key_text)
+    release = release_path(ctx, release)
     if (out is None) == (hf_repo is None):
         raise ExportError("give either OUT or --hf-cache ORG/NAME, not both or neither")
     if hf_repo is not None:
@@ -394,6 +424,7 @@ def export(
                 "repo_id": hf.repo_id,
                 "commit": hf.commit,
                 "snapshot": str(hf.snapshot),
+                "path": str(hf.snapshot),
                 "files": list(hf.files),
                 "exact": True,
             },
@@ -403,13 +434,14 @@ def export(
     if cache_dir is not None:
         raise ExportError("--cache-dir goes with --hf-cache")
     assert out is not None
+    refuse_full_dir(out, "OUT")
     with progress_bar(ctx, _export_bytes(release, store, exact=exact), "exporting") as bar:
         result = export_release(
             release, out, exact=exact, verify="full" if full else "fast", trust=store, progress=bar
         )
     emit(
         ctx,
-        {"out": str(result.root), "files": list(result.files), "exact": exact},
+        {"path": str(result.root), "files": list(result.files), "exact": exact},
         [
             f"exported {len(result.files)} files to {result.root}"
             + (" (byte-identical originals)" if exact else " (tensor data shared, not copied)")

@@ -241,7 +241,7 @@ def test_fetch_revision_pins_and_local_dir_rules(
         p2pweights.fetch(magnet, peers=[a.peer], home=b.home, local_dir=occupied)
     assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
     out = cli_json(b.home, "fetch", magnet, "--peer", a.peer, "--local-dir", str(tmp_path / "ld"))
-    assert out["local_dir"] == str(tmp_path / "ld")
+    assert out["path"] == str(tmp_path / "ld")
     state = p2pweights.load(tmp_path / "ld", home=b.home)
     assert set(state) == set(
         p2pweights.load(release, trust=p2pweights.TrustStore.of_keys([key.public]))
