@@ -1,5 +1,8 @@
 """The typed client of the daemon's control API, and starting the daemon on demand.
 
+Finding and starting the daemon process lives in :mod:`.daemon_process`; its names are
+re-exported here, where callers have always found them.
+
 The library reaches the daemon only through this module, over HTTP on the daemon's Unix
 socket (or 127.0.0.1 TCP with a bearer token). It never imports the daemon: it starts it
 as a process (``python -m p2pweightsd run``), the way ``docker`` or ``ollama`` users expect.
@@ -13,14 +16,9 @@ a plain Python start costs, not aiohttp's import.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
-import os
-import select
 import socket
-import sys
-import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from . import errors
-from .errors import ApiError, ConfigError, DaemonError, DaemonUnavailableError, P2PWeightsError
+from .daemon_process import (
+    check_data_dir,
+    daemon_log_path,
+    running_daemon_pid,
+    save_start_args,
+    saved_start_args,
+    socket_path,
+    start_daemon,
+)
+from .errors import ApiError, DaemonError, DaemonUnavailableError, P2PWeightsError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -49,68 +56,12 @@ __all__ = [
     "start_daemon",
 ]
 
-_START_TIMEOUT = 60.0
-
 DEFAULT_TIMEOUT = 600.0
 """Seconds ``load``, ``fetch`` and ``stream`` wait for a remote release by default.
 
 Finite, so an unreachable release fails with ``FetchTimeoutError`` rather than hanging;
 the daemon's fetch goes on, and a later call picks up where it is.
 """
-
-
-def socket_path(home: Path) -> Path:
-    """The control socket of the daemon that owns ``home``."""
-    return home / "daemon.sock"
-
-
-def daemon_log_path(home: Path) -> Path:
-    """Where a background daemon writes its log."""
-    return home / "daemon.log"
-
-
-_MAX_SOCKET_PATH = 107
-"""Bytes a Unix socket's path may have on Linux (``sun_path`` is 108, with its NUL)."""
-
-
-def check_data_dir(home: Path) -> None:
-    """Refuse, in one line, a data dir no daemon can run in.
-
-    Raises:
-        ConfigError: ``home`` is a file, or too long a path for the daemon's socket.
-    """
-    if home.exists() and not home.is_dir():
-        raise ConfigError(f"data dir {home} is not a directory")
-    size = len(os.fsencode(socket_path(home)))
-    if size > _MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"data dir {str(home)[:60]}... is too long a path for the daemon's socket "
-            f"({size} bytes, at most {_MAX_SOCKET_PATH}); use a shorter --home or $P2PW_HOME"
-        )
-
-
-def _start_args_path(home: Path) -> Path:
-    return home / "daemon-start.json"
-
-
-def saved_start_args(home: Path) -> list[str]:
-    """The flags of the last explicit ``p2pw daemon start`` on ``home`` (an auto-start's)."""
-    try:
-        doc = json.loads(_start_args_path(home).read_text("utf-8"))
-    except (OSError, ValueError):
-        return []  # none saved (or unreadable): the daemon's config file and defaults
-    args = doc.get("args") if isinstance(doc, dict) else None
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        return []
-    return list(args)
-
-
-def save_start_args(home: Path, args: Sequence[str]) -> None:
-    """Remember the flags of an explicit start, so that auto-starts use the same settings."""
-    path = _start_args_path(home)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"args": list(args)}, indent=2) + "\n", "utf-8")
-    os.replace(tmp, path)
 
 
 def error_named(kind: str, message: str) -> P2PWeightsError | None:
@@ -361,7 +312,9 @@ class DaemonClient:
     async def mirror(self, rid: str, directory: Path) -> dict[str, Any]:
         """Write a release as a static mirror tree under ``directory`` (see ``p2pw mirror``)."""
         return await self.request(
-            "POST", f"/releases/{rid}/mirror", body={"dir": str(directory.resolve())},
+            "POST",
+            f"/releases/{rid}/mirror",
+            body={"dir": str(directory.resolve())},
             timeout=6 * 3600,
         )
 
@@ -488,100 +441,3 @@ def ensure_daemon_sync(home: Path, *, autostart: bool = True) -> DaemonClient:
             start_daemon(home, extra_args=saved_start_args(home))
         client.request_sync("GET", "/status")
     return client
-
-
-def running_daemon_pid(home: Path) -> int | None:
-    """The pid of the daemon that holds ``home``'s lock, or None.
-
-    A pid file left by a crash names a process that may since be something else; only a
-    file whose lock is held belongs to a live daemon.
-    """
-    try:
-        fd = os.open(home / "daemon.pid", os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None  # nobody holds it: stale
-    finally:
-        os.close(fd)
-
-
-def start_daemon(
-    home: Path, *, extra_args: Sequence[str] = (), timeout: float = _START_TIMEOUT
-) -> int:
-    """Start a background daemon for ``home`` and wait until it serves.
-
-    The daemon writes ``ready`` to a pipe once its socket is listening, so this waits on
-    that event rather than polling the socket.
-
-    Returns:
-        The daemon's pid.
-
-    Raises:
-        ConfigError: ``home`` cannot hold a daemon (see :func:`check_data_dir`).
-        DaemonUnavailableError: it exited or did not become ready in time (see its log).
-    """
-    check_data_dir(home)
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = daemon_log_path(home)
-    read_fd, write_fd = os.pipe()
-    try:
-        # posix_spawn rather than Popen: the daemon outlives this process by design, and
-        # a Popen object would complain when collected while its child still runs.
-        os.set_inheritable(write_fd, True)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            pid = os.posix_spawn(
-                sys.executable,
-                [
-                    sys.executable,
-                    "-m",
-                    "p2pweightsd",
-                    "run",
-                    "--home",
-                    str(home),
-                    "--ready-fd",
-                    str(write_fd),
-                    *extra_args,
-                ],
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-                setsid=True,
-            )
-        finally:
-            os.close(log_fd)
-        os.close(write_fd)
-        write_fd = -1
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([read_fd], [], [], max(left, 0))
-            if not ready:
-                raise DaemonUnavailableError(
-                    f"daemon did not become ready in {timeout:.0f}s; see {log_path}"
-                )
-            chunk = os.read(read_fd, 256)
-            if not chunk:
-                _, status = os.waitpid(pid, 0)
-                code = os.waitstatus_to_exitcode(status)
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-                raise DaemonUnavailableError(
-                    f"daemon exited with code {code}: {tail[0] if tail else ''} (log {log_path})"
-                )
-            buf += chunk
-        return pid
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
