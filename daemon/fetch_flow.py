@@ -135,10 +135,15 @@ class FetchFlow(Placement):
             target = parse_torrent(row.torrent)
         resume = None
         if row is not None and row.state == "paused" and rid not in self._paused_from:
-            # Paused by the user: go on from the saved state, with the torrent if known.
+            # Paused by the user: go on from the saved state, with the torrent if known,
+            # the peers it knew and the selection it had.
             resume = self.catalog.resume_data(rid)
             if row.torrent is not None:
                 target = parse_torrent(row.torrent)
+            include = include or row.include
+        if row is not None and row.state in ("paused", "damaged"):
+            peers = list(dict.fromkeys([*row.peers, *peers]))
+            trackers = list(dict.fromkeys([*row.trackers, *trackers]))
         if rid in self.engine:
             await self.engine.remove(rid)
         self.catalog.add_release(

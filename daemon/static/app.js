@@ -35,6 +35,8 @@ function bytes(n) {
 const rate = (n) => `${bytes(n || 0)}/s`;
 const percent = (p) => Math.round(Math.max(0, Math.min(1, p || 0)) * 1000) / 10;
 const DONE = new Set(["seeding", "complete"]);
+// States in which a fetch is under way (it can be paused) or stopped (it can go on).
+const FETCHING = new Set(["metadata", "manifest", "downloading"]);
 
 function progressOf(r) {
   if (DONE.has(r.state)) return 100;
@@ -113,7 +115,7 @@ function releaseRow(r) {
   else if (r.error) state.append(el("p", { cls: "problem", text: r.error }));
   const ratio = r.total_bytes ? ((t.all_time_upload || 0) / r.total_bytes).toFixed(2) : "–";
   const actions = el("td", { cls: "actions" });
-  actions.append(verifyButton(r), removeButton(r, false), removeButton(r, true));
+  actions.append(pauseButton(r), verifyButton(r), removeButton(r, false), removeButton(r, true));
   const tr = el("tr", { "data-id": r.id },
     title,
     publisherCell(r),
@@ -136,6 +138,22 @@ function verifyButton(r) {
     b.title = "A release can be verified once it is complete";
   }
   b.addEventListener("click", () => verify(r.id));
+  return b;
+}
+
+function pauseButton(r) {
+  const name = r.name || r.id.slice(0, 16);
+  const resume = r.state === "paused" || r.state === "error";
+  const b = el("button", {
+    type: "button",
+    "aria-label": `${resume ? "Resume" : "Pause"} ${name}`,
+    text: resume ? "Resume" : "Pause",
+  });
+  if (!resume && !FETCHING.has(r.state)) {
+    b.disabled = true;
+    b.title = "Only a fetch under way can be paused";
+  }
+  b.addEventListener("click", () => (resume ? resumeFetch(r.id) : pauseFetch(r.id)));
   return b;
 }
 
@@ -389,6 +407,29 @@ async function remove(id, withData) {
     renderOverview();
     say(`Removed ${name}.`, false);
     if (current === id) location.hash = "#/";
+  } catch (e) {
+    say(e.message);
+  }
+}
+
+async function pauseFetch(id) {
+  const r = releases.get(id);
+  const name = r ? (r.name || id.slice(0, 16)) : id.slice(0, 16);
+  try {
+    await api("POST", `/v1/releases/${encodeURIComponent(id)}/pause`);
+    say(`Paused ${name}; Resume goes on from where it stopped.`, false);
+  } catch (e) {
+    say(e.message);
+  }
+}
+
+async function resumeFetch(id) {
+  const r = releases.get(id);
+  const name = r ? (r.name || id.slice(0, 16)) : id.slice(0, 16);
+  try {
+    // The same fetch again: the daemon goes on with the peers and selection it knew.
+    await api("POST", "/v1/fetch", { uri: (r && r.magnet) || id });
+    say(`Resumed ${name}.`, false);
   } catch (e) {
     say(e.message);
   }

@@ -428,3 +428,25 @@ def test_the_only_seeder_vanishes_mid_fetch_and_another_appears(
     assert info["state"] == "seeding", info
     loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
     assert all(torch.equal(loaded[n], t) for n, t in state.items())
+
+
+def test_a_paused_fetch_goes_on_with_the_peers_it_knew(
+        daemons: DaemonFactory, key: PrivateKey, make_model: Callable[..., Path],
+        make_release: Callable[..., Path]) -> None:
+    """Resume is the same fetch again, as the web page's button sends it: no peers given,
+    so the daemon must keep the ones the paused fetch knew."""
+    state = layer_state(layers=8, hidden=512)
+    release = make_release(make_model(state))
+    seeder = daemons("--upload-rate", "15000000", "--rate-limit-local", name="seeder")
+    magnet = seeder.call("publish", release)["magnet"]
+    leech = daemons(name="leech")
+    trust(leech, key)
+    rid = leech.call("fetch", magnet, peers=[seeder.peer])["id"]
+    wait_progress(leech, rid, 0.2)
+    paused = leech.call("request", "POST", f"/releases/{rid}/pause")
+    assert paused["state"] == "paused", paused
+    leech.call("fetch", magnet)  # no peer named
+    info = leech.call("wait", rid, 120)
+    assert info["state"] == "seeding", (info, leech.log()[-3000:])
+    loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
+    assert all(torch.equal(loaded[n], t) for n, t in state.items())

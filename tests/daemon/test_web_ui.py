@@ -130,6 +130,9 @@ def test_page_lists_the_published_release(
     unnamed = [c.get_attribute("outerHTML") for c in controls if not c.accessible_name]
     assert not unnamed
     assert all(c.get_attribute("tabindex") in (None, "0") for c in controls)
+    # A seeding release has nothing to pause: the control is there, named, and disabled.
+    pause = browser.find_element("css selector", "#release-rows button[aria-label^='Pause']")
+    assert pause.accessible_name == "Pause test/model" and not pause.is_enabled()
     bar = browser.find_element("css selector", "#release-rows progress")
     assert bar.aria_role == "progressbar" and bar.accessible_name == "Progress of test/model"
     cookies = browser.get_cookies()
