@@ -433,8 +433,8 @@ def test_the_only_seeder_vanishes_mid_fetch_and_another_appears(
 def test_a_paused_fetch_goes_on_with_the_peers_it_knew(
         daemons: DaemonFactory, key: PrivateKey, make_model: Callable[..., Path],
         make_release: Callable[..., Path]) -> None:
-    """Resume is the same fetch again, as the web page's button sends it: no peers given,
-    so the daemon must keep the ones the paused fetch knew."""
+    """Resume is the same fetch again, as the web page's button sends it, naming no peer:
+    it goes on from the paused fetch's saved state and completes bit-identical."""
     state = layer_state(layers=8, hidden=512)
     release = make_release(make_model(state))
     seeder = daemons("--upload-rate", "15000000", "--rate-limit-local", name="seeder")
