@@ -58,3 +58,14 @@ def test_join_inside_checks_the_path_and_refuses_links_out(tmp_path: Path) -> No
         join_inside(root, "link/x", what="the file")
     with pytest.raises(UnsafePathError, match=r"^the file .*'\.\.' component"):
         join_inside(root, "in/../../out", what="the file")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/" + "a" * 200, "a" * 200 + "\n", "a" * 200 + "\ud800", "a" * 200 + "/..", "C:" + "a" * 200],
+)
+def test_a_refusal_quotes_only_the_first_80_characters(path: str) -> None:
+    # Hostile names can be long: the message (and so the log line) stays short.
+    with pytest.raises(UnsafePathError) as info:
+        check_relative(path, what="p")
+    assert f"p {path[:80]!r} " in str(info.value)

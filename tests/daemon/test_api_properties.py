@@ -605,3 +605,42 @@ def test_requests_need_the_token_on_tcp(api: Api) -> None:
     status, ctype, raw = api.request("GET", "/v1/status", headers={"Authorization": "Bearer x"})
     assert status == 401
     _check_response(api, status, ctype, raw)
+
+
+@_settings(100)
+@given(
+    st.fixed_dictionaries({k: well_typed[k] for k in FETCH_FIELDS}),
+    st.text(min_size=1, max_size=10).filter(lambda k: k not in FETCH_FIELDS),
+    any_json,
+)
+def test_an_unknown_field_is_refused_before_the_service(
+    api: Api, doc: dict[str, Any], extra: str, value: Any
+) -> None:
+    doc = {**doc, "uri": "magnet:?xt=urn:btmh:1220" + V2, extra: value}
+    status, err = _post(api, "/v1/fetch", json.dumps(doc).encode(), False)
+    assert status == 400 and "unknown field" in err["error"], err
+
+
+@_settings(100)
+@given(
+    st.one_of(
+        st.fixed_dictionaries({"path": absolute_path, "hybrid": st.booleans()}),
+        st.fixed_dictionaries(
+            {k: well_typed[k] for k in ("name", "version", "label", "hybrid")}
+            | {"source": absolute_path, "key_file": absolute_path}
+        ),
+        st.fixed_dictionaries({"uri": absolute_path.map(lambda p: p + ".torrent")}),
+    )
+)
+def test_local_paths_are_refused_over_tcp_and_served_on_the_socket(
+    api: Api, unix_api: Api, doc: dict[str, Any]
+) -> None:
+    endpoint = "/v1/fetch" if "uri" in doc else "/v1/publish"
+    body = json.dumps(doc).encode()
+    status, err = _post(api, endpoint, body, False)
+    if not _no_nul(doc):
+        assert status == 400, err
+        return
+    assert status == 403 and "Unix socket" in err["error"], err
+    status, _ = _post(unix_api, endpoint, body, False)
+    assert status in (201, 202)
