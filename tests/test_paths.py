@@ -58,6 +58,10 @@ def test_join_inside_checks_the_path_and_refuses_links_out(tmp_path: Path) -> No
         join_inside(root, "link/x", what="the file")
     with pytest.raises(UnsafePathError, match=r"^the file .*'\.\.' component"):
         join_inside(root, "in/../../out", what="the file")
+    long = "link/" + "x" * 200
+    with pytest.raises(UnsafePathError) as info:
+        join_inside(root, long, what="f")
+    assert f"f {long[:80]!r} resolves" in str(info.value)
 
 
 @pytest.mark.parametrize(
