@@ -7,6 +7,7 @@ and a trust file, as the service hands them over once the manifest has arrived.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,11 +58,16 @@ def _with_file(tf: TorrentFile, which: str, **change: object) -> TorrentFile:
 
 
 def test_tofu_trusts_a_new_key_once_every_check_passed(
-    release: Path, trust_file: Path, key: PrivateKey
+    release: Path, trust_file: Path, key: PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
-    got = authenticate(release, make_torrent(release), trust_file, tofu=True)
+    with caplog.at_level(logging.WARNING, logger="p2pweightsd.admission"):
+        got = authenticate(release, make_torrent(release), trust_file, tofu=True)
     assert got.manifest.publisher == key.public
-    assert _trusted(trust_file, key)
+    fingerprint = key.public.fingerprint
+    assert TrustStore.load(trust_file).name_of(key.public) == "tofu-" + fingerprint.replace(":", "")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"trusting publisher {fingerprint} on first use"
+    ]
     # Next time the key is known: no TOFU needed.
     authenticate(release, make_torrent(release), trust_file, tofu=False)
 
@@ -88,8 +94,17 @@ def test_tofu_records_no_key_for_a_torrent_that_disagrees_with_the_manifest(
         tf = _with_file(tf, chunk.path, path="chunks/" + "0" * 64)
     else:
         tf = dataclasses.replace(tf, files=tuple(f for f in tf.files if f.path != chunk.path))
-    with pytest.raises(ReleaseMismatchError):
+    with pytest.raises(ReleaseMismatchError) as info:
         authenticate(release, tf, trust_file, tofu=True)
+    if lie in ("v2_root", "size"):
+        assert str(info.value) == (
+            f"torrent file {chunk.path} has another size or v2 root than the signed manifest"
+        )
+    else:
+        odd = sorted({chunk.path} | ({"chunks/" + "0" * 64} if lie == "extra" else set()))
+        assert str(info.value) == (
+            f"the torrent's files differ from the signed chunk list (e.g. {odd})"
+        )
     # The key of a release that failed a check must not become trusted.
     assert not _trusted(trust_file, key)
 
@@ -119,8 +134,10 @@ def test_wanted_chunks_by_include_pattern(release: Path) -> None:
     assert wanted_chunks(rel, []) == [c.path for c in rel.manifest.chunks]
     name = sorted(rel.manifest.tensors)[0]
     assert wanted_chunks(rel, [name]) == [rel.manifest.tensors[name].chunk]
-    with pytest.raises(LoadError):
-        wanted_chunks(rel, ["no.such.tensor*"])
+    patterns = [f"no.such.tensor{i}*" for i in range(7)]
+    with pytest.raises(LoadError) as info:
+        wanted_chunks(rel, patterns)
+    assert str(info.value) == f"include patterns {patterns[:5]} match no tensor"
 
 
 @pytest.mark.parametrize(
@@ -139,5 +156,13 @@ def test_parse_peer_accepts_ip_and_port(text: str, want: tuple[str, int]) -> Non
     "text", ["host:1", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:x", ":1"]
 )
 def test_parse_peer_refuses_the_rest(text: str) -> None:
-    with pytest.raises(FormatError):
+    with pytest.raises(FormatError) as info:
         parse_peer(text)
+    assert str(info.value) == f"peer {text[:80]!r} is not IP:PORT"
+
+
+@pytest.mark.parametrize("text", ["x10.0.0.1]:5", "127.0.0.1:+5", "127.0.0.1: 5", "y" * 200 + ":1"])
+def test_parse_peer_refuses_near_misses(text: str) -> None:
+    with pytest.raises(FormatError) as info:
+        parse_peer(text)
+    assert str(info.value) == f"peer {text[:80]!r} is not IP:PORT"
