@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from p2pweights import ManifestError
@@ -24,7 +26,7 @@ def test_dumps_is_sorted_compact_utf8() -> None:
 
 @pytest.mark.parametrize("value", [1.5, [0.0], {"a": [1, {"b": 2.0}]}, (1, 1e3), float("nan")])
 def test_dumps_refuses_floats_anywhere(value: object) -> None:
-    with pytest.raises(ManifestError, match=r"^floats are not allowed"):
+    with pytest.raises(ManifestError, match=r"^floats are not allowed in canonical JSON$"):
         dumps(value)
 
 
@@ -39,9 +41,9 @@ def test_dumps_depth_limit() -> None:
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        ({1: 2, "a": 3}, "cannot be encoded as canonical JSON"),
-        ({"a": object()}, "cannot be encoded as canonical JSON"),
-        ("\ud800", "unpaired UTF-16 surrogate"),
+        ({1: 2, "a": 3}, "^value cannot be encoded as canonical JSON: "),
+        ({"a": object()}, "^value cannot be encoded as canonical JSON: "),
+        ("\ud800", "^value holds an unpaired UTF-16 surrogate$"),
     ],
 )
 def test_dumps_refuses_what_json_cannot_express(value: object, says: str) -> None:
@@ -105,3 +107,35 @@ def test_nesting_is_measured_not_counted() -> None:
     assert loads_strict(mixed, max_bytes=1000) is not None
     with pytest.raises(ManifestError, match="nests deeper"):
         loads_strict(b"[" + mixed + b"]", max_bytes=1000)
+
+
+def test_nesting_counts_siblings_right() -> None:
+    # A closed sibling lowers the depth by one, no more and no less.
+    at_limit = json.dumps([_nested(MAX_DEPTH - 1), []]).encode()
+    assert loads_strict(at_limit, max_bytes=1000) == [_nested(MAX_DEPTH - 1), []]
+    for over in ([[], _nested(MAX_DEPTH)], _wrap([[], _nested(15)], MAX_DEPTH - 14)):
+        with pytest.raises(ManifestError, match="nests deeper"):
+            loads_strict(json.dumps(over).encode(), max_bytes=10_000)
+
+
+def _wrap(value: object, times: int) -> object:
+    for _ in range(times):
+        value = [value]
+    return value
+
+
+def test_messages_quote_a_bounded_part_of_the_input() -> None:
+    key = "k" * 100
+    with pytest.raises(ManifestError) as info:
+        loads_strict(f'{{"{key}":1,"{key}":2}}'.encode(), max_bytes=1000, what="doc")
+    assert str(info.value) == f"doc is not acceptable JSON: duplicate JSON key {key[:80]!r}"
+    number = "1." + "0" * 100
+    with pytest.raises(ManifestError) as info:
+        loads_strict(f"[{number}]".encode(), max_bytes=1000, what="doc")
+    assert str(info.value) == (
+        f"doc is not acceptable JSON: non-integer number {number[:40]!r} is not allowed"
+    )
+    with pytest.raises(ManifestError) as info:
+        loads_strict(b"[" + b"9" * 5000 + b"]", max_bytes=10_000, what="doc")
+    reason = str(info.value).removeprefix("doc is not acceptable JSON: ")
+    assert len(reason) == 120 and reason.startswith("Exceeds the limit")
