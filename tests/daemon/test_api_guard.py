@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from p2pweights.errors import (
@@ -191,3 +195,32 @@ def test_aiohttp_refusals_get_the_same_shape(api: Guarded) -> None:
 
     status, doc, allow = api.runner.run(post_status())
     assert status == 405 and doc["type"] == "ApiError" and "GET" in allow
+
+
+def test_a_long_error_is_cut_to_2000_characters(api: Guarded) -> None:
+    SERVICE.error = RuntimeError("x" * 3000)
+    status, doc = api.get("/v1/releases/" + "a" * 64, GOOD)
+    assert status == 500 and doc["error"] == "x" * 2000
+
+
+def test_the_unix_socket_needs_no_token_but_refuses_an_origin() -> None:
+    # On the 0600 socket the caller is this user: no token, no Host check; Origin still counts.
+    with tempfile.TemporaryDirectory(prefix="p2pw-guard-") as tmp, asyncio.Runner() as runner:
+        sock = os.path.join(tmp, "api.sock")
+
+        async def go() -> list[int]:
+            app_runner = web.AppRunner(make_app(SERVICE, token=TOKEN))  # type: ignore[arg-type]
+            await app_runner.setup()
+            await web.UnixSite(app_runner, sock).start()
+            try:
+                connector = aiohttp.UnixConnector(path=sock)
+                async with aiohttp.ClientSession("http://evil.example", connector=connector) as s:
+                    codes = []
+                    for headers in ({}, {"Origin": "http://evil.example"}):
+                        async with s.get("/v1/status", headers=headers) as resp:
+                            codes.append(resp.status)
+                    return codes
+            finally:
+                await app_runner.cleanup()
+
+        assert runner.run(go()) == [200, 403]
