@@ -22,7 +22,7 @@ def test_a_malformed_name_is_refused_on_add_and_on_load(
     assert str(info.value) == "a trust name is 1-100 letters, digits, '.', '_' or '-'"
     assert not (tmp_path / "trust.json").exists()
     (tmp_path / "bad.json").write_text(json.dumps({"keys": {name: key.public.text}}))
-    with pytest.raises(TrustStoreError, match="^a trust name is"):
+    with pytest.raises(TrustStoreError, match=r"^a trust name is"):
         TrustStore.load(tmp_path / "bad.json")
 
 
