@@ -36,6 +36,7 @@ def test_dumps_depth_limit() -> None:
         dumps(_nested(MAX_DEPTH + 2))
     with pytest.raises(ManifestError, match="nesting deeper"):
         dumps({"a": _nested(MAX_DEPTH + 1)})
+    assert dumps({"a": _nested(MAX_DEPTH)}).startswith(b'{"a":[[')  # a dict is one level
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,16 @@ def test_without_tofu_an_unknown_key_is_refused_and_not_recorded(
     assert not _trusted(trust_file, key)
 
 
+def test_a_mismatch_names_at_most_three_files(release: Path, trust_file: Path) -> None:
+    tf = make_torrent(release)
+    chunks = sorted(c.path for c in open_self_signed(release).manifest.chunks)
+    assert len(chunks) >= 4
+    tf = dataclasses.replace(tf, files=tuple(f for f in tf.files if f.path not in chunks[:4]))
+    with pytest.raises(ReleaseMismatchError) as info:
+        authenticate(release, tf, trust_file, tofu=True)
+    assert str(info.value).endswith(f"(e.g. {chunks[:3]})")
+
+
 @pytest.mark.parametrize("lie", ["v2_root", "size", "extra", "missing"])
 def test_tofu_records_no_key_for_a_torrent_that_disagrees_with_the_manifest(
     release: Path, trust_file: Path, key: PrivateKey, lie: str
