@@ -56,7 +56,11 @@ MODULES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
         ],
         ("*",),
     ),
-    "trust": ("p2pweights/trust.py", ["tests/test_keys_trust.py"], ("*",)),
+    "trust": (
+        "p2pweights/trust.py",
+        ["tests/test_trust_store.py", "tests/test_keys_trust.py"],
+        ("*",),
+    ),
     "release": (
         "p2pweights/release.py",
         ["tests/test_hostile_inputs.py", "tests/test_keys_trust.py"],
@@ -64,7 +68,7 @@ MODULES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     ),
     "verify": (
         "p2pweights/verify.py",
-        ["tests/test_hostile_inputs.py", "tests/test_loader.py", "tests/test_staging.py"],
+        ["tests/test_verify.py", "tests/test_hostile_inputs.py", "tests/test_loader.py"],
         ("*",),
     ),
     "manifest": (
