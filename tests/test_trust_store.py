@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from p2pweights import PrivateKey, TrustStore, TrustStoreError, UntrustedKeyError
+from p2pweights.trust import trust_for
 
 
 @pytest.mark.parametrize("name", ["", "-x", ".x", "a b", "a/b", "é", "a" * 101, "x\n"])
@@ -46,6 +47,9 @@ def test_shape_message(tmp_path: Path) -> None:
     assert str(info.value) == (
         f'trust store {path} is damaged: trust store must be {{"keys": {{name: key}}}}'
     )
+    path.write_bytes(b"{")
+    with pytest.raises(TrustStoreError, match=r"is damaged: trust store is not valid JSON: "):
+        TrustStore.load(path)  # the parser names what it read
     path.write_bytes(b"[1.5]")
     with pytest.raises(TrustStoreError, match="non-integer number"):
         TrustStore.load(path)  # parsed strictly, as "trust store"
@@ -119,3 +123,12 @@ def test_a_store_that_cannot_be_written_says_so(tmp_path: Path, key: PrivateKey)
     store = TrustStore(path=path)
     with pytest.raises(TrustStoreError, match=f"^cannot write trust store {path}: "):
         store.add(key.public, "org")
+
+
+def test_trust_for_takes_the_given_store_or_the_data_dirs(tmp_path: Path, key: PrivateKey) -> None:
+    given = TrustStore.of_keys([key.public])
+    assert trust_for(given, tmp_path) is given
+    TrustStore.load(tmp_path / "trust.json").add(key.public, "org")
+    found = trust_for(None, tmp_path)
+    assert found.path == tmp_path / "trust.json" and found.require(key.public) == "org"
+    assert trust_for(None, str(tmp_path)).require(key.public) == "org"
