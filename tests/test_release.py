@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from p2pweights import LoadError, ManifestError, SignatureError, TrustStore, open_release
 from p2pweights.keys import SIGNATURE_BYTES
+from p2pweights.manifest import LIMITS
 from p2pweights.release import EXPORT_POINTER, MANIFEST_NAME, SIGNATURE_NAME, resolve_source
 
 
@@ -73,7 +75,8 @@ def test_size_limits_and_read_errors_name_the_file(
         open_release(release, trust)
     sig.write_bytes(good)
     manifest = release / MANIFEST_NAME
-    monkeypatch.setattr("p2pweights.release.LIMITS.manifest_bytes", manifest.stat().st_size - 1)
+    small = dataclasses.replace(LIMITS, manifest_bytes=manifest.stat().st_size - 1)
+    monkeypatch.setattr("p2pweights.release.LIMITS", small)
     with pytest.raises(ManifestError) as info:
         open_release(release, trust)
     assert str(info.value) == (
