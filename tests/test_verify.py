@@ -51,10 +51,14 @@ def test_each_mode_hashes_what_it_should(
     verify_chunks(release, chunks, "fast", workers=workers)
     assert sorted(hashed) == names  # no records: every chunk is hashed, then recorded
     hashed.clear()
+    before = (release / RECORDS_NAME).stat()
     verify_chunks(release, chunks, "fast", workers=workers)
     assert hashed == []  # every record matches: nothing to hash
     verify_chunks(release, chunks, "full", workers=workers)
     assert sorted(hashed) == names  # full ignores the records
+    # Unchanged records are not written again (no rewrite, no fsync).
+    after = (release / RECORDS_NAME).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     hashed.clear()
     touched = release / chunks[0].path
     os.utime(touched, ns=(1, 1))  # a changed stat: that chunk alone is hashed again
