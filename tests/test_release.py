@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from p2pweights import LoadError, ManifestError, SignatureError, TrustStore, open_release
+from p2pweights import (
+    LoadError,
+    ManifestError,
+    PrivateKey,
+    SignatureError,
+    TrustStore,
+    open_release,
+)
 from p2pweights.keys import SIGNATURE_BYTES
 from p2pweights.manifest import LIMITS
-from p2pweights.release import EXPORT_POINTER, MANIFEST_NAME, SIGNATURE_NAME, resolve_source
+from p2pweights.release import (
+    EXPORT_POINTER,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    open_self_signed,
+    resolve_source,
+)
 
 
 @pytest.fixture
@@ -56,8 +70,23 @@ def test_other_sources_are_refused_with_a_reason(tmp_path: Path) -> None:
         str(info.value) == f"{tmp_path} is not a release dir (no manifest.json) nor an exported dir"
     )
     for uri in ("magnet:?xt=urn:btmh:1220" + "ab" * 32, "https://example.org/x"):
-        with pytest.raises(LoadError, match="URIs are fetched by the daemon"):
+        with pytest.raises(LoadError) as uri_info:
             resolve_source(uri)
+        assert str(uri_info.value) == (
+            f"{uri[:80]!r}: URIs are fetched by the daemon; this is not a local path"
+        )
+
+
+def test_open_self_signed_needs_no_trust_and_names_the_key(
+    release: Path, trust: TrustStore, key: PrivateKey
+) -> None:
+    data = (release / MANIFEST_NAME).read_bytes()
+    own = open_self_signed(release)
+    assert own.publisher_name == f"key-{key.public.fingerprint}"
+    assert own.manifest_sha256 == hashlib.sha256(data).hexdigest()
+    trusted = open_release(release, trust)
+    assert trusted.publisher_name == trust.require(key.public)
+    assert trusted.manifest_sha256 == own.manifest_sha256
 
 
 def test_size_limits_and_read_errors_name_the_file(
