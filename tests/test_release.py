@@ -14,6 +14,7 @@ from p2pweights import (
     LoadError,
     ManifestError,
     PrivateKey,
+    ReleaseExpiredError,
     SignatureError,
     TrustStore,
     open_release,
@@ -120,3 +121,14 @@ def test_size_limits_and_read_errors_name_the_file(
     with pytest.raises(ManifestError) as info:
         open_release(release, trust)
     assert str(info.value) == f"{manifest} is missing: not a release directory"
+
+
+def test_an_expired_release_says_when(
+    make_model: Callable[..., Path], make_release: Callable[..., Path], trust: TrustStore
+) -> None:
+    created = 1_700_000_000  # conftest's make_release packs at this time
+    rel = make_release(make_model(), expires=created + 60)
+    assert open_release(rel, trust, now=created + 60).manifest.expires == created + 60
+    with pytest.raises(ReleaseExpiredError) as info:
+        open_release(rel, trust, now=created + 61)
+    assert str(info.value) == f"release test/model v1 expired at unix time {created + 60}"
