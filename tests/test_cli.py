@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,8 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from p2pweights.cli import main
+from p2pweights.manifest import Manifest
+from p2pweights.release import EXPORT_POINTER
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -140,6 +145,26 @@ def test_export_both_ways(
     assert "model.safetensors" in exact["files"] and "config.json" in exact["files"]
     # An existing OUT is a usage error (exit 2), as for pack.
     assert run(capsys, "export", str(release), str(tmp_path / "b"), "--key", pub)[0] == 2
+    # The contents, not only the names: the exact export is every original file byte for
+    # byte (its signed sha256), and the linked one holds the same tensors and blobs.
+    manifest = Manifest.from_bytes((release / "manifest.json").read_bytes())
+    signed = {f.name: f.sha256 for f in manifest.files}
+    exported = {
+        p.relative_to(tmp_path / "b").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (tmp_path / "b").rglob("*")
+        if p.is_file() and p.name != EXPORT_POINTER  # the pointer back to the release
+    }
+    assert exported == signed
+    original = load_file(str(tmp_path / "b" / "model.safetensors"))
+    shards = sorted((tmp_path / "a").glob("*.safetensors"))
+    assert shards
+    linked_tensors = {k: v for shard in shards for k, v in load_file(str(shard)).items()}
+    assert set(linked_tensors) == set(original)
+    for name, tensor in original.items():
+        assert tensor.dtype == linked_tensors[name].dtype, name
+        assert torch.equal(tensor.view(torch.uint8), linked_tensors[name].view(torch.uint8)), name
+    for blob in ("config.json",):
+        assert (tmp_path / "a" / blob).read_bytes() == (tmp_path / "b" / blob).read_bytes()
 
 
 def test_key_passphrase_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

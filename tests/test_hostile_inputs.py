@@ -881,6 +881,25 @@ def test_manifest_with_a_lone_surrogate_is_a_manifest_error(release: Path) -> No
 def test_damaged_verification_records_only_cost_a_rehash(release: Path, trust: TrustStore) -> None:
     (release / RECORDS_NAME).write_bytes(b'{"x":[' + HUGE_INT.encode() + b"]}")
     p2pweights.load(release, trust=trust)
+    # The re-hash wrote fresh records: one per tensor chunk, each ending in its signed digest.
+    records = json.loads((release / RECORDS_NAME).read_bytes())
+    chunks = open_release(release, trust).manifest.chunks
+    tensor_chunks = {c.path: c.sha256 for c in chunks if c.kind == "tensors"}
+    assert {k: v[-1] for k, v in records.items()} == tensor_chunks
+
+
+def test_damaged_verification_records_never_make_a_changed_chunk_trusted(
+    release: Path, trust: TrustStore
+) -> None:
+    # Damaged records must mean "nothing was checked", so fast mode hashes every chunk and
+    # finds the one changed in place (same size, so only its sha256 can tell).
+    p2pweights.load(release, trust=trust)  # writes good records first
+    chunks = open_release(release, trust).manifest.chunks
+    chunk = max((c for c in chunks if c.kind == "tensors"), key=lambda c: c.size)
+    (release / RECORDS_NAME).write_bytes(b'{"x":[' + HUGE_INT.encode() + b"]}")
+    flip_byte(release / chunk.path, chunk.size // 2)
+    with expect(CorruptChunkError):
+        p2pweights.load(release, trust=trust)
 
 
 def test_trust_store_with_a_huge_integer_is_a_trust_store_error(tmp_path: Path) -> None:

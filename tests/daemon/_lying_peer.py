@@ -6,7 +6,8 @@ Seeds the torrent from RELEASE_DIR after flipping one byte in every chunk. The t
 is added with every piece marked as had (``have_pieces``), which libtorrent trusts
 without a check, so the altered bytes really go out (a seed-mode seeder would notice the
 mismatch on first request and stop serving). Prints {"port": P} and runs until stdin
-closes.
+closes; then prints {"uploaded": BYTES, "peers": N}, what it sent and to how many peers
+it is still connected.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def main() -> None:
                 port = int(alert.port)
     print(json.dumps({"port": port}), flush=True)
     sys.stdin.read()
+    # What the liar got to send, for the test to check that it stopped being used.
+    (handle,) = ses.get_torrents()
+    st = handle.status()
+    print(json.dumps({"uploaded": st.total_payload_upload, "peers": st.num_peers}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import tempfile
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -319,6 +323,29 @@ def api() -> Iterator[Api]:
             runner.run(client.close())
 
 
+@pytest.fixture(scope="module")
+def unix_api() -> Iterator[Api]:
+    # The Unix socket: the only listener where publish may name local paths, so the only
+    # one where a publish body reaches the service and its argument types are checked.
+    with tempfile.TemporaryDirectory(prefix="p2pw-api-") as tmp, asyncio.Runner() as runner:
+        service = FakeService()
+        sock = os.path.join(tmp, "api.sock")
+
+        async def start() -> tuple[web.AppRunner, aiohttp.ClientSession]:
+            app_runner = web.AppRunner(make_app(service, token=None))  # type: ignore[arg-type]
+            await app_runner.setup()
+            await web.UnixSite(app_runner, sock).start()
+            connector = aiohttp.UnixConnector(path=sock)
+            return app_runner, aiohttp.ClientSession("http://localhost", connector=connector)
+
+        app_runner, session = runner.run(start())
+        try:
+            yield Api(runner, session, service)  # type: ignore[arg-type]
+        finally:
+            runner.run(session.close())
+            runner.run(app_runner.cleanup())
+
+
 def _check_response(api: Api, status: int, ctype: str, raw: bytes) -> Any:
     assert 200 <= status < 300 or 400 <= status < 500, (status, raw[:300])
     assert ctype == "application/json", (status, ctype, raw[:300])
@@ -351,13 +378,14 @@ any_json = st.recursive(
 
 FETCH_FIELDS = ["uri", "peers", "trackers", "include", "trust_on_first_use", "ordered"]
 PUBLISH_FIELDS = ["path", "hybrid", "source", "name", "version", "label", "key_file"]
+absolute_path = st.text(max_size=50).map(lambda s: "/" + s)
 well_typed = {
     "uri": st.text(max_size=50),
-    "path": st.text(max_size=50),
-    "source": st.text(max_size=50),
+    "path": st.one_of(st.text(max_size=50), absolute_path),
+    "source": st.one_of(st.text(max_size=50), absolute_path),
     "name": st.text(max_size=50),
     "label": st.text(max_size=50),
-    "key_file": st.text(max_size=50),
+    "key_file": st.one_of(st.text(max_size=50), absolute_path),
     "peers": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "trackers": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "include": st.lists(st.text(min_size=1, max_size=20), max_size=3),
@@ -451,6 +479,36 @@ def test_fetch_bodies(api: Api, body: bytes, chunked: bool) -> None:
 @given(_body_of(PUBLISH_FIELDS), st.booleans())
 def test_publish_bodies(api: Api, body: bytes, chunked: bool) -> None:
     _post(api, "/v1/publish", body, chunked)
+
+
+@_settings(700)
+@given(_body_of(PUBLISH_FIELDS), st.booleans())
+def test_publish_bodies_on_the_unix_socket(unix_api: Api, body: bytes, chunked: bool) -> None:
+    _post(unix_api, "/v1/publish", body, chunked)
+
+
+def _no_nul(doc: dict[str, Any]) -> bool:
+    return all("\x00" not in v for v in doc.values() if isinstance(v, str))
+
+
+@_settings(200)
+@given(
+    st.one_of(
+        st.fixed_dictionaries({"path": absolute_path, "hybrid": st.booleans()}),
+        st.fixed_dictionaries(
+            {k: well_typed[k] for k in ("source", "name", "version", "label", "hybrid")}
+            | {"key_file": absolute_path}
+        ).filter(lambda d: d["source"].startswith("/")),
+    )
+)
+def test_well_typed_publish_reaches_the_service_on_the_unix_socket(
+    unix_api: Api, doc: dict[str, Any]
+) -> None:
+    status, _ = _post(unix_api, "/v1/publish", json.dumps(doc).encode(), False)
+    assert (status == 201) == _no_nul(doc)
+    if status == 201:
+        name = "publish" if "path" in doc else "pack_and_publish"
+        assert unix_api.service.calls[-1] == (name, doc)
 
 
 @_settings(200)
@@ -549,3 +607,42 @@ def test_requests_need_the_token_on_tcp(api: Api) -> None:
     status, ctype, raw = api.request("GET", "/v1/status", headers={"Authorization": "Bearer x"})
     assert status == 401
     _check_response(api, status, ctype, raw)
+
+
+@_settings(100)
+@given(
+    st.fixed_dictionaries({k: well_typed[k] for k in FETCH_FIELDS}),
+    st.text(min_size=1, max_size=10).filter(lambda k: k not in FETCH_FIELDS),
+    any_json,
+)
+def test_an_unknown_field_is_refused_before_the_service(
+    api: Api, doc: dict[str, Any], extra: str, value: Any
+) -> None:
+    doc = {**doc, "uri": "magnet:?xt=urn:btmh:1220" + V2, extra: value}
+    status, err = _post(api, "/v1/fetch", json.dumps(doc).encode(), False)
+    assert status == 400 and "unknown field" in err["error"], err
+
+
+@_settings(100)
+@given(
+    st.one_of(
+        st.fixed_dictionaries({"path": absolute_path, "hybrid": st.booleans()}),
+        st.fixed_dictionaries(
+            {k: well_typed[k] for k in ("name", "version", "label", "hybrid")}
+            | {"source": absolute_path, "key_file": absolute_path}
+        ),
+        st.fixed_dictionaries({"uri": absolute_path.map(lambda p: p + ".torrent")}),
+    )
+)
+def test_local_paths_are_refused_over_tcp_and_served_on_the_socket(
+    api: Api, unix_api: Api, doc: dict[str, Any]
+) -> None:
+    endpoint = "/v1/fetch" if "uri" in doc else "/v1/publish"
+    body = json.dumps(doc).encode()
+    status, err = _post(api, endpoint, body, False)
+    if not _no_nul(doc):
+        assert status == 400, err
+        return
+    assert status == 403 and "Unix socket" in err["error"], err
+    status, _ = _post(unix_api, endpoint, body, False)
+    assert status in (201, 202)

@@ -83,6 +83,18 @@ def _check_store_consistent(release_dir: Path, trust: TrustStore) -> int:
     return good
 
 
+def _verified_stamps(release_dir: Path, trust: TrustStore) -> dict[str, tuple[int, int, int]]:
+    """Inode, size and mtime of each chunk recorded as verified (and still matching)."""
+    release = open_release(release_dir, trust)
+    records = ChunkRecords(release_dir)
+    stamps = {}
+    for chunk in release.manifest.chunks:
+        path = release_dir / chunk.path
+        if path.is_file() and records.matches(path, chunk.sha256, st := path.stat()):
+            stamps[chunk.path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamps
+
+
 def test_a_full_disk_pauses_the_fetch_and_it_goes_on_once_space_is_freed(
     daemons: DaemonFactory,
     key: PrivateKey,
@@ -124,6 +136,8 @@ def test_a_full_disk_pauses_the_fetch_and_it_goes_on_once_space_is_freed(
         # the release cannot be loaded while chunks are missing.
         trust = TrustStore.load(home / "trust.json")
         before = _check_store_consistent(Path(info["path"]), trust)
+        kept = _verified_stamps(Path(info["path"]), trust)
+        assert kept, "the disk filled before any chunk was verified"
         with pytest.raises(ChunkError):
             p2pweights.load(info["path"], home=home)
 
@@ -135,6 +149,10 @@ def test_a_full_disk_pauses_the_fetch_and_it_goes_on_once_space_is_freed(
         assert done["state"] == "seeding", (done, leech.log()[-3000:])
         assert done.get("problem") is None
         assert _check_store_consistent(Path(done["path"]), trust) >= before
+        # Verified pieces were kept: every chunk verified before the pause is the same
+        # file, untouched since (same inode, size and mtime), not fetched again.
+        after = _verified_stamps(Path(done["path"]), trust)
+        assert {p: after.get(p) for p in kept} == kept
         loaded = p2pweights.load(done["path"], home=home, verify="full")
         assert set(loaded) == set(state)
         assert all(torch.equal(loaded[n], t) for n, t in state.items())

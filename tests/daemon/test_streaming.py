@@ -154,6 +154,16 @@ def test_a_custom_order_is_followed_and_bad_orders_are_refused(
             got.append(name)
             assert torch.equal(tensor, state[name])
     assert got == order
+    # The daemon, not only the client, followed the order: the chunks the order names
+    # first were written first (a chunk file's mtime is when its last block landed).
+    root = Path(leech.call("show", published["id"])["path"])
+    tensors = open_release(root, trust).manifest.tensors
+    chunks = list(dict.fromkeys(tensors[n].chunk for n in order))
+    landed = sorted(chunks, key=lambda c: (root / c).stat().st_mtime_ns)
+    third = max(len(chunks) // 3, 1)
+    early = sum(landed.index(c) for c in chunks[:third]) / third
+    late = sum(landed.index(c) for c in chunks[-third:]) / third
+    assert early < late, (chunks, landed)
     # Again, now that the release is complete: nothing to order, the same yields.
     again = p2pweights.stream(published["magnet"], order, home=leech.home, trust=trust)
     assert [n for n, _ in again] == order
