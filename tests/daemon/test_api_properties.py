@@ -196,9 +196,29 @@ class FakeService:
             isinstance(x, str) and 0 < len(x) <= 1024 and "\x00" not in x for x in v
         )
 
-    async def publish(self, path: str, *, hybrid: bool = False) -> dict[str, Any]:
-        ok = self._text(path) and type(hybrid) is bool
-        return self._check("publish", ok, {"path": path, "hybrid": hybrid})
+    async def publish(
+        self,
+        path: str,
+        *,
+        hybrid: bool = False,
+        private: bool = False,
+        trackers: list[str] | None = None,
+        web_seeds: list[str] | None = None,
+    ) -> dict[str, Any]:
+        args = {
+            "path": path,
+            "hybrid": hybrid,
+            "private": private,
+            "trackers": trackers,
+            "web_seeds": web_seeds,
+        }
+        ok = (
+            self._text(path)
+            and type(hybrid) is bool
+            and type(private) is bool
+            and all(self._texts(v) for v in (trackers, web_seeds))
+        )
+        return self._check("publish", ok, args)
 
     async def pack_and_publish(
         self, *, source: str, name: str, version: int, label: str, key_file: str, hybrid: bool
@@ -230,6 +250,7 @@ class FakeService:
         include: list[str],
         trust_on_first_use: bool,
         ordered: bool,
+        web_seeds: list[str],
     ) -> dict[str, Any]:
         args = {
             "uri": uri,
@@ -238,10 +259,11 @@ class FakeService:
             "include": include,
             "trust_on_first_use": trust_on_first_use,
             "ordered": ordered,
+            "web_seeds": web_seeds,
         }
         ok = (
             self._text(uri)
-            and all(self._texts(v) for v in (peers, trackers, include))
+            and all(self._texts(v) for v in (peers, trackers, include, web_seeds))
             and type(trust_on_first_use) is bool
             and type(ordered) is bool
         )
@@ -376,8 +398,13 @@ any_json = st.recursive(
     max_leaves=15,
 )
 
-FETCH_FIELDS = ["uri", "peers", "trackers", "include", "trust_on_first_use", "ordered"]
-PUBLISH_FIELDS = ["path", "hybrid", "source", "name", "version", "label", "key_file"]
+FETCH_FIELDS = [
+    "uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds"
+]
+PUBLISH_FIELDS = [
+    "path", "hybrid", "private", "trackers", "web_seeds",
+    "source", "name", "version", "label", "key_file",
+]
 absolute_path = st.text(max_size=50).map(lambda s: "/" + s)
 well_typed = {
     "uri": st.text(max_size=50),
@@ -389,6 +416,8 @@ well_typed = {
     "peers": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "trackers": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "include": st.lists(st.text(min_size=1, max_size=20), max_size=3),
+    "web_seeds": st.lists(st.text(min_size=1, max_size=20), max_size=3),
+    "private": st.booleans(),
     "trust_on_first_use": st.booleans(),
     "ordered": st.booleans(),
     "hybrid": st.booleans(),
@@ -488,13 +517,18 @@ def test_publish_bodies_on_the_unix_socket(unix_api: Api, body: bytes, chunked: 
 
 
 def _no_nul(doc: dict[str, Any]) -> bool:
-    return all("\x00" not in v for v in doc.values() if isinstance(v, str))
+    texts = [v for v in doc.values() if isinstance(v, str)]
+    texts += [x for v in doc.values() if isinstance(v, list) for x in v]
+    return all("\x00" not in v for v in texts)
 
 
 @_settings(200)
 @given(
     st.one_of(
-        st.fixed_dictionaries({"path": absolute_path, "hybrid": st.booleans()}),
+        st.fixed_dictionaries(
+            {"path": absolute_path, "hybrid": st.booleans(), "private": st.booleans()}
+            | {k: well_typed[k] for k in ("trackers", "web_seeds")}
+        ),
         st.fixed_dictionaries(
             {k: well_typed[k] for k in ("source", "name", "version", "label", "hybrid")}
             | {"key_file": absolute_path}
@@ -516,7 +550,9 @@ def test_well_typed_publish_reaches_the_service_on_the_unix_socket(
 def test_well_typed_fetch_reaches_the_service(api: Api, doc: dict[str, Any]) -> None:
     ok = (
         "\x00" not in doc["uri"]
-        and all("\x00" not in s for k in ("peers", "trackers", "include") for s in doc[k])
+        and all(
+            "\x00" not in s for k in ("peers", "trackers", "include", "web_seeds") for s in doc[k]
+        )
         # a .torrent path names a local file: refused over TCP, which this server is
         and not (doc["uri"].endswith(".torrent") and not doc["uri"].startswith("magnet:"))
         # trust on first use changes the trust store: a local, socket-only act (403)
@@ -626,7 +662,10 @@ def test_an_unknown_field_is_refused_before_the_service(
 @_settings(100)
 @given(
     st.one_of(
-        st.fixed_dictionaries({"path": absolute_path, "hybrid": st.booleans()}),
+        st.fixed_dictionaries(
+            {"path": absolute_path, "hybrid": st.booleans(), "private": st.booleans()}
+            | {k: well_typed[k] for k in ("trackers", "web_seeds")}
+        ),
         st.fixed_dictionaries(
             {k: well_typed[k] for k in ("name", "version", "label", "hybrid")}
             | {"source": absolute_path, "key_file": absolute_path}
