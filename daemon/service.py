@@ -30,7 +30,15 @@ from p2pweights.verify import ChunkRecords, verify_chunks
 
 from .admission import store_layout
 from .catalog import ReleaseRow
-from .engine import EventStream, MagnetLink, TorrentFile, make_torrent, parse_magnet, parse_torrent
+from .engine import (
+    EngineError,
+    EventStream,
+    MagnetLink,
+    TorrentFile,
+    make_torrent,
+    parse_magnet,
+    parse_torrent,
+)
 from .fetch_flow import FetchFlow
 from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields, peer_address
 
@@ -121,8 +129,13 @@ class Service(FetchFlow):
     # ------------------------------------------------------------------ publish
 
     async def publish(
-        self, path: str, *, hybrid: bool = False, private: bool = False,
-        trackers: Sequence[str] = (), web_seeds: Sequence[str] = (),
+        self,
+        path: str,
+        *,
+        hybrid: bool = False,
+        private: bool = False,
+        trackers: Sequence[str] = (),
+        web_seeds: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Seed a local release dir.
 
@@ -328,4 +341,16 @@ class Service(FetchFlow):
                     self._on_disk_full(event.torrent, event.message)
                 elif event.kind == "web_seed_failed":
                     self.web.on_failure(event.torrent, event.url, event.message)
-                self._notify(event.torrent, event.kind, **event_fields(event))
+                fields = event_fields(event)
+                if event.kind == "progress" and event.torrent in self._downloads:
+                    fields["peer_sources"] = self._peer_sources(event.torrent)
+                self._notify(event.torrent, event.kind, **fields)
+
+    def _peer_sources(self, tid: str) -> dict[str, int]:
+        """How many connected peers each way of finding them gave (a peer may count twice)."""
+        counts: dict[str, int] = {}
+        with contextlib.suppress(EngineError):  # removed meanwhile
+            for peer in self.engine.peers(tid):
+                for source in peer.sources:
+                    counts[source] = counts.get(source, 0) + 1
+        return counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -191,3 +192,23 @@ def test_console_script_runs(tmp_path: Path) -> None:
         [str(exe), "verify", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 12 and proc.stderr.startswith("p2pw: error:")
+
+
+def test_the_progress_line_says_how_peers_were_found() -> None:
+    from p2pweights.cli._progress import FetchProgress
+
+    bar = FetchProgress("magnet:?xt=urn:btmh:1220" + "ab" * 32, out=io.StringIO())
+    bar.named("org/model")
+    bar.on_event({"kind": "downloading"})
+    bar.on_event(
+        {
+            "kind": "progress",
+            "peers": 3,
+            "peer_sources": {"explicit": 1, "dht": 2},
+            "download_rate": 2_000_000,
+            "wanted": 100_000_000,
+            "wanted_done": 50_000_000,
+        }
+    )
+    line = bar.line(200)
+    assert "3 peers (dht 2, explicit 1)" in line and "50%" in line and "ETA" in line, line

@@ -58,6 +58,8 @@ class FetchProgress:
         self.stage = "metadata"
         self.done = self.total = 0
         self.peers = 0
+        self.sources: dict[str, int] = {}
+        """How the connected peers were found (explicit, dht, lsd, tracker, pex, ...)."""
         self.rate = 0.0
         self.started = self.quiet_since = time.monotonic()
         self.hinted = False
@@ -92,6 +94,7 @@ class FetchProgress:
                 self.stage = "verifying"
             if "peers" in event:
                 self.peers = int(event["peers"])
+                self.sources = dict(event.get("peer_sources") or {})
                 self.rate = float(event.get("download_rate") or 0)
             if self.stage == "downloading" and "wanted" in event:
                 self.total = int(event["wanted"])
@@ -109,7 +112,10 @@ class FetchProgress:
                     f"{100 * self.done / self.total:3.0f}% "
                     f"{human_bytes(self.done)}/{human_bytes(self.total)}"
                 )
-            parts.append(f"{self.peers} peer{'s' * (self.peers != 1)}")
+            found = ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items()))
+            parts.append(
+                f"{self.peers} peer{'s' * (self.peers != 1)}" + (f" ({found})" if found else "")
+            )
             if self.rate > 0:
                 parts.append(f"{human_bytes(self.rate)}/s")
                 if self.total > self.done:

@@ -472,7 +472,9 @@ def test_a_paused_fetch_goes_on_with_the_peers_it_knew(
     leech = daemons(name="leech")
     trust(leech, key)
     rid = leech.call("fetch", magnet, peers=[seeder.peer])["id"]
-    wait_progress(leech, rid, 0.2)
+    event = wait_progress(leech, rid, 0.2)
+    # Progress says how the peers were found (the CLI's progress line shows it).
+    assert event["peer_sources"] == {"explicit": 1}, event
     paused = leech.call("request", "POST", f"/releases/{rid}/pause")
     assert paused["state"] == "paused", paused
     leech.call("fetch", magnet)  # no peer named
