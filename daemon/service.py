@@ -294,11 +294,7 @@ class Service(FetchFlow):
     async def remove(self, rid: str, *, delete_data: bool) -> dict[str, Any]:
         """Forget a release (cancel its fetch, stop seeding), optionally deleting its chunks."""
         row = self._row(rid)
-        task = self._tasks.pop(row.id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._cancel_task(row.id)
         if row.id in self.engine:
             await self.engine.remove(row.id)
         self.web.forget(row.id)

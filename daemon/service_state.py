@@ -186,6 +186,14 @@ class ServiceState:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)
 
+    async def _cancel_task(self, rid: str) -> None:
+        """Stop the fetch task of a release, if one runs, and wait until it has."""
+        task = self._tasks.pop(rid, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     def _background_done(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):
             self._background.remove(task)

@@ -191,11 +191,7 @@ class Upkeep(ServiceState):
         row = self._row(rid)
         if row.state in (*DONE, "error", "damaged"):
             return self.show(row.id)  # nothing is being fetched
-        task = self._tasks.pop(row.id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._cancel_task(row.id)
         if row.id in self.engine:
             # Only a torrent with metadata has a state worth saving (and libtorrent may not
             # answer for one without); the user waits on this, so it is bounded too.
