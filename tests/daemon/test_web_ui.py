@@ -122,23 +122,44 @@ def test_page_lists_the_published_release(
     assert "trusted" in row["text"] and "publisher" in row["text"]  # name from the trust store
     assert key.public.fingerprint in row["text"]
     assert row["progress"] == "100"
-    # Every control has a name a screen reader can say, and a keyboard can reach it.
-    controls = [
-        c for c in browser.find_elements("css selector", "a, button, input") if c.is_displayed()
-    ]
-    assert len(controls) >= 8
-    unnamed = [c.get_attribute("outerHTML") for c in controls if not c.accessible_name]
-    assert not unnamed
-    assert all(c.get_attribute("tabindex") in (None, "0") for c in controls)
-    # A seeding release has nothing to pause: the control is there, named, and disabled.
-    pause = browser.find_element("css selector", "#release-rows button[aria-label^='Pause']")
-    assert pause.accessible_name == "Pause test/model" and not pause.is_enabled()
-    bar = browser.find_element("css selector", "#release-rows progress")
-    assert bar.aria_role == "progressbar" and bar.accessible_name == "Progress of test/model"
+    _check_controls(browser)
     cookies = browser.get_cookies()
     assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
         (f"p2pw_session_{seeder.port}", True, "Strict")
     ]
+
+
+def _check_controls(browser: Any) -> None:
+    """Every control has a name a screen reader can say, and a keyboard can reach it.
+
+    Live updates re-render the rows, so an element found a moment ago can go stale; the
+    check is read again from the page as it is then (a bounded number of times).
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            controls = [
+                c
+                for c in browser.find_elements("css selector", "a, button, input")
+                if c.is_displayed()
+            ]
+            assert len(controls) >= 8
+            unnamed = [c.get_attribute("outerHTML") for c in controls if not c.accessible_name]
+            assert not unnamed
+            assert all(c.get_attribute("tabindex") in (None, "0") for c in controls)
+            # A seeding release has nothing to pause: the control is there, named, disabled.
+            pause = browser.find_element(
+                "css selector", "#release-rows button[aria-label^='Pause']"
+            )
+            assert pause.accessible_name == "Pause test/model" and not pause.is_enabled()
+            bar = browser.find_element("css selector", "#release-rows progress")
+            assert bar.aria_role == "progressbar"
+            assert bar.accessible_name == "Progress of test/model"
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError("the page kept re-rendering its rows")
 
 
 def test_fetch_from_the_page_completes_and_remove_works(
