@@ -326,6 +326,8 @@ class Service(FetchFlow):
                     if event.torrent in self._progressed:
                         self._progressed[event.torrent].set()
                     continue
+                if event.kind == "renamed":  # the store's own moves; a `chunk` event follows
+                    continue
                 if event.kind == "state":
                     history = self._states.setdefault(event.torrent, [])
                     history[:] = [*history[-31:], event.message]

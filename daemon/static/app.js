@@ -205,6 +205,9 @@ function renderRelease() {
   $("release-problem").textContent = problem;
   $("release-problem").hidden = !problem;
   $("release-verify").disabled = !DONE.has(r.state);
+  const resume = r.state === "paused" || r.state === "error";
+  $("release-pause").textContent = resume ? "Resume" : "Pause";
+  $("release-pause").disabled = !resume && !FETCHING.has(r.state);
   const pct = progressOf(r);
   $("release-progress").value = pct;
   $("release-progress-label").textContent = `${pct} % · ${r.state}`;
@@ -486,6 +489,12 @@ function route() {
 
 function start() {
   $("fetch-form").addEventListener("submit", startFetch);
+  $("release-pause").addEventListener("click", () => {
+    const r = current && releases.get(current);
+    if (!r) return;
+    if (r.state === "paused" || r.state === "error") resumeFetch(r.id);
+    else pauseFetch(r.id);
+  });
   $("release-verify").addEventListener("click", () => current && verify(current));
   $("release-remove").addEventListener("click", () => current && remove(current, false));
   $("release-remove-data").addEventListener("click", () => current && remove(current, true));
