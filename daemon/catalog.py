@@ -286,11 +286,6 @@ class Catalog:
             ),
         )
 
-    def forget_chunk(self, path: str) -> None:
-        """Drop the record of a store file that is gone or no longer intact."""
-        with self._tx():
-            self._db.execute("DELETE FROM chunks WHERE path=?", (path,))
-
     def store_chunks(self, paths: Sequence[str] | None = None) -> dict[str, StoreChunk]:
         """The records of the store files at ``paths`` (every one when None)."""
         query = "SELECT path, size, sha256, v2_root, mtime_ns, ctime_ns, inode FROM chunks"

@@ -333,15 +333,19 @@ class FetchFlow(Placement):
                 # The window moves on now, so the next chunks download while these are
                 # hashed and placed.
                 self._move_window(tid, download)
+            settled = []
             for path in finished:
-                mapped_on_store = layout[index[path]] == path  # the store's copy, at add
-                if not mapped_on_store and not await self._place_when_possible(
-                    rid, tid, by_path[path], index[path]
-                ):
-                    relinked.append(by_path[path])
+                if layout[index[path]] != path:  # not the store's copy, mapped at add
+                    moved = await self._place_when_possible(rid, tid, by_path[path], index[path])
+                    if moved is None:  # a full disk lost some of it: it comes again
+                        download.complete.pop(path, None)
+                        continue
+                    if not moved:
+                        relinked.append(by_path[path])
                 records.record(release.root / path, by_path[path].sha256)
+                settled.append(path)
             records.save()  # on a full disk it stays dirty; loads hash these chunks meanwhile
-            for path in finished:
+            for path in settled:
                 download.ready[path] = None
                 self._notify(
                     rid,
@@ -351,6 +355,7 @@ class FetchFlow(Placement):
                     wanted_chunks=len(download.wanted),
                 )
         records.save()  # a no-op, unless a save failed while the disk was full
+        self._hit_full_disk.discard(rid)
         # Stamps a full disk kept out of the catalog, now that the fetch got through.
         placed = [by_path[p] for p in download.wanted]
         known = self.catalog.store_chunks([c.path for c in placed])

@@ -10,9 +10,10 @@ import errno
 import logging
 import sqlite3
 
+from p2pweights.errors import ReleaseMismatchError
 from p2pweights.manifest import ChunkEntry
 
-from .admission import store_layout
+from .admission import parse_peer, store_layout
 from .engine import TorrentFile
 from .store import FileStamp
 from .upkeep import Upkeep
@@ -28,37 +29,55 @@ _SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 class Placement(Upkeep):
     """Moving verified chunks from a fetch's partial files into the shared store."""
 
-    async def _place_when_possible(self, rid: str, tid: str, chunk: ChunkEntry, index: int) -> bool:
-        """:meth:`_place`, after waiting for free space if a full disk got in the way.
+    async def _place_when_possible(
+        self, rid: str, tid: str, chunk: ChunkEntry, index: int
+    ) -> bool | None:
+        """:meth:`_place`, or a refetch of the chunk if a full disk lost some of its bytes.
 
-        With mmap storage, pages a full disk could not hold read back as ``EIO``; once
-        space is freed the fetch goes on (see :mod:`.upkeep`) and the chunk is placed
-        then. Its bytes are hashed either way, so nothing unverified gets in.
+        With mmap storage, pages a full disk could not hold read back as ``EIO`` or as
+        other bytes, though libtorrent had checked them as they arrived. For a fetch that
+        met a full disk that is lost data, not a lying publisher: once space is back,
+        libtorrent rechecks the torrent (finding what was lost) and the chunk comes
+        again. Its bytes are hashed before placement either way, so nothing unverified
+        gets in.
+
+        Returns:
+            As :meth:`_place`; None when the chunk is being fetched again.
+
+        Raises:
+            ReleaseMismatchError: the bytes are not the chunk's, and no full disk explains it.
         """
-        waits = 0
-        while True:
-            try:
-                return await self._place(rid, tid, chunk, index)
-            except OSError as exc:
-                waits += 1
-                if exc.errno not in _SPACE_ERRORS or waits > 2:
-                    raise
-                log.warning("placing %s waits for free space: %s", chunk.path, exc)
-                await self._wait_for_space()
+        try:
+            return await self._place(rid, tid, chunk, index)
+        except (OSError, ReleaseMismatchError) as exc:
+            lost = isinstance(exc, ReleaseMismatchError) or exc.errno in _SPACE_ERRORS
+            if not (lost and rid in self._hit_full_disk):
+                raise
+            log.warning("%s was damaged by the full disk; fetched again: %s", chunk.path, exc)
+        await self._wait_for_space(tid)
+        await self.engine.force_recheck(tid)
+        row = self.catalog.get(rid)
+        for host, port in map(parse_peer, row.peers if row else ()):
+            self.engine.connect_peer(tid, host, port)  # a recheck may drop them
+        return None
 
     async def _place(self, rid: str, tid: str, chunk: ChunkEntry, index: int) -> bool:
         """Bring a fetch's complete partial chunk into the store (see :meth:`Store.place`).
 
-        Held under one lock, so two fetches of the same chunk cannot both write its name.
+        The hash runs outside the lock; settling the store name runs under one lock, so
+        two fetches of the same chunk cannot both write its name.
 
         Returns:
             True when the chunk was moved under its store name (the torrent now reads it
             there), False when the store already had that name.
         """
+        # The partial file is this fetch's own: hash it before taking the lock, so one
+        # fetch's hashing never holds up another's placement.
+        await asyncio.to_thread(self.store.check_partial, rid, chunk)
         async with self._placing:
             known = self.catalog.store_chunks([chunk.path]).get(chunk.path)
             stamp = known.stamp if known is not None else None
-            moved = await asyncio.to_thread(self.store.place, rid, chunk, stamp)
+            moved = await asyncio.to_thread(self.store.settle, rid, chunk, stamp)
             if moved:
                 await self.engine.rename_file(tid, index, chunk.path)
             self._record_placed(chunk)
@@ -91,7 +110,7 @@ class Placement(Upkeep):
         await self.engine.remove(tid)
         self.store.drop_partial(rid)
         for chunk in relinked:  # dropping a link moved the store file's ctime
-            self.catalog.record_chunk(chunk, FileStamp.of(self.store.root / chunk.path))
+            self._record_placed(chunk)
         return self.engine.add(
             tf,
             self.store.root,

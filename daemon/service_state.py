@@ -71,6 +71,8 @@ class ServiceState:
         """Releases whose chunks are downloading now."""
         self._hash_failures: dict[str, int] = {}
         """Pieces of each release that failed the hash check since this daemon started."""
+        self._hit_full_disk: set[str] = set()
+        """Fetches a full disk stopped since they started (their bytes may be lost)."""
         self._paused_from: dict[str, tuple[ReleaseState, str]] = {}
         """Fetches a full disk paused: the state each was in, and why (kept here too: the
         catalog may be on the full disk)."""

@@ -19,8 +19,8 @@ The rules that keep a second publisher from reaching another release's bytes:
 - A chunk's name is the sha256 of its bytes (the manifest parser enforces it), so two
   releases share a store file only when they share the bytes.
 - No torrent downloads into ``chunks/``: a fetch writes its own files under ``partial/``.
-  :meth:`Store.place` hashes a complete partial file against its name before it may
-  enter; it is then moved under its name only if that name is absent (libtorrent's
+  :meth:`Store.check_partial` hashes a complete partial file against its name before it
+  may enter; it is then moved under its name only if that name is absent (libtorrent's
   rename refuses to replace), and a name already present keeps the store's copy. A
   torrent is mapped onto a store file only once it is there, complete, so libtorrent
   only ever reads it.
@@ -180,10 +180,32 @@ class Store:
         return before if FileStamp.of(file) == before else None
 
     def place(self, rid: str, chunk: ChunkEntry, store_stamp: FileStamp | None) -> bool:
-        """Check a fetch's complete partial file of ``chunk`` before it enters the store.
+        """Check a fetch's complete partial file of ``chunk``, then settle it in the store.
 
-        The partial file is hashed first; bytes that are not the chunk's name never reach
-        the store. It is then made read-only.
+        :meth:`check_partial` then :meth:`settle`; a caller that serialises placements
+        hashes outside its lock and settles inside it.
+        """
+        self.check_partial(rid, chunk)
+        return self.settle(rid, chunk, store_stamp)
+
+    def check_partial(self, rid: str, chunk: ChunkEntry) -> None:
+        """Hash a fetch's complete partial file against its name, then make it read-only.
+
+        Bytes that are not the chunk's name never reach the store.
+
+        Raises:
+            ReleaseMismatchError: the partial file's bytes are not the chunk's.
+        """
+        partial = self.root / self.partial_path(rid, chunk.path)
+        if partial.stat().st_size != chunk.size or sha256_file(partial) != chunk.sha256:
+            raise ReleaseMismatchError(
+                f"chunk {chunk.path}: the downloaded bytes do not hash to its name; "
+                "the release's signed v2 root and its sha256 disagree"
+            )
+        os.chmod(partial, _READ_ONLY)
+
+    def settle(self, rid: str, chunk: ChunkEntry, store_stamp: FileStamp | None) -> bool:
+        """Make the store name of a checked partial chunk hold its bytes.
 
         Returns:
             True when the store has no file of that name: the caller moves the partial
@@ -194,18 +216,9 @@ class Store:
             bytes (a repair, never a write into it). Either way the store name then holds
             the chunk, and the torrent may keep reading the partial name until it is
             re-added with the store layout.
-
-        Raises:
-            ReleaseMismatchError: the partial file's bytes are not the chunk's.
         """
         partial = self.root / self.partial_path(rid, chunk.path)
         dest = self.root / chunk.path
-        if partial.stat().st_size != chunk.size or sha256_file(partial) != chunk.sha256:
-            raise ReleaseMismatchError(
-                f"chunk {chunk.path}: the downloaded bytes do not hash to its name; "
-                "the release's signed v2 root and its sha256 disagree"
-            )
-        os.chmod(partial, _READ_ONLY)
         if not dest.exists():
             return True
         if self.intact(chunk, store_stamp) is not None:

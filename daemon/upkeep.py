@@ -216,6 +216,7 @@ class Upkeep(ServiceState):
         row = self.catalog.get(rid)
         if row is None or row.state in TERMINAL:
             return
+        self._hit_full_disk.add(rid)
         why = (
             f"DiskFullError: {message}; the fetch goes on by itself once "
             f"{_DISK_FREE_TO_RETRY // 2**20} MiB are free"
@@ -231,9 +232,14 @@ class Upkeep(ServiceState):
         if self._disk_watch is None or self._disk_watch.done():
             self._disk_watch = asyncio.create_task(self._retry_when_space_is_freed())
 
-    async def _wait_for_space(self) -> None:
-        """Return once the store has room again (checked every ``_DISK_RETRY_EVERY`` s)."""
-        while shutil.disk_usage(self.store.root).free < _DISK_FREE_TO_RETRY:
+    async def _wait_for_space(self, tid: str | None = None) -> None:
+        """Return once the store has room again (checked every ``_DISK_RETRY_EVERY`` s).
+
+        With ``tid``, also once the engine has let that torrent go on.
+        """
+        while shutil.disk_usage(self.store.root).free < _DISK_FREE_TO_RETRY or (
+            tid is not None and tid in self.engine and self.engine.disk_full(tid) is not None
+        ):
             await asyncio.sleep(_DISK_RETRY_EVERY)
 
     async def _retry_when_space_is_freed(self) -> None:
