@@ -129,6 +129,23 @@ def test_page_lists_the_published_release(
     ]
 
 
+def _accessible_names(browser: Any) -> set[str]:
+    """The accessible names of the visible controls, read again if a live update
+    re-renders the page under the reading (a bounded number of times)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return {
+                c.accessible_name
+                for c in browser.find_elements("css selector", "a, button, input")
+                if c.is_displayed()
+            }
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError("the page kept re-rendering its controls")
+
+
 def _check_controls(browser: Any) -> None:
     """Every control has a name a screen reader can say, and a keyboard can reach it.
 
@@ -201,11 +218,9 @@ def test_fetch_from_the_page_completes_and_remove_works(
     assert ui.daemon.call("show", rid)["state"] == "seeding"
     log = browser.find_element("id", "event-log").text
     assert "complete" in log and "chunk" in log
-    controls = [
-        c for c in browser.find_elements("css selector", "a, button, input") if c.is_displayed()
-    ]
-    assert {c.accessible_name for c in controls} >= {"Verify", "Remove", "Remove with data"}
-    assert all(c.accessible_name for c in controls)
+    names = _accessible_names(browser)
+    assert names >= {"Verify", "Remove", "Remove with data"}
+    assert all(names)
     # Verify re-hashes every chunk in the store.
     browser.find_element("id", "release-verify").click()
     wait_dom(browser, "document.getElementById('message').textContent.includes('intact')")
