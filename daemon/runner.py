@@ -37,38 +37,46 @@ _SHUTDOWN_GRACE = 1.0
 """Seconds open API requests get to finish when the daemon stops."""
 
 
-_HASH_FAILED = "torrent %s: piece %d failed the hash check"
+_HASH_FAILED = "torrent %s: piece %d failed the hash check (from %s)"
 _SUMMARY_EVERY = 30.0
 
 
 class PieceFailures(logging.Filter):
-    """Holds back the engine's line per failed piece; :meth:`flush` logs one per torrent.
+    """Holds back the engine's line per failed piece; :meth:`flush` logs one per peer.
 
     A lying or broken peer can fail thousands of pieces: one line each buries the log.
+    The engine names the peers that sent blocks of each failed piece; a piece several
+    peers took part in counts against each of them.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.pieces: dict[str, list[int]] = {}
+        self.pieces: dict[tuple[str, str], list[int]] = {}
+        """Failed pieces by (torrent id, sender)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Count a failed piece instead of logging it; pass every other record."""
         args = record.args
-        if record.msg == _HASH_FAILED and isinstance(args, tuple) and len(args) == 2:
-            piece = args[1]
-            self.pieces.setdefault(str(args[0]), []).append(piece if isinstance(piece, int) else -1)
+        if record.msg == _HASH_FAILED and isinstance(args, tuple) and len(args) == 3:
+            tid, piece, senders = args
+            for sender in str(senders).split(", "):
+                self.pieces.setdefault((str(tid), sender), []).append(
+                    piece if isinstance(piece, int) else -1
+                )
             return False
         return True
 
     def flush(self) -> None:
-        """Log what failed since the last flush, one line per torrent."""
-        for tid, pieces in sorted(self.pieces.items()):
+        """Log what failed since the last flush, one line per torrent and peer."""
+        for (tid, sender), pieces in sorted(self.pieces.items()):
             shown = ", ".join(map(str, sorted(pieces)[:8])) + (", ..." if len(pieces) > 8 else "")
             log.warning(
-                "torrent %s: %d pieces failed the hash check (%s); thrown away and fetched "
-                "again, and a peer that keeps sending bad data is banned",
+                "torrent %s: %d %s from %s failed the hash check (%s); thrown away and "
+                "fetched again, and a peer that keeps sending bad data is banned",
                 tid[:16],
                 len(pieces),
+                "piece" if len(pieces) == 1 else "pieces",
+                sender,
                 shown,
             )
         self.pieces.clear()

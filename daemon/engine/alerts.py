@@ -19,6 +19,7 @@ from typing import Any, cast, get_args
 import libtorrent as lt
 
 from .events import EventStream
+from .peers import endpoint_text
 from .settings import EngineSettings
 from .values import (
     EngineError,
@@ -206,9 +207,14 @@ class AlertDispatch:
         elif isinstance(a, lt.file_prio_alert):
             t.fire("file_prio")
         elif isinstance(a, lt.hash_failed_alert):
-            log.warning("torrent %s: piece %d failed the hash check", tid, a.piece_index)
-            self._emit(EngineEvent("hash_failed", tid, message=str(a.piece_index)))
             piece = int(a.piece_index)
+            # libtorrent bans a peer that sent a whole failed piece alone before it posts
+            # the failure, so that peer is gone from the peer list: its ban alert named it.
+            # A piece whose senders all left counts against the torrent's banned peers.
+            senders = sorted({*blame_senders(t, a.handle), *t.just_banned}) or sorted(t.banned)
+            t.just_banned.clear()
+            log_failed_piece(tid, piece, ", ".join(senders) or "a peer now gone")
+            self._emit(EngineEvent("hash_failed", tid, message=str(piece)))
             fresh = piece not in t.failed_pieces
             t.failed_pieces.add(piece)
             for url in lying_web_seeds(a.handle) if fresh else []:
@@ -225,6 +231,16 @@ class AlertDispatch:
             msg = msg or "the connection failed"
             log.warning("torrent %s: web seed %s failed: %s", tid, a.server_url(), msg)
             self._emit(EngineEvent("web_seed_failed", tid, url=str(a.server_url()), message=msg))
+        elif isinstance(a, lt.peer_ban_alert):
+            banned = endpoint_text(a.endpoint)
+            t.just_banned.add(banned)
+            if banned not in t.banned:  # banned again for each piece it took part in
+                t.banned.add(banned)
+                log.warning(
+                    "torrent %s: peer %s banned for sending data that failed the hash check",
+                    tid,
+                    banned,
+                )
         elif isinstance(a, lt.fastresume_rejected_alert):
             log.warning("%s", a.message())
             self._emit(EngineEvent("resume_rejected", tid, message=a.message()))
@@ -247,6 +263,31 @@ class AlertDispatch:
             self._emit(EngineEvent("error", tid, message=msg))
         else:
             log.debug("%s", a.message())
+
+
+def log_failed_piece(tid: str, piece: int, senders: str) -> None:
+    """One line per failed piece; the daemon's log filter folds them into one per peer."""
+    log.warning("torrent %s: piece %d failed the hash check (from %s)", tid, piece, senders)
+
+
+def blame_senders(t: Tracked, handle: Any) -> list[str]:
+    """The peers whose count of failed pieces rose since the last failure: a piece's senders.
+
+    libtorrent counts, per peer, the failed pieces it sent blocks of (``num_hashfails``)
+    but does not say which peers sent a given piece; the counts' rise since the previous
+    failure does. A peer banned meanwhile is no longer listed (``peer_ban_alert`` names it).
+    """
+    blamed = []
+    for p in handle.get_peer_info():
+        count = int(p.num_hashfails)
+        if count <= 0:
+            continue
+        web = int(p.connection_type) in (int(lt.peer_info.web_seed), int(lt.peer_info.http_seed))
+        who = endpoint_text(p.ip) + (" (web seed)" if web else "")
+        if count > t.hashfails.get(who, 0):
+            blamed.append(who)
+        t.hashfails[who] = count
+    return sorted(blamed)
 
 
 def lying_web_seeds(handle: Any) -> list[str]:

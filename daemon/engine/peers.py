@@ -13,7 +13,7 @@ from typing import Any
 
 import libtorrent as lt
 
-__all__ = ["PeerInfo", "file_progress", "peers_of"]
+__all__ = ["PeerInfo", "endpoint_text", "file_progress", "peers_of"]
 
 _SOURCES = (
     (lt.peer_info.tracker, "tracker"),
@@ -63,8 +63,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _address(p: Any) -> str:
-    host, port = p.ip
+def endpoint_text(endpoint: Any) -> str:
+    """``host:port`` of a libtorrent endpoint tuple, ``[v6]:port`` for IPv6."""
+    host, port = endpoint
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
@@ -72,7 +73,7 @@ def peers_of(handle: Any) -> list[PeerInfo]:
     """The connected peers of a libtorrent torrent handle, busiest first."""
     out = [
         PeerInfo(
-            address=_address(p),
+            address=endpoint_text(p.ip),
             client=_text(p.client)[:200],
             sources=_sources(p),
             download_rate=int(p.payload_down_speed),

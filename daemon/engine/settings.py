@@ -34,6 +34,8 @@ _ALERT_MASK = (
     | lt.alert.category_t.storage_notification
     | lt.alert.category_t.file_progress_notification
     | lt.alert.category_t.piece_progress_notification
+    # peer_ban_alert: who was banned for sending bad data (rare; the log names them).
+    | lt.alert.category_t.peer_notification
 )
 
 

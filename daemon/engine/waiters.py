@@ -44,6 +44,12 @@ class Tracked:
     failed_pieces: set[int] = field(default_factory=set)
     """Pieces that failed the hash check once (a second failure may be the first's
     leftovers, so it blames no web seed)."""
+    hashfails: dict[str, int] = field(default_factory=dict)
+    """Per peer address, its failed pieces as libtorrent counted them last time."""
+    banned: set[str] = field(default_factory=set)
+    """Peers libtorrent banned for sending bad data (``peer_ban_alert``)."""
+    just_banned: set[str] = field(default_factory=set)
+    """Peers banned since the last failed piece was logged: that piece's senders."""
 
     def adjust(self, status: TorrentStatus) -> TorrentStatus:
         """``status`` with the payload counted before any reconnect added back."""

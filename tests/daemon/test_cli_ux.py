@@ -421,23 +421,29 @@ def test_json_shapes_and_exit_codes_of_every_verb(
     assert _json(h, "show", "org/nothing", code=16)["type"] == "UnknownReleaseError"
 
 
-def test_failed_pieces_are_summarised_per_torrent(caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_pieces_are_summarised_per_peer(caplog: pytest.LogCaptureFixture) -> None:
     from p2pweightsd.runner import PieceFailures
 
     alerts = logging.getLogger("p2pweightsd.engine.alerts")
     failures = PieceFailures()
     alerts.addFilter(failures)
+    line = "torrent %s: piece %d failed the hash check (from %s)"
     try:
         with caplog.at_level(logging.WARNING):
             for piece in range(20):
-                alerts.warning("torrent %s: piece %d failed the hash check", "ab" * 32, piece)
+                alerts.warning(line, "ab" * 32, piece, "127.0.8.8:6881")
+            alerts.warning(line, "ab" * 32, 20, "127.0.0.3:7000, 127.0.8.8:6881")
+            alerts.warning(line, "cd" * 32, 4, "a peer now gone")
             alerts.warning("something else")
             failures.flush()
     finally:
         alerts.removeFilter(failures)
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines == [
+    tail = "; thrown away and fetched again, and a peer that keeps sending bad data is banned"
+    assert [r.getMessage() for r in caplog.records] == [
         "something else",
-        f"torrent {'ab' * 8}: 20 pieces failed the hash check (0, 1, 2, 3, 4, 5, 6, 7, ...); "
-        "thrown away and fetched again, and a peer that keeps sending bad data is banned",
+        f"torrent {'ab' * 8}: 1 piece from 127.0.0.3:7000 failed the hash check (20){tail}",
+        f"torrent {'ab' * 8}: 21 pieces from 127.0.8.8:6881 failed the hash check "
+        f"(0, 1, 2, 3, 4, 5, 6, 7, ...){tail}",
+        f"torrent {'cd' * 8}: 1 piece from a peer now gone failed the hash check (4){tail}",
     ]
+    assert failures.pieces == {}  # flushed once, not again

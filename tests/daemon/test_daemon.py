@@ -430,6 +430,11 @@ def test_lying_peer_is_outvoted_by_an_honest_one(
     )
     loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
     assert all(torch.equal(loaded[n], t) for n, t in state.items())
+    # The log names the liar: banned, and its failed pieces in one summary line.
+    leech.stop()  # the summary is flushed on the way out
+    text, liar_at = leech.log(), f"127.0.8.8:{liar_port}"
+    assert f"peer {liar_at} banned for sending data that failed the hash check" in text
+    assert f" from {liar_at} failed the hash check (" in text, text[-3000:]
 
 
 @pytest.mark.parametrize("comeback", ["another_seeder", "same_seeder_new_port"])
