@@ -10,7 +10,7 @@ from urllib.parse import quote
 import click
 
 from ..client import DaemonClient, fetch_body
-from ..errors import DaemonError, P2PWeightsError
+from ..errors import DaemonError, FetchTimeoutError, P2PWeightsError
 from ._base import Ctx, client_for, run
 from ._progress import FetchProgress, human_bytes
 
@@ -40,9 +40,18 @@ def foreground_fetch(ctx: Ctx, uri: str, *, keep: bool, **kw: Any) -> dict[str, 
         client.request_sync(
             "DELETE", f"/releases/{quote(rid, safe='')}", params={"delete_data": "1"}
         )
+        cause = str(exc)
+        if isinstance(exc, FetchTimeoutError):  # the library's "goes on fetching": not now
+            cause = (
+                f"{release_name(info)} not complete after {kw.get('timeout') or 0:.0f}s "
+                f"(state {info['state']})"
+            )
+            if info["state"] == "metadata" and not info.get("peers"):
+                cause += ": no peer has answered"
+        removed = "it" if isinstance(exc, FetchTimeoutError) else release_name(info)
         raise type(exc)(
-            f"{exc}; removed {release_name(info)} and its partial data "
-            "(`p2pw fetch --keep` keeps a failed fetch)"
+            f"{cause}; removed {removed} and its partial data "
+            "(`p2pw fetch --keep` keeps a failed fetch and goes on fetching it)"
         ) from exc
 
 
