@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -225,6 +226,7 @@ class P2pRun:
     """Share of the CPUs used by processes outside the benchmark."""
     split: dict[str, float] = field(default_factory=dict)
     """Seconds from the fetch request to each milestone seen in B's event stream."""
+    pid_b: int = 0
 
 
 async def _http_once(port: int, payload: Payload, out: Path) -> int:
@@ -332,9 +334,32 @@ async def _p2p_once(home_b: Path, magnet: str, peer: str, home_a: Path, rid_a: s
     return seconds, info, split, sent
 
 
+@contextlib.contextmanager
+def perf_record(pid: int, out: Path | None) -> Iterator[None]:
+    """``perf record`` of process ``pid`` (all threads, call graphs) while the block runs."""
+    if out is None:
+        yield
+        return
+    import subprocess
+
+    proc = subprocess.Popen(
+        ["perf", "record", "--quiet", "-F", "999", "-g", "-p", str(pid), "-o", str(out)],
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # perf attaches to every thread before the fetch starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+
+
 def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int,
-            home_a: Path, rid_a: str) -> P2pRun:
-    """One fetch by a fresh daemon B; B is stopped and its data dir removed afterwards."""
+            home_a: Path, rid_a: str, perf_out: Path | None = None) -> P2pRun:
+    """One fetch by a fresh daemon B; B is stopped and its data dir removed afterwards.
+
+    With ``perf_out``, B runs under ``perf record`` (an extra run, never a timed one).
+    """
     from p2pweights import TrustStore
     from p2pweights.client import start_daemon
 
@@ -345,7 +370,7 @@ def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int,
     pid = start_daemon(home_b, extra_args=_local_args(_HOST_B))
     try:
         os.sync()
-        with Meter(pid_a, pid) as meter:
+        with perf_record(pid, perf_out), Meter(pid_a, pid) as meter:
             seconds, info, split, sent = asyncio.run(
                 _p2p_once(home_b, magnet, peer, home_a, rid_a))
     except BaseException:
@@ -362,7 +387,7 @@ def run_p2p(home_b: Path, magnet: str, peer: str, publisher: Any, pid_a: int,
                   a_uploaded=sent,
                   failed_bytes=int(transfer.get("failed_bytes", -1)),
                   cpu_a=meter.helper_cpu[0], cpu_b=meter.helper_cpu[1], others=meter.others,
-                  split=split)
+                  split=split, pid_b=pid)
 
 
 # ---- summary -------------------------------------------------------------------------------
@@ -402,6 +427,11 @@ class Summary:
     p2pw_cpu_b_s: float
     others_http: float
     others_p2pw: float
+    profile_cpu_b_s: float | None = None
+    """CPU seconds of daemon B in the extra run under ``perf record`` (``--profile``)."""
+    profile_seconds: float | None = None
+    profile_percent: dict[str, float] = field(default_factory=dict)
+    """Share of B's sampled CPU per part of the daemon in that run (see ``cpu_split``)."""
     benchmark: str = "bench_transfer"
     target: str = f"p2pw/(HTTP+sha256) >= {TARGET}"
 
@@ -455,6 +485,13 @@ def _print(s: Summary) -> None:
           f"p2pw runs {s.others_p2pw:.0%}")
     if max(s.others_http, s.others_p2pw) > 0.1:
         print("  note: other processes competed for the CPUs; the figures are noisy.")
+    if s.profile_cpu_b_s is not None and s.profile_seconds is not None:
+        gib = s.payload_bytes / GIB
+        print(f"  profiled run (daemon B under perf record): {s.profile_seconds:.2f} s, "
+              f"B used {s.profile_cpu_b_s:.2f} CPU s = {s.profile_cpu_b_s / gib:.2f} per GiB")
+        for part, pct in sorted(s.profile_percent.items(),
+                                key=lambda kv: (kv[0].startswith(" "), -kv[1])):
+            print(f"    {pct:5.1f} %  {pct / 100 * s.profile_cpu_b_s / gib:5.2f} CPU s/GiB  {part}")
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -472,8 +509,62 @@ def _payload(release: Path, manifest_sha256: str, chunks: dict[str, str]) -> Pay
     return Payload(files, sha)
 
 
-def bench(work: Path, size_gib: float, repeats: int, warmup: int) -> Summary:
-    """Set up once, then alternate the two sides."""
+_OURS_LOOP = "ours: the Python event loop (alerts, API, events, catalog)"
+_OURS_HASH = "ours: sha256 of each chunk before it enters the store (hashlib threads)"
+_OURS_OTHER = "ours: other Python threads"
+_LIBTORRENT = "libtorrent's threads (network, disk, v2 block hashing)"
+
+
+def _thread_kind(tid: str, pid: int, leaves: collections.Counter[str]) -> str:
+    """Which part of the daemon a thread is, from the shared objects its samples land in."""
+    if tid == str(pid):
+        return _OURS_LOOP
+    user = [(n, dso) for dso, n in leaves.items() if not dso.startswith("[")]
+    top = max(user)[1] if user else ""
+    if top.startswith("libcrypto"):
+        return _OURS_HASH
+    if top.startswith("libpython"):
+        return _OURS_OTHER
+    return _LIBTORRENT
+
+
+def cpu_split(perf_data: Path, pid: int) -> dict[str, float]:
+    """Percent of the sampled CPU per part of the daemon, by thread (``perf script``).
+
+    The wheel's libtorrent has no frame pointers, so call graphs stop at its first frame;
+    each thread does one job, though, so the thread a sample lands in says whose work it is.
+    """
+    import subprocess
+
+    text = subprocess.run(
+        ["perf", "script", "-F", "tid,ip,sym,dso", "-i", str(perf_data)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    per_thread: dict[str, collections.Counter[str]] = collections.defaultdict(
+        collections.Counter)
+    tid, leaf = "", False
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith("\t"):  # a sample's header: its thread id
+            tid, leaf = line.split()[0], True
+        elif leaf:  # the first frame of the call chain: where the CPU was
+            dso = line.rsplit("(", 1)[-1].rstrip(") \t").rsplit("/", 1)[-1]
+            per_thread[tid][dso] += 1
+            leaf = False
+    total = sum(sum(c.values()) for c in per_thread.values()) or 1
+    shares: dict[str, float] = collections.defaultdict(float)
+    for t, leaves in per_thread.items():
+        shares[_thread_kind(t, pid, leaves)] += 100 * sum(leaves.values()) / total
+        kernel = sum(n for dso, n in leaves.items() if dso.startswith("[kernel"))
+        shares["  of all: in the kernel (system calls, copies, page faults)"] += (
+            100 * kernel / total)
+    return {k: round(v, 1) for k, v in shares.items()}
+
+
+def bench(work: Path, size_gib: float, repeats: int, warmup: int,
+          profile: Path | None = None) -> Summary:
+    """Set up once, then alternate the two sides; then, with ``profile``, one run under perf."""
     import p2pweights
     from p2pweights.client import DaemonClient, start_daemon
 
@@ -530,6 +621,11 @@ def bench(work: Path, size_gib: float, repeats: int, warmup: int) -> Summary:
                 else:
                     p2ps.append(p2p())
                     https.append(http())
+            profiled: P2pRun | None = None
+            if profile is not None:
+                profile.mkdir(parents=True, exist_ok=True)
+                profiled = run_p2p(home_b, magnet, peer, key.public, pid_a, home_a, rid_a,
+                                   perf_out=profile / "fetcher.perf.data")
     except BaseException:
         tail = _log_tail(home_a)
         if tail:
@@ -564,6 +660,10 @@ def bench(work: Path, size_gib: float, repeats: int, warmup: int) -> Summary:
         p2pw_cpu_b_s=round(median([p.cpu_b for p in p2ps]), 3),
         others_http=round(median([h.others for h in https]), 3),
         others_p2pw=round(median([p.others for p in p2ps]), 3),
+        profile_cpu_b_s=round(profiled.cpu_b, 3) if profiled else None,
+        profile_seconds=round(profiled.seconds, 3) if profiled else None,
+        profile_percent=(cpu_split(profile / "fetcher.perf.data", profiled.pid_b)
+                         if profile is not None and profiled is not None else {}),
     )
 
 
@@ -574,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side first")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="after the timed runs, one more fetch with daemon B under "
+                             "`perf record`; prints its CPU split by shared object")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -582,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
     with work_dir(args.workdir) as work:
-        summary = bench(work, args.size_gib, args.repeats, args.warmup)
+        summary = bench(work, args.size_gib, args.repeats, args.warmup, args.profile)
     if args.json:
         print(json.dumps(asdict(summary)))
     else:
