@@ -333,15 +333,18 @@ class FetchFlow(Placement):
                 # The window moves on now, so the next chunks download while these are
                 # hashed and placed.
                 self._move_window(tid, download)
+            # Chunks mapped at add are the store's own copies already.
+            partial = [p for p in finished if layout[index[p]] != p]
+            outcomes = await self._place_all(rid, tid, [(by_path[p], index[p]) for p in partial])
+            moves = dict(zip(partial, outcomes, strict=True))
             settled = []
             for path in finished:
-                if layout[index[path]] != path:  # not the store's copy, mapped at add
-                    moved = await self._place_when_possible(rid, tid, by_path[path], index[path])
-                    if moved is None:  # a full disk lost some of it: it comes again
-                        download.complete.pop(path, None)
-                        continue
-                    if not moved:
-                        relinked.append(by_path[path])
+                moved = moves.get(path, True)
+                if moved is None:  # a full disk lost some of it: it comes again
+                    download.complete.pop(path, None)
+                    continue
+                if not moved:
+                    relinked.append(by_path[path])
                 records.record(release.root / path, by_path[path].sha256)
                 settled.append(path)
             records.save()  # on a full disk it stays dirty; loads hash these chunks meanwhile

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import sqlite3
 
 from p2pweights.errors import ReleaseMismatchError
@@ -26,11 +27,43 @@ _SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 """What reading or writing a chunk meets on a full disk (EIO: an mmap page it lost)."""
 
 
+_HASHERS = max(2, os.cpu_count() or 2)
+"""Chunks of one fetch hashed at once: chunks complete in bunches near a fetch's end."""
+
+
 class Placement(Upkeep):
     """Moving verified chunks from a fetch's partial files into the shared store."""
 
+    async def _place_all(
+        self, rid: str, tid: str, chunks: list[tuple[ChunkEntry, int]]
+    ) -> list[bool | None]:
+        """:meth:`_place_when_possible` for chunks that completed together.
+
+        Their partial files are hashed in parallel (one thread per core: pieces come in
+        rarest-first order, so most chunks complete in the last seconds of a fetch) and
+        then settled one by one, in order, exactly as one at a time would be.
+        """
+        gate = asyncio.Semaphore(_HASHERS)
+
+        async def check(chunk: ChunkEntry) -> None:
+            async with gate:
+                await asyncio.to_thread(self.store.check_partial, rid, chunk)
+
+        checks = await asyncio.gather(*(check(c) for c, _ in chunks), return_exceptions=True)
+        placed: list[bool | None] = []
+        for (chunk, index), checked in zip(chunks, checks, strict=True):
+            if not isinstance(checked, Exception | None):
+                raise checked  # cancelled: not a verdict on the chunk
+            placed.append(await self._place_when_possible(rid, tid, chunk, index, checked))
+        return placed
+
     async def _place_when_possible(
-        self, rid: str, tid: str, chunk: ChunkEntry, index: int
+        self,
+        rid: str,
+        tid: str,
+        chunk: ChunkEntry,
+        index: int,
+        checked: Exception | None = None,
     ) -> bool | None:
         """:meth:`_place`, or a refetch of the chunk if a full disk lost some of its bytes.
 
@@ -41,6 +74,9 @@ class Placement(Upkeep):
         again. Its bytes are hashed before placement either way, so nothing unverified
         gets in.
 
+        ``checked`` is what :meth:`Store.check_partial` raised (None: it passed), where
+        the caller hashed the chunk already.
+
         Returns:
             As :meth:`_place`; None when the chunk is being fetched again.
 
@@ -48,7 +84,9 @@ class Placement(Upkeep):
             ReleaseMismatchError: the bytes are not the chunk's, and no full disk explains it.
         """
         try:
-            return await self._place(rid, tid, chunk, index)
+            if checked is not None:
+                raise checked
+            return await self._place(rid, tid, chunk, index, hashed=True)
         except (OSError, ReleaseMismatchError) as exc:
             lost = isinstance(exc, ReleaseMismatchError) or exc.errno in _SPACE_ERRORS
             if not (lost and rid in self._hit_full_disk):
@@ -61,11 +99,15 @@ class Placement(Upkeep):
             self.engine.connect_peer(tid, host, port)  # a recheck may drop them
         return None
 
-    async def _place(self, rid: str, tid: str, chunk: ChunkEntry, index: int) -> bool:
+    async def _place(
+        self, rid: str, tid: str, chunk: ChunkEntry, index: int, *, hashed: bool = False
+    ) -> bool:
         """Bring a fetch's complete partial chunk into the store (see :meth:`Store.place`).
 
         The hash runs outside the lock; settling the store name runs under one lock, so
         two fetches of the same chunk cannot both write its name.
+
+        ``hashed``: :meth:`Store.check_partial` passed already (see :meth:`_place_all`).
 
         Returns:
             True when the chunk was moved under its store name (the torrent now reads it
@@ -73,7 +115,8 @@ class Placement(Upkeep):
         """
         # The partial file is this fetch's own: hash it before taking the lock, so one
         # fetch's hashing never holds up another's placement.
-        await asyncio.to_thread(self.store.check_partial, rid, chunk)
+        if not hashed:
+            await asyncio.to_thread(self.store.check_partial, rid, chunk)
         async with self._placing:
             known = self.catalog.store_chunks([chunk.path]).get(chunk.path)
             stamp = known.stamp if known is not None else None
