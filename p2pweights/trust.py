@@ -262,9 +262,8 @@ class TrustStore:
                     return Admission(key, e, retired_until=r.until)
         moves = self._chain_to(key, statements, set())
         if moves is None:
-            self.require(key)  # raises UntrustedKeyError
-            raise AssertionError("unreachable")
-        return Admission(key, None, tuple(moves))
+            self.require(key)  # raises UntrustedKeyError: the key has no entry
+        return Admission(key, None, tuple(moves or ()))
 
     def _chain_to(
         self, key: PublicKey, statements: Sequence[Statement], seen: set[PublicKey]
@@ -326,7 +325,8 @@ class TrustStore:
         retired = (*old.retired, Retired(r.old, until))[-_MAX_RETIRED:]
         new = TrustEntry(old.name, r.new, old.scopes, retired)
         self._entries = [new if e is old else e for e in self._entries]
-        if old in self._transient:
+        transient = old in self._transient
+        if transient:
             self._transient = [new if e is old else e for e in self._transient]
         log.warning(
             "trust entry %r moved from key %s to key %s by a rotation statement of %s",
@@ -335,7 +335,8 @@ class TrustStore:
             r.new.fingerprint,
             _iso(r.time),
         )
-        self._save()
+        if not transient:
+            self._save()
 
     def add(self, key: PublicKey, name: str, *, scopes: Iterable[str] = ()) -> None:
         """Trust ``key`` under ``name`` for release names matching ``scopes``, and save.
