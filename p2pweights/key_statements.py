@@ -48,6 +48,7 @@ __all__ = [
     "Revocation",
     "Rotation",
     "Statement",
+    "dht_items",
     "dht_value",
     "parse_statement",
     "read_statements",
@@ -378,3 +379,22 @@ def dht_value(statement: Statement) -> tuple[PublicKey, bytes, bytes]:
     if len(value) > 990:  # the bencoded length prefix takes the rest of 1000
         raise KeyStatementError(f"statement of {len(value)} bytes does not fit a BEP 44 item")
     return key, DHT_SALT, value
+
+
+def dht_items(statements: Sequence[Statement]) -> list[tuple[PublicKey, bytes, bytes]]:
+    """The DHT items for a publisher's own statements: one per key, its latest word.
+
+    A key's revocation wins over its rotation (a client that sees it must stop trusting
+    the key, and must not follow the rotation either); else its newest rotation.
+    """
+    latest: dict[PublicKey, Statement] = {}
+    for s in statements:
+        key = s.old if isinstance(s, Rotation) else s.key
+        held = latest.get(key)
+        if (
+            held is None
+            or (isinstance(s, Revocation) and isinstance(held, Rotation))
+            or (type(s) is type(held) and s.time >= held.time)
+        ):
+            latest[key] = s
+    return [dht_value(s) for s in latest.values()]

@@ -19,6 +19,7 @@ from p2pweights.key_statements import (
     ROTATION_TYPE,
     Revocation,
     Rotation,
+    dht_items,
     dht_value,
     parse_statement,
     parse_statement_bytes,
@@ -237,3 +238,16 @@ def test_dht_value_is_under_the_old_key_and_fits_bep44(
     c = revoke(other_key, reason="x" * 200, now=NOW)
     signer, _, value = dht_value(c)
     assert signer == other_key.public and parse_statement_bytes(value) == c
+
+
+def test_dht_items_hold_each_keys_latest_word(
+    key: PrivateKey, other_key: PrivateKey, third_key: PrivateKey
+) -> None:
+    old = rotate(key, other_key, now=NOW)
+    newer = rotate(key, third_key, now=NOW + 1)
+    gone = revoke(key, now=NOW - 5)
+    items = {k: v for k, _, v in dht_items([old, newer])}
+    assert parse_statement_bytes(items[key.public]) == newer
+    items = {k: v for k, _, v in dht_items([gone, old, newer])}
+    assert parse_statement_bytes(items[key.public]) == gone  # a revocation wins
+    assert list(items) == [key.public]

@@ -341,9 +341,13 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
         from ..trust import trust_for
 
         return trust_for(None, ctx.home)
-    if key_text.startswith("ed25519:"):
-        return TrustStore.of_keys([PublicKey.parse(key_text)])
-    return TrustStore.of_keys([load_key(Path(key_text), None).public])
+    pub = (
+        PublicKey.parse(key_text)
+        if key_text.startswith("ed25519:")
+        else load_key(Path(key_text), None).public
+    )
+    # The one key given is believed, unless a revocation of it was recorded.
+    return TrustStore(TrustStore.of_keys([pub]).entries, revoked=ctx.trust().revoked)
 
 
 @cli.command()
