@@ -225,6 +225,16 @@ def test_no_rotation_from_or_to_a_revoked_key_is_honoured(
     with pytest.raises(UntrustedKeyError):
         open_release(v2, from_revoked)
     assert from_revoked.entry_of(other_key.public) is None
+    # Nor through a revoked key in the middle of a chain: A -> B -> C with B revoked.
+    third = generate_key(tmp_path / "third.pem")
+    chain = [ab, rotate(other_key, third, now=T_ROTATE + 1)]
+    v3 = _pack(src, tmp_path / "v3", third, version=3, created=T0, statements=chain)
+    middle = TrustStore.load(tmp_path / "m" / "trust.json")
+    middle.add(key.public, "org")
+    middle.revoke(revoke(other_key, now=T0))
+    with pytest.raises(UntrustedKeyError):
+        open_release(v3, middle)
+    assert middle.entry_of(key.public) is not None and middle.entry_of(third.public) is None
 
 
 def test_a_revocation_travelling_with_a_release_is_recorded(
