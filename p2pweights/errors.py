@@ -152,7 +152,7 @@ class RevokedKeyError(TrustError):
     Not an ``UntrustedKeyError``: trust on first use never applies to a revoked key.
     """
 
-    exit_code = 21
+    exit_code = 22
 
 
 class ReleaseExpiredError(TrustError):

@@ -90,12 +90,12 @@ def test_rotate_pack_and_verify_move_trust_then_revoke_refuses(
         "reason": "lost laptop",
     }
     code, out_text, err = run(capsys, "--home", str(client), "verify", str(v2), "--json")
-    assert code == 21 and json.loads(out_text)["type"] == "RevokedKeyError"
+    assert code == 22 and json.loads(out_text)["type"] == "RevokedKeyError"
     assert "revoked" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(
         capsys, "--home", str(client), "trust", "add", str(b["public_key"]), "--name", "b"
     )
-    assert code == 21, err
+    assert code == 22, err
     listed = run_json(capsys, "--home", str(client), "trust", "list")
     assert listed["keys"] == [] and listed["revoked"] == [
         {"public_key": b["public_key"], "fingerprint": b["fingerprint"], "time": rev["time"]}
@@ -105,7 +105,7 @@ def test_rotate_pack_and_verify_move_trust_then_revoke_refuses(
         capsys, "pack", str(src), "--name", "org/m", "--version", "3",
         "--out", str(tmp_path / "v3"), "--key", str(tmp_path / "b.pem"),
     )  # fmt: skip
-    assert code == 21 and "revoked" in err
+    assert code == 22 and "revoked" in err
     assert isinstance(read_statements(_home() / "keys" / "key-statements.json")[-1], Revocation)
 
 

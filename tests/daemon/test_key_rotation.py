@@ -87,7 +87,7 @@ def test_rotation_moves_the_clients_trust_and_revocation_ends_it(
     with pytest.raises(RevokedKeyError):
         p2pweights.load(info2["path"], home=leech.home)
     proc = p2pw(leech.home, "verify", info2["path"])
-    assert proc.returncode == 21 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == 22 and proc.stderr.count("\n") == 1, proc.stderr
     # Whoever holds B now (the publisher packs nothing with it) cannot get a release in,
     # not even with trust on first use.
     v3 = tmp_path / "v3"
