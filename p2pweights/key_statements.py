@@ -381,15 +381,20 @@ def dht_value(statement: Statement) -> tuple[PublicKey, bytes, bytes]:
     return key, DHT_SALT, value
 
 
-def dht_items(statements: Sequence[Statement]) -> list[tuple[PublicKey, bytes, bytes]]:
+def dht_items(statements: Sequence[Statement]) -> list[tuple[PublicKey, bytes, int, bytes]]:
     """The DHT items for a publisher's own statements: one per key, its latest word.
 
     A key's revocation wins over its rotation (a client that sees it must stop trusting
-    the key, and must not follow the rotation either); else its newest rotation.
+    the key, and must not follow the rotation either); else its newest rotation. Each
+    item is ``(key, salt, seq, value)``: ``seq`` is twice the newest time among the key's
+    statements, plus one for a revocation, so it only grows as statements are added and
+    a revocation outranks a rotation of the same second (BEP 44 keeps the highest seq).
     """
     latest: dict[PublicKey, Statement] = {}
+    newest: dict[PublicKey, int] = {}
     for s in statements:
         key = s.old if isinstance(s, Rotation) else s.key
+        newest[key] = max(newest.get(key, 0), s.time)
         held = latest.get(key)
         if (
             held is None
@@ -397,4 +402,8 @@ def dht_items(statements: Sequence[Statement]) -> list[tuple[PublicKey, bytes, b
             or (type(s) is type(held) and s.time >= held.time)
         ):
             latest[key] = s
-    return [dht_value(s) for s in latest.values()]
+    items = []
+    for key, s in latest.items():
+        _, salt, value = dht_value(s)
+        items.append((key, salt, 2 * newest[key] + isinstance(s, Revocation), value))
+    return items

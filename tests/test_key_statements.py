@@ -246,8 +246,10 @@ def test_dht_items_hold_each_keys_latest_word(
     old = rotate(key, other_key, now=NOW)
     newer = rotate(key, third_key, now=NOW + 1)
     gone = revoke(key, now=NOW - 5)
-    items = {k: v for k, _, v in dht_items([old, newer])}
-    assert parse_statement_bytes(items[key.public]) == newer
-    items = {k: v for k, _, v in dht_items([gone, old, newer])}
-    assert parse_statement_bytes(items[key.public]) == gone  # a revocation wins
-    assert list(items) == [key.public]
+    ((signer, salt, seq, value),) = dht_items([old, newer])
+    assert (signer, salt, parse_statement_bytes(value)) == (key.public, DHT_SALT, newer)
+    ((signer, _, seq2, value),) = dht_items([gone, old, newer])
+    assert parse_statement_bytes(value) == gone  # a revocation wins, whatever its date
+    assert seq2 > seq  # and outranks what was put before it on the DHT
+    (item,) = dht_items([old, revoke(key, now=NOW)])
+    assert item[2] == 2 * NOW + 1 > dht_items([old])[0][2]
