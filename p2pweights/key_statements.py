@@ -34,24 +34,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._atomic import atomic_write_bytes
 from ._canonical import dumps, loads_strict
-from .errors import KeyFileError, KeyStatementError, ManifestError, SignatureError
+from .errors import (
+    KeyFileError,
+    KeyStatementError,
+    ManifestError,
+    RevokedKeyError,
+    SignatureError,
+)
 from .keys import SIGNATURE_BYTES, PrivateKey, PublicKey
 
 __all__ = [
     "DHT_SALT",
     "MAX_STATEMENTS",
     "MAX_STATEMENT_BYTES",
+    "OWN_STATEMENTS",
     "REVOCATION_TYPE",
     "ROTATION_TYPE",
     "STATEMENTS_NAME",
     "Revocation",
     "Rotation",
     "Statement",
+    "add_to_release",
     "dht_items",
     "dht_value",
     "parse_statement",
     "read_statements",
+    "refuse_own_revoked",
     "revoke",
     "rotate",
     "statements_bytes",
@@ -69,6 +79,9 @@ MAX_STATEMENTS = 32
 MAX_FILE_BYTES = MAX_STATEMENTS * MAX_STATEMENT_BYTES + 64
 MAX_REASON_CHARS = 200
 _MAX_TIME = 2**40  # unix seconds far past any real date, well inside 2**53
+
+OWN_STATEMENTS = "keys/key-statements.json"
+"""A publisher's own statements, in the data dir: what ``key rotate`` and ``key revoke`` made."""
 
 DHT_SALT = b"p2pw-key"
 """BEP 44 salt of the item, under the signing key, that carries its latest statement."""
@@ -363,6 +376,32 @@ def statements_for(signer: PublicKey, statements: Sequence[Statement]) -> list[S
         at = step.old
     revoked = [s for s in statements if isinstance(s, Revocation) and s.key in keys - {signer}]
     return [*chain, *revoked]
+
+
+def add_to_release(home: Path, signer: PublicKey, release_dir: Path) -> int:
+    """Write into ``release_dir`` what a release signed by ``signer`` carries; how many.
+
+    The statements come from :data:`OWN_STATEMENTS` in ``home``, chosen by
+    :func:`statements_for`.
+
+    Raises:
+        KeyStatementError: the publisher's own statements file is damaged.
+    """
+    chosen = statements_for(signer, read_statements(home / OWN_STATEMENTS))
+    if chosen:
+        atomic_write_bytes(release_dir / STATEMENTS_NAME, statements_bytes(chosen))
+    return len(chosen)
+
+
+def refuse_own_revoked(home: Path, signer: PublicKey) -> None:
+    """A publisher never signs with a key they revoked.
+
+    Raises:
+        RevokedKeyError: the publisher's own statements in ``home`` revoke ``signer``.
+    """
+    own = read_statements(home / OWN_STATEMENTS)
+    if any(isinstance(s, Revocation) and s.key == signer for s in own):
+        raise RevokedKeyError(f"you revoked key {signer.fingerprint}; sign with another key")
 
 
 def dht_value(statement: Statement) -> tuple[PublicKey, bytes, bytes]:

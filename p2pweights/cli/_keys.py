@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import KeyStatementError, RevokedKeyError
+from ..errors import KeyStatementError
 from ..paths import default_key_path
 from ._base import Ctx, emit, json_option, load_key, pass_ctx
 from ._local import key, trust
@@ -24,34 +24,27 @@ if TYPE_CHECKING:
     from ..key_statements import Statement
     from ..keys import PublicKey
 
-__all__ = ["write_release_statements"]
-
-OWN_STATEMENTS = "key-statements.json"
-
+__all__ = ["refuse_own_revoked", "write_release_statements"]
 
 def _iso(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _own_path(ctx: Ctx) -> Path:
-    return ctx.home / "keys" / OWN_STATEMENTS
+    from ..key_statements import OWN_STATEMENTS
 
-
-def _own(ctx: Ctx) -> list[Statement]:
-    from ..key_statements import read_statements
-
-    return read_statements(_own_path(ctx))
+    return ctx.home / OWN_STATEMENTS
 
 
 def _keep(ctx: Ctx, statement: Statement) -> Path:
     """Add ``statement`` to the publisher's own statements (the newest last)."""
     from .._atomic import atomic_write_bytes
-    from ..key_statements import MAX_STATEMENTS, statements_bytes
+    from ..key_statements import MAX_STATEMENTS, read_statements, statements_bytes
 
     path = _own_path(ctx)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The oldest go first when the file is full; a release needs only its own chain.
-    kept = [*_own(ctx), statement][-MAX_STATEMENTS:]
+    kept = [*read_statements(path), statement][-MAX_STATEMENTS:]
     atomic_write_bytes(path, statements_bytes(kept), mode=0o600)
     return path
 
@@ -65,18 +58,10 @@ def _write_one(path: Path, statement: Statement) -> None:
 
 
 def write_release_statements(ctx: Ctx, signer: PublicKey, release_dir: Path) -> int:
-    """Copy into ``release_dir`` the statements a release by ``signer`` carries.
+    """Copy into ``release_dir`` the statements a release by ``signer`` carries; how many."""
+    from ..key_statements import add_to_release
 
-    Returns:
-        How many were written (none: no file).
-    """
-    from .._atomic import atomic_write_bytes
-    from ..key_statements import STATEMENTS_NAME, statements_bytes, statements_for
-
-    chosen = statements_for(signer, _own(ctx))
-    if chosen:
-        atomic_write_bytes(release_dir / STATEMENTS_NAME, statements_bytes(chosen))
-    return len(chosen)
+    return add_to_release(ctx.home, signer, release_dir)
 
 
 def refuse_own_revoked(ctx: Ctx, signer: PublicKey) -> None:
@@ -85,10 +70,9 @@ def refuse_own_revoked(ctx: Ctx, signer: PublicKey) -> None:
     Raises:
         RevokedKeyError: the publisher's own statements revoke ``signer``.
     """
-    from ..key_statements import Revocation
+    from ..key_statements import refuse_own_revoked as refuse
 
-    if any(isinstance(s, Revocation) and s.key == signer for s in _own(ctx)):
-        raise RevokedKeyError(f"you revoked key {signer.fingerprint}; sign with another key")
+    refuse(ctx.home, signer)
 
 
 _KEY_OPT = click.option(

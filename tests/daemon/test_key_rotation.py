@@ -80,6 +80,11 @@ def test_rotation_moves_the_clients_trust_and_revocation_ends_it(
     v1_path = leech.call("show", got["id"])["path"]
     assert p2pweights.verify_release(v1_path, client_trust).publisher_name == "org"
 
+    # A release the daemon packs itself (publish SRC --key) carries the rotation too.
+    body = {"source": str(src1), "name": "org/m", "version": 4, "key_file": str(b_pem)}
+    own = seeder.client.request_sync("POST", "/publish", body=body)
+    assert (Path(own["path"]) / STATEMENTS_NAME).read_bytes() == (v2 / STATEMENTS_NAME).read_bytes()
+
     # B is revoked: the client records the certificate, and loads of v2 are refused.
     cert = tmp_path / "b.revoked.json"
     _json(p2pw(pub, "key", "revoke", "--key", str(b_pem), "--out", str(cert), "--json"))
