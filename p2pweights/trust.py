@@ -223,11 +223,12 @@ class TrustStore:
             The names of the entries that trusted the key as their current key.
         """
         dropped = [e.name for e in self._entries if e.key == cert.key]
-        kept = [e for e in self._entries if e.key != cert.key]
-        self._entries = [
-            replace(e, retired=tuple(r for r in e.retired if r.key != cert.key)) for e in kept
-        ]
-        self._transient = [e for e in self._transient if e.key != cert.key]
+
+        def strip(e: TrustEntry) -> TrustEntry:  # equal in both lists: transient stays so
+            return replace(e, retired=tuple(r for r in e.retired if r.key != cert.key))
+
+        self._entries = [strip(e) for e in self._entries if e.key != cert.key]
+        self._transient = [strip(e) for e in self._transient if e.key != cert.key]
         self.revoked.setdefault(cert.key, cert)
         for name in dropped:
             log.warning("trust entry %r dropped: key %s is revoked", name, cert.key.fingerprint)
@@ -271,12 +272,9 @@ class TrustStore:
         """Rotations from a trusted key to ``key``, oldest first; never through a revoked key."""
         seen.add(key)
         for r in statements:
-            if (
-                not isinstance(r, Rotation)
-                or r.new != key
-                or r.old in seen
-                or r.old in self.revoked
-            ):
+            if not isinstance(r, Rotation) or r.new != key or r.old in seen:
+                continue
+            if r.old in self.revoked:  # no rotation by a revoked key is followed
                 continue
             if self.entry_of(r.old) is not None:
                 return [r]

@@ -285,3 +285,25 @@ def test_own_keys_follow_a_rotation_but_are_never_saved(
     store = trust_for(None, home)
     assert open_release(v2, store).publisher_name.startswith("your own key ")
     assert not (home / "trust.json").exists()  # nothing of the own keys is written
+
+
+def test_revoking_a_retired_key_of_an_own_key_writes_no_own_entry(
+    tmp_path: Path, other_key: PrivateKey, make_model: Callable[..., Path]
+) -> None:
+    """The own keys stay out of trust.json whatever happens to them in memory."""
+    home = tmp_path / "home"
+    own = generate_key(home / "keys" / "publisher.pem")
+    v2 = _pack(
+        make_model(),
+        tmp_path / "v2",
+        other_key,
+        version=2,
+        created=T0,
+        statements=[rotate(own, other_key, now=int(time.time()))],
+    )
+    store = trust_for(None, home)
+    open_release(v2, store)  # the own entry moved to other_key, own retired
+    store.revoke(revoke(own, now=T0))
+    doc = json.loads((home / "trust.json").read_text())
+    assert doc["keys"] == {} and len(doc["revoked"]) == 1
+    assert TrustStore.load(home / "trust.json").revoked.keys() == {own.public}
