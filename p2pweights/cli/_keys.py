@@ -79,7 +79,7 @@ _KEY_OPT = click.option(
     "--key",
     "key_path",
     type=click.Path(path_type=Path),
-    help="The key (default: DATA/keys/publisher.pem).",
+    help="The signing key: the old one for rotate (default: DATA/keys/publisher.pem).",
 )
 _PASS_OPT = click.option(
     "--passphrase-file",
