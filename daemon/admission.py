@@ -3,7 +3,8 @@
 Three checks, in the order a fetch meets them:
 
 1. :func:`store_layout` — on metadata: the torrent holds only ``manifest.json``, a 64-byte
-   ``manifest.sig`` and ``chunks/<sha256>[.safetensors]`` files, and a chunk name the store
+   ``manifest.sig``, an optional small ``key-statements.json`` and
+   ``chunks/<sha256>[.safetensors]`` files, and a chunk name the store
    already has carries the same size and v2 root. Chunks download into the fetch's own
    partial files; only verified, unchanged store files are mapped, read-only in effect.
 2. :func:`authenticate` — once the manifest files are in: trusted publisher (or trust on
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from p2pweights.errors import FormatError, LoadError, ReleaseMismatchError, UntrustedKeyError
+from p2pweights.key_statements import MAX_FILE_BYTES, STATEMENTS_NAME
 from p2pweights.manifest import LIMITS, Limits
 from p2pweights.release import (
     MANIFEST_NAME,
@@ -41,6 +43,7 @@ __all__ = [
     "PRIO_CHUNK",
     "authenticate",
     "manifest_only",
+    "meta_files",
     "parse_peer",
     "store_layout",
     "wanted_chunks",
@@ -70,11 +73,17 @@ def parse_peer(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def meta_files(tf: TorrentFile) -> list[int]:
+    """Indices of the files read before any chunk: manifest, signature, key statements."""
+    names = (MANIFEST_NAME, SIGNATURE_NAME, STATEMENTS_NAME)
+    return [f.index for f in tf.files if f.path in names]
+
+
 def manifest_only(tf: TorrentFile) -> list[int]:
-    """File priorities that want only manifest.json and manifest.sig."""
+    """File priorities that want only the :func:`meta_files`."""
     prios = [0] * tf.num_files
-    prios[tf.file(MANIFEST_NAME).index] = PRIO_META
-    prios[tf.file(SIGNATURE_NAME).index] = PRIO_META
+    for index in meta_files(tf):
+        prios[index] = PRIO_META
     return prios
 
 
@@ -102,6 +111,10 @@ def store_layout(rid: str, tf: TorrentFile, store: Store, catalog: Catalog) -> d
             if f.size != 64:
                 raise ReleaseMismatchError("the torrent's manifest.sig is not 64 bytes")
             layout[f.index] = store.signature_path(rid)
+        elif f.path == STATEMENTS_NAME:
+            if f.size > MAX_FILE_BYTES:
+                raise ReleaseMismatchError(f"the torrent's {STATEMENTS_NAME} is over the limit")
+            layout[f.index] = store.statements_path(rid)
         elif CHUNK_NAME.fullmatch(f.path):
             rec = known.get(f.path)
             if rec is not None and (rec.size, rec.v2_root) != (f.size, f.v2_root):
@@ -159,7 +172,8 @@ def authenticate(
         release = open_self_signed(root, limits=limits)
         new_key = release.manifest.publisher
     chunks = {c.path: c for c in release.manifest.chunks}
-    files = {f.path: f for f in tf.files if f.path not in (MANIFEST_NAME, SIGNATURE_NAME)}
+    meta = (MANIFEST_NAME, SIGNATURE_NAME, STATEMENTS_NAME)
+    files = {f.path: f for f in tf.files if f.path not in meta}
     if set(chunks) != set(files):
         extra = sorted(set(files) ^ set(chunks))[:3]
         raise ReleaseMismatchError(

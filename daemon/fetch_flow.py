@@ -31,13 +31,14 @@ from typing import Any
 from p2pweights.errors import FormatError, LoadError, P2PWeightsError
 from p2pweights.manifest import ChunkEntry
 from p2pweights.paths import trust_path
-from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, Release
+from p2pweights.release import Release
 from p2pweights.verify import ChunkRecords
 
 from .admission import (
     CHUNK_NAME,
     authenticate,
     manifest_only,
+    meta_files,
     parse_peer,
     store_layout,
     wanted_chunks,
@@ -264,8 +265,7 @@ class FetchFlow(Placement):
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
         await self._want(tid, manifest_only(tf), peers)
-        meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
-        await self.engine.wait_files(tid, meta)
+        await self.engine.wait_files(tid, meta_files(tf))
         release = authenticate(
             self.store.release_dir(rid),
             tf,

@@ -22,6 +22,7 @@ from typing import Any
 from p2pweights import __version__
 from p2pweights._sources import needs_torch
 from p2pweights.errors import LoadError, P2PWeightsError, SourceError, UnknownReleaseError
+from p2pweights.key_statements import add_to_release, refuse_own_revoked
 from p2pweights.keys import load_private_key
 from p2pweights.mirror import write_mirror
 from p2pweights.pack import pack
@@ -245,11 +246,13 @@ class Service(FetchFlow):
                 "never imports torch): pack it with `p2pw pack`, then publish the release dir"
             )
         key = load_private_key(Path(key_file))
+        refuse_own_revoked(self.config.home, key.public)
         staging = self.store.staging / f"{os.getpid()}-{time.monotonic_ns()}"  # swept at start
         try:
             await asyncio.to_thread(
                 pack, Path(source), staging, name=name, version=version, key=key, label=label
             )
+            add_to_release(self.config.home, key.public, staging)  # rotations travel along
             return await self.publish(str(staging), hybrid=hybrid)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

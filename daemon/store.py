@@ -44,6 +44,7 @@ from p2pweights._atomic import TMP_SUFFIX, atomic_write_bytes
 from p2pweights._reflink import copy_file
 from p2pweights.errors import FormatError, ReleaseMismatchError
 from p2pweights.hashing import hash_file, sha256_file
+from p2pweights.key_statements import STATEMENTS_NAME
 from p2pweights.manifest import ChunkEntry, chunk_of_address
 from p2pweights.release import CHUNKS_DIR, MANIFEST_NAME, SIGNATURE_NAME, Release
 
@@ -121,6 +122,10 @@ class Store:
     def signature_path(self, rid: str) -> str:
         """The signature's path relative to the store root."""
         return f"releases/{rid}/{SIGNATURE_NAME}"
+
+    def statements_path(self, rid: str) -> str:
+        """The key statements' path relative to the store root."""
+        return f"releases/{rid}/{STATEMENTS_NAME}"
 
     def partial_path(self, rid: str, chunk_path: str) -> str:
         """Where release ``rid``'s fetch writes chunk ``chunk_path`` (store-relative)."""
@@ -281,6 +286,9 @@ class Store:
                 now[chunk.path] = FileStamp.of(dest)
             for name in (MANIFEST_NAME, SIGNATURE_NAME):
                 atomic_write_bytes(target / name, (release.root / name).read_bytes())
+            if (release.root / STATEMENTS_NAME).is_file():  # part of the torrent, if there
+                data = (release.root / STATEMENTS_NAME).read_bytes()
+                atomic_write_bytes(target / STATEMENTS_NAME, data)
         except BaseException:
             self.undo_import(rid, created, remove_dir=fresh_dir)
             raise

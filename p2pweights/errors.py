@@ -6,12 +6,14 @@
     │   ├── OverCapError                    a torrent or manifest over a cap of the daemon's config
     │   ├── UnsafePathError                 a path is absolute, has `..`, or leaves its directory
     │   ├── SafetensorsHeaderError          a safetensors header is malformed or lies about sizes
-    │   └── SourceError                     a pack source is missing, unsupported or inconsistent
-    │       └── UnsafePickleError           a pickle asked for more than plain tensors; not executed
+    │   ├── SourceError                     a pack source is missing, unsupported or inconsistent
+    │   │   └── UnsafePickleError           a pickle asked for more than plain tensors; not executed
+    │   └── KeyStatementError               a key rotation statement or revocation is malformed
     ├── TrustError                          who signed, and whether we believe them
     │   ├── SignatureError (ValueError)     the signature does not match the manifest bytes
     │   ├── UntrustedKeyError               the publisher key is not in the trust store
     │   ├── OutOfScopeError                 the key is trusted, but not for this release's name
+    │   ├── RevokedKeyError                 the key was revoked by its own certificate
     │   └── ReleaseExpiredError             the manifest's expiry time has passed
     ├── ChunkError                          a chunk on disk is not what the signed manifest says
     │   ├── MissingChunkError (FileNotFoundError)
@@ -49,6 +51,7 @@ __all__ = [
     "FetchTimeoutError",
     "FormatError",
     "KeyFileError",
+    "KeyStatementError",
     "LoadError",
     "ManifestError",
     "MissingChunkError",
@@ -57,6 +60,7 @@ __all__ = [
     "P2PWeightsError",
     "ReleaseExpiredError",
     "ReleaseMismatchError",
+    "RevokedKeyError",
     "SafetensorsHeaderError",
     "SignatureError",
     "SourceError",
@@ -108,6 +112,14 @@ class UnsafePickleError(SourceError):
     """A pickle asked for something other than plain tensors; it was not executed."""
 
 
+class KeyStatementError(FormatError):
+    """A key rotation statement or revocation certificate is malformed or over a limit.
+
+    A statement whose form is right but whose signature does not verify is a
+    ``SignatureError`` instead.
+    """
+
+
 class TrustError(P2PWeightsError):
     """Who signed a release, and whether we believe them."""
 
@@ -132,6 +144,15 @@ class OutOfScopeError(TrustError):
     """
 
     exit_code = 18
+
+
+class RevokedKeyError(TrustError):
+    """The publisher key was revoked by a certificate it signed itself; never trusted again.
+
+    Not an ``UntrustedKeyError``: trust on first use never applies to a revoked key.
+    """
+
+    exit_code = 22
 
 
 class ReleaseExpiredError(TrustError):

@@ -23,6 +23,7 @@ from pathlib import Path
 from ._atomic import atomic_write_bytes
 from ._paths import check_relative
 from .errors import ExportError
+from .key_statements import STATEMENTS_NAME
 from .release import MANIFEST_NAME, SIGNATURE_NAME, open_self_signed
 
 __all__ = ["MirrorResult", "write_mirror"]
@@ -66,6 +67,8 @@ def write_mirror(
     root = dest / name
     copied = 0
     files = [MANIFEST_NAME, SIGNATURE_NAME, *(c.path for c in release.manifest.chunks)]
+    if (release_dir / STATEMENTS_NAME).is_file():  # a file of the torrent like the others
+        files.insert(2, STATEMENTS_NAME)
     sizes = {c.path: c.size for c in release.manifest.chunks}
     try:
         (root / "chunks").mkdir(parents=True, exist_ok=True)

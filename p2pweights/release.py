@@ -1,10 +1,12 @@
 """A release on disk, and the only way to read its manifest: authenticated first.
 
-A release directory holds ``manifest.json``, ``manifest.sig`` and ``chunks/``. Opening one
-reads the manifest under a size limit, checks that its publisher is trusted, checks the
-Ed25519 signature over the exact bytes, then parses the full schema, checks that the
-publisher's trust entry covers the release's name, and the expiry. Only then does any
-caller see a :class:`Manifest`.
+A release directory holds ``manifest.json``, ``manifest.sig`` and ``chunks/``, and may
+hold ``key-statements.json`` (key rotations and revocations, see :mod:`.key_statements`).
+Opening one reads the manifest under a size limit, checks that its publisher is trusted
+(and not revoked; a key that a trusted key rotated to is trusted through the statements),
+checks the Ed25519 signature over the exact bytes, then parses the full schema, checks
+that the publisher's trust entry covers the release's name, and the expiry. Only then does
+any caller see a :class:`Manifest`, and only then is a rotation applied to the trust store.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from ._canonical import loads_strict
 from .errors import LoadError, ManifestError, ReleaseExpiredError, SignatureError
+from .key_statements import STATEMENTS_NAME, read_statements
 from .keys import SIGNATURE_BYTES
 from .manifest import LIMITS, Limits, Manifest, publisher_in
 from .trust import TrustStore
@@ -128,6 +131,8 @@ def open_release(
     Raises:
         ManifestError: missing or malformed manifest, or over ``limits``.
         UntrustedKeyError: the publisher is not trusted.
+        RevokedKeyError: the publisher key was revoked.
+        KeyStatementError: ``key-statements.json`` is malformed.
         SignatureError: the signature is missing, malformed, or wrong.
         OutOfScopeError: the publisher is trusted, but not for this release's name.
         ReleaseExpiredError: past its expiry.
@@ -146,11 +151,19 @@ def _open(
         raise SignatureError(str(exc)) from exc
     doc = loads_strict(data, max_bytes=limits.manifest_bytes)  # parsed once, used twice
     key = publisher_in(doc)
-    name = trust.require(key) if trust is not None else f"key-{key.fingerprint}"
+    admission = None
+    statements = read_statements(root / STATEMENTS_NAME)  # checked even when self-signed
+    if trust is not None:
+        trust.learn(statements)  # revocations count whatever release carries them
+        admission = trust.admission(key, statements)
     key.verify(sig, data)
     manifest = Manifest.from_parsed(doc, data, limits=limits)
-    if trust is not None:  # the name is the publisher's word only once the signature held
-        trust.require_scope(key, manifest.name)
+    # The name is the publisher's word only once the signature held; so is a rotation.
+    name = (
+        trust.admit(admission, manifest.name, manifest.created)
+        if trust is not None and admission is not None
+        else f"key-{key.fingerprint}"
+    )
     when = time.time() if now is None else now
     if manifest.expires is not None and when > manifest.expires:
         raise ReleaseExpiredError(

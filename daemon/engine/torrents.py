@@ -17,10 +17,12 @@ from p2pweights.errors import (
     ChunkError,
     CorruptChunkError,
     FormatError,
+    KeyStatementError,
     ManifestError,
     MissingChunkError,
     OverCapError,
 )
+from p2pweights.key_statements import MAX_FILE_BYTES, STATEMENTS_NAME
 from p2pweights.manifest import LIMITS, Manifest
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME
 
@@ -85,10 +87,11 @@ def make_torrent(
 ) -> TorrentFile:
     """Build the torrent of a release directory.
 
-    The torrent holds ``manifest.json``, ``manifest.sig`` and every chunk the manifest
-    lists, under the root directory :func:`torrent_name`. The bytes are reproducible:
-    the creation date is the manifest's ``created`` and no mtimes are stored, so anyone
-    holding the release makes the same torrent and the same info-hash.
+    The torrent holds ``manifest.json``, ``manifest.sig``, ``key-statements.json`` when
+    the release has one, and every chunk the manifest lists, under the root directory
+    :func:`torrent_name`. The bytes are reproducible: the creation date is the manifest's
+    ``created`` and no mtimes are stored, so anyone holding the release makes the same
+    torrent and the same info-hash.
 
     Args:
         release_dir: the release.
@@ -124,6 +127,10 @@ def make_torrent(
         MANIFEST_NAME: _file_size(release_dir / MANIFEST_NAME, MANIFEST_NAME),
         SIGNATURE_NAME: _file_size(release_dir / SIGNATURE_NAME, SIGNATURE_NAME),
     }
+    if (release_dir / STATEMENTS_NAME).is_file():  # key rotations travel with the release
+        sizes[STATEMENTS_NAME] = _file_size(release_dir / STATEMENTS_NAME, STATEMENTS_NAME)
+        if sizes[STATEMENTS_NAME] > MAX_FILE_BYTES:
+            raise KeyStatementError(f"{STATEMENTS_NAME} is over {MAX_FILE_BYTES} bytes")
     for chunk in manifest.chunks:
         size = _file_size(release_dir / chunk.path, chunk.path)
         if size != chunk.size:

@@ -130,11 +130,15 @@ def publish(
         if name is None or version is None:
             raise LoadError(f"{src} is not a release dir; give --name and --version to pack it")
         priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
+        from ._keys import refuse_own_revoked, write_release_statements  # noqa: PLC0415
+
+        refuse_own_revoked(ctx, priv.public)
         out = out or ctx.home / "published" / f"{name.replace('/', '--')}-v{version}"
         with progress_bar(ctx, source_size(src), "packing") as bar:
             pack_release(
                 src, out, name=name, version=version, key=priv, label=label or "", progress=bar
             )
+        write_release_statements(ctx, priv.public, out)  # rotations travel with the release
         src = out
     info = run(
         client_for(ctx).publish(

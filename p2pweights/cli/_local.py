@@ -21,7 +21,7 @@ from ._base import Ctx, cli, emit, json_option, load_key, pass_ctx, passphrase_f
 from ._names import refuse_full_dir, release_path
 
 if TYPE_CHECKING:
-    from ..trust import TrustStore
+    from ..trust import Retired, TrustStore
 
 __all__ = ["source_size"]
 
@@ -149,7 +149,8 @@ def _scopes_of(scopes: tuple[str, ...]) -> list[str]:
 @pass_ctx
 def trust_list(ctx: Ctx) -> None:
     """List trusted publisher keys and the release names each may sign."""
-    entries = ctx.trust().entries
+    store = ctx.trust()
+    entries = store.entries
     emit(
         ctx,
         {
@@ -159,16 +160,29 @@ def trust_list(ctx: Ctx) -> None:
                     "public_key": e.key.text,
                     "fingerprint": e.key.fingerprint,
                     "scopes": _scopes_of(e.scopes),
+                    **_retired_of(e.retired),
                 }
                 for e in entries
-            ]
+            ],
+            "revoked": [
+                {"public_key": c.key.text, "fingerprint": c.key.fingerprint, "time": c.time}
+                for c in store.revoked.values()
+            ],
         },
         [
             f"{e.name}\t{e.key.text}\t{e.key.fingerprint}\t{','.join(_scopes_of(e.scopes))}"
             for e in entries
         ]
+        + [f"(revoked)\t{c.key.text}\t{c.key.fingerprint}" for c in store.revoked.values()]
         or ["(no trusted keys)"],
     )
+
+
+def _retired_of(retired: tuple[Retired, ...]) -> dict[str, object]:
+    """An entry's former keys (rotated out), for ``--json``; nothing when it has none."""
+    if not retired:
+        return {}
+    return {"retired": [{"public_key": r.key.text, "time": r.until} for r in retired]}
 
 
 @trust.command("remove")
@@ -270,6 +284,9 @@ def pack(
     assert src is not None
     refuse_full_dir(out, "--out")
     priv = load_key(key_path or default_key_path(ctx.home), passphrase_file)
+    from ._keys import refuse_own_revoked, write_release_statements
+
+    refuse_own_revoked(ctx, priv.public)
     prev_hash = None
     if previous is not None:
         prev_hash = hashlib.sha256(
@@ -290,6 +307,7 @@ def pack(
             progress=bar,
         )
     m = result.manifest
+    statements = write_release_statements(ctx, priv.public, out)  # rotations travel along
     for skipped in result.skipped:
         click.echo(f"p2pw: note: left out {skipped}", err=True)
     emit(
@@ -304,6 +322,7 @@ def pack(
             "manifest_sha256": result.manifest_sha256,
             "seconds": round(result.seconds, 3),
             "skipped": list(result.skipped),
+            "key_statements": statements,
         },
         [
             f"packed {m.name} v{m.version}: {len(m.tensors)} tensors in {len(m.chunks)} chunks, "
@@ -322,9 +341,13 @@ def _trust_for(ctx: Ctx, key_text: str | None) -> TrustStore:
         from ..trust import trust_for
 
         return trust_for(None, ctx.home)
-    if key_text.startswith("ed25519:"):
-        return TrustStore.of_keys([PublicKey.parse(key_text)])
-    return TrustStore.of_keys([load_key(Path(key_text), None).public])
+    pub = (
+        PublicKey.parse(key_text)
+        if key_text.startswith("ed25519:")
+        else load_key(Path(key_text), None).public
+    )
+    # The one key given is believed, unless a revocation of it was recorded.
+    return TrustStore(TrustStore.of_keys([pub]).entries, revoked=ctx.trust().revoked)
 
 
 @cli.command()
