@@ -18,9 +18,10 @@ about one copy, however many fetchers share it:
 * **Otherwise it is off**: peers send what they hold, and the owners send the rest as
   they get it.
 * **Stall.** When the web seed has been off and no piece has arrived for ``stall``
-  seconds while pieces are missing (owners gone, peers that choke or fetch nothing from
-  the origin themselves), the web seed comes back with nothing masked, until peers hold
-  something this node lacks and send again.
+  seconds (or two pieces' time at the rate the origin last gave this node, if longer;
+  at most ``MAX_STALL_FACTOR`` times ``stall``) while pieces are missing (owners gone,
+  peers that choke or fetch nothing from the origin themselves), the web seed comes back
+  with nothing masked, until peers hold something this node lacks and send again.
 
 A lone fetcher owns every piece, so a fetch with every peer down runs from the web seed
 alone, as before. A seed peer holds every piece, so with one connected the origin is
@@ -45,6 +46,11 @@ VNODES = 32
 REQUEST_QUEUE_TIME = 3.0
 """libtorrent's ``request_queue_time``: a connection keeps this many seconds of its rate
 requested ahead (and never fewer than two pieces' worth for a web seed, measured)."""
+
+
+MAX_STALL_FACTOR = 10
+"""The stall wait grows with the time the origin takes per piece, up to this many times
+``stall``."""
 
 
 def _key(data: bytes) -> int:
@@ -130,12 +136,18 @@ class OriginRule:
         if not view.missing:
             self._stalled = False
             return Steer(True, "nothing missing")
+        # An owner gets its pieces from the origin about as fast as this node got its
+        # own: waiting less than two of those before calling it a stall would bring the
+        # origin back for everyone in a large swarm, where each share comes slowly.
+        wait = self.stall
+        if self._web_est:
+            wait = min(max(wait, 2 * view.piece_size / self._web_est), MAX_STALL_FACTOR * wait)
         if self._stalled and view.held and view.peer_rate:
             self._stalled = False
-        elif not self._web and now - self._quiet_since >= self.stall:
+        elif not self._web and now - self._quiet_since >= wait:
             self._stalled = True
         if self._stalled:
-            return Steer(True, f"no piece for {self.stall:g} s: the origin helps")
+            return Steer(True, "no piece for a while: the origin helps")
         if not view.peers and not view.held:
             # A lone fetcher owns everything: nothing to steer (and no priorities to move
             # as each piece lands).

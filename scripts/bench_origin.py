@@ -148,7 +148,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         left.plot(ns, [r["rule_off_origin_over_F"] for r in rows], "^--", color="tab:orange",
                   label="p2pw, web seed rule off")
     left.plot(ns, [r["origin_over_F"] for r in rows], "o-", color="tab:blue",
-              label="p2pw (web seed + swarm)")
+              label="p2pw, web seed rule on")
     left.axhline(1.0, color="black", lw=0.8, ls=":")
     left.plot([16], [1.3], "*", color="tab:green", ms=14, ls="none",
               label="target: ≤ 1.3 at N = 16")
@@ -161,7 +161,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     if off:
         right.plot(ns, [r["rule_off_s"] for r in rows], "^--", color="tab:orange",
                    label="p2pw, web seed rule off")
-    right.plot(ns, [r["p2pw_s"] for r in rows], "o-", color="tab:blue", label="p2pw")
+    right.plot(ns, [r["p2pw_s"] for r in rows], "o-", color="tab:blue",
+               label="p2pw, web seed rule on")
     http8 = [r["http_s"] for r in rows if r["N"] == 8]
     if http8:
         right.plot([8], [0.35 * http8[0]], "*", color="tab:green", ms=14, ls="none",

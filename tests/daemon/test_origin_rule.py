@@ -86,3 +86,16 @@ def test_a_seed_peer_or_owners_elsewhere_turn_the_web_seed_off_until_a_stall() -
 def test_nothing_missing_leaves_the_web_seed_on_and_pieces_alone() -> None:
     steer = OriginRule(TID, ME, stall=3.0).decide(_view(set(), peers=PEERS), 0.0)
     assert steer.web and not steer.boost and not steer.mask
+
+
+def test_the_stall_wait_grows_with_the_time_the_origin_takes_per_piece() -> None:
+    rule = OriginRule(TID, ME, stall=3.0)
+    rule.ring.place([ME, *PEERS[:1]])
+    theirs = {p for p in range(64) if rule.ring.owner(p) == PEERS[0]}
+    mine = set(range(64)) - theirs
+    # The origin gave this node 0.25 MiB/s: an owner takes about 4 s a piece.
+    assert rule.decide(_view(set(mine) | theirs, peers=PEERS[:1], web_rate=MIB // 4), 0.0).web
+    waiting = _view(theirs, peers=PEERS[:1], have=len(mine))
+    assert not rule.decide(waiting, 1.0).web
+    assert not rule.decide(waiting, 8.5).web  # 7.5 s quiet: under two pieces' time (8 s)
+    assert rule.decide(waiting, 9.0).web
