@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Origin offload: N daemons fetch one release with only a web seed (nginx), no seeder peer.
 
-Usage: ``scripts/bench_origin.py [--quick] [--size-mib F] [--rate U] [--nodes 1,4,8,16]``
-(root: it builds a network lab with ``scripts/netlab.py``).
+Usage: ``scripts/bench_origin.py [--quick] [--size-mib F] [--rate U] [--nodes 1,4,8,16]
+[--without-rule] [--plot PNG]`` (root: it builds a network lab with ``scripts/netlab.py``),
+or ``--replot docs/origin.json`` to draw the plot again from a results file.
 
 Set-up (untimed): a synthetic checkpoint of at least F MiB is packed, its torrent made and
 written as a ``p2pw mirror`` tree; nginx serves the tree from the origin host, whose
@@ -19,7 +20,10 @@ Each round, for N nodes:
 Reported: the origin's bytes sent (``eth0`` tx, headers included) divided by F (plain HTTP
 is N), the time until all N are done against the HTTP clients', and at N = 1 the ratio of
 the two times. Targets (issue 11): origin/F <= 1.3 at N = 16, time <= 0.35x HTTP at
-N = 8, and >= 0.9x HTTP's speed at N = 1. Results go to ``docs/origin.json``.
+N = 8, and >= 0.9x HTTP's speed at N = 1. With ``--without-rule`` each round is run
+again with the web seed rule off (``web_seed_spare = false``, ``daemon/origin_rule.py``).
+Results go to ``docs/origin.json``, the plot (origin / F and time against N, matplotlib
+from the ``dev`` extra) to ``docs/origin.png`` unless ``--quick``.
 """
 
 from __future__ import annotations
