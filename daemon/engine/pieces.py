@@ -123,13 +123,18 @@ def steer_pieces(handle: Any, boost: Collection[int], mask: Collection[int]) -> 
     ti = handle.torrent_file()
     if ti is None:
         return False
-    prios = _file_prios_by_piece(handle, ti)
+    files = _file_prios_by_piece(handle, ti)
+    prios = list(files)
     for p in boost:
         if prios[p]:
             prios[p] = TOP_PRIORITY
     for p in mask:
         prios[p] = 0
     have = handle.status(lt.status_flags_t.query_pieces).pieces
+    if not any(prio and not have[p] for p, prio in enumerate(prios)):
+        # The boosted pieces arrived since the caller looked: masking every piece still
+        # missing would make the torrent "finished" (and close its web seeds).
+        prios = files
     current = handle.get_piece_priorities()
     if all(have[p] or int(current[p]) == prio for p, prio in enumerate(prios)):
         return False
