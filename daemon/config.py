@@ -29,6 +29,9 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     max_torrent_files = 20000      # refuse a torrent of more files (and a manifest of more
                                    # chunks or files); 0 = the format's own limits
     max_manifest_tensors = 500000  # refuse a manifest of more tensors; 0 = the format's limit
+    mirrors = []                   # web seeds (mirror tree roots) for every fetch
+    web_seed_spare = true          # spare web seeds while peers can send (origin_rule.py)
+    web_seed_stall = 3.0           # seconds without a piece before spared web seeds return
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 ``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
@@ -108,6 +111,11 @@ class DaemonConfig:
     web_seed_retries: int = 4
     web_seed_backoff: float = 5.0
     """Seconds before the first retry of a failed web seed; doubled on each retry."""
+    web_seed_spare: bool = True
+    """Spare the web seeds while peers can send (``daemon/origin_rule.py``); off, libtorrent
+    fetches from them whatever it likes."""
+    web_seed_stall: float = 3.0
+    """Seconds without a new piece, with the web seeds spared, before they are used again."""
 
     @property
     def manifest_limits(self) -> Limits:

@@ -183,6 +183,7 @@ class FetchFlow(Placement):
                 await self._fail(rid, exc)
             finally:
                 self._tasks.pop(rid, None)
+                self.web.unsteer(rid)
 
         self._tasks[rid] = asyncio.create_task(run(), name=f"fetch-{rid[:12]}")
 
@@ -262,6 +263,7 @@ class FetchFlow(Placement):
                 await asyncio.gather(
                     *(self.engine.rename_file(tid, i, rel) for i, rel in layout.items())
                 )
+        self.web.steer(rid)  # spare the web seeds while peers can send (origin_rule.py)
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
         await self._want(tid, manifest_only(tf), peers)

@@ -89,6 +89,8 @@ class ServiceState:
             retries=config.web_seed_retries,
             backoff=config.web_seed_backoff,
             mirrors=config.mirrors,
+            spare=config.web_seed_spare,
+            stall=config.web_seed_stall,
         )
 
     def _row(self, rid: str) -> ReleaseRow:

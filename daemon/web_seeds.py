@@ -18,6 +18,10 @@ Every byte from a web seed is checked against the signed v2 roots like a peer's:
 that sends a piece failing the check is banned by libtorrent at once (``ban_web_seeds``),
 and named here. One that answers with an HTTP error or not at all is retried with
 exponential backoff, then given up on.
+
+While a fetch runs, :mod:`.origin_rule` decides a few times a second whether its web
+seeds are on (:meth:`WebSeeds.steer`): used from the start, spared while peers and fellow
+fetchers can send what is missing.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,8 +42,9 @@ import aiohttp
 from p2pweights.errors import FormatError, SwarmError
 
 from .config import WebSeedPolicy
-from .engine import Engine, MagnetLink, TorrentFile, parse_torrent
+from .engine import Engine, EngineError, MagnetLink, TorrentFile, parse_torrent
 from .engine.torrents import MAX_TORRENT_BYTES, check_web_seed
+from .origin_rule import OriginRule, Steer
 
 __all__ = ["WebSeedPolicy", "WebSeeds", "address_allowed", "check_untrusted"]
 
@@ -48,6 +54,8 @@ _METADATA_TIMEOUT = 15.0
 METADATA_GRACE = 1.0
 """Seconds a magnet's peers get to send the metadata before the web seeds are asked."""
 _MAX_REDIRECTS = 5
+STEER_EVERY = 0.25
+"""Seconds between two looks of the web seed rule at a fetch's swarm."""
 
 
 def address_allowed(addr: str, policy: WebSeedPolicy) -> bool:
@@ -96,6 +104,8 @@ class _Release:
     dropped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     retries: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    steering: asyncio.Task[None] | None = None
+    steer: Steer | None = None
 
 
 class WebSeeds:
@@ -109,8 +119,13 @@ class WebSeeds:
         retries: int,
         backoff: float,
         mirrors: Sequence[str] = (),
+        spare: bool = True,
+        stall: float = 3.0,
     ) -> None:
         self.engine = engine
+        self.spare = spare
+        """Whether the web seed rule (:mod:`.origin_rule`) spares the origin."""
+        self.stall = stall
         self.mirrors = list(mirrors)
         """The config's mirrors: trusted, for every fetch."""
         self._given: dict[str, list[str]] = {}
@@ -182,16 +197,75 @@ class WebSeeds:
         if state is None or url in state.dropped:
             return
         state.retries.pop(url, None)
+        if state.steer is not None and not state.steer.web:
+            return  # spared: the rule adds it back when the origin is wanted again
         with contextlib.suppress(SwarmError):
             self.engine.add_web_seed(rid, url)
 
     def forget(self, rid: str) -> None:
         """Stop a release's pending retries (it is complete, failed or removed)."""
         self._given.pop(rid, None)
+        self.unsteer(rid)
         state = self._releases.pop(rid, None)
         if state is not None:
             for task in state.retries.values():
                 task.cancel()
+
+    def steer(self, rid: str) -> None:
+        """Run the web seed rule on the fetch of ``rid`` until :meth:`unsteer`.
+
+        Nothing happens without web seeds, or with ``spare`` off.
+        """
+        state = self._releases.get(rid)
+        if not self.spare or state is None or not state.active or state.steering is not None:
+            return
+        state.steering = asyncio.create_task(self._steer(rid, state), name=f"steer-{rid[:12]}")
+
+    def unsteer(self, rid: str) -> None:
+        """Stop the rule on ``rid``: its web seeds are back in use, pieces as the files say."""
+        state = self._releases.get(rid)
+        if state is None or state.steering is None:
+            return
+        state.steering.cancel()
+        state.steering = None
+        if state.steer is not None:
+            with contextlib.suppress(EngineError, SwarmError):
+                self._apply(rid, state, Steer(True, "done"))
+            state.steer = None
+
+    async def _steer(self, rid: str, state: _Release) -> None:
+        rule = OriginRule(rid, self.engine.peer_id, stall=self.stall)
+        while True:
+            await asyncio.sleep(STEER_EVERY)
+            try:
+                view = self.engine.swarm_view(rid)
+                if view is None:
+                    continue
+                steer = rule.decide(view, time.monotonic())
+                self._apply(rid, state, steer)
+            except EngineError:  # re-added meanwhile (the fetch flow does), or gone
+                continue
+            if steer.web != (state.steer is None or state.steer.web):
+                log.info("release %s: web seeds %s: %s", rid[:12],
+                         "on" if steer.web else "off", steer.why)
+            state.steer = steer
+
+    def _apply(self, rid: str, state: _Release, steer: Steer) -> None:
+        """Make the torrent's piece priorities, and its web seeds, what ``steer`` asks.
+
+        Web seeds change only when the rule turns them on or off: libtorrent may have
+        put a redirect's target in place of a URL it was given.
+        """
+        self.engine.steer_pieces(rid, steer.boost, steer.mask)
+        if steer.web == (state.steer is None or state.steer.web):
+            return
+        if steer.web:
+            for url in state.active:
+                if url not in state.retries:
+                    self.engine.add_web_seed(rid, url)
+        else:
+            for url in self.engine.web_seeds(rid):
+                self.engine.add_web_seed(rid, url, remove=True)
 
     def info(self, rid: str) -> dict[str, Any] | None:
         """What ``show`` reports: the seeds in use, refused and dropped (with reasons)."""
@@ -200,6 +274,8 @@ class WebSeeds:
             return None
         return {
             "active": list(state.active),
+            "in_use": state.steer is None or state.steer.web,
+            "rule": state.steer.why if state.steer is not None else None,
             "refused": dict(state.refused),
             "dropped": dict(state.dropped),
             "failures": dict(state.failures),

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Origin offload: N daemons fetch one release with only a web seed (nginx), no seeder peer.
 
-Usage: ``scripts/bench_origin.py [--quick] [--size-mib F] [--rate U] [--nodes 1,4,8,16]``
-(root: it builds a network lab with ``scripts/netlab.py``).
+Usage: ``scripts/bench_origin.py [--quick] [--size-mib F] [--rate U] [--nodes 1,4,8,16]
+[--without-rule] [--plot PNG]`` (root: it builds a network lab with ``scripts/netlab.py``),
+or ``--replot docs/origin.json`` to draw the plot again from a results file.
 
 Set-up (untimed): a synthetic checkpoint of at least F MiB is packed, its torrent made and
 written as a ``p2pw mirror`` tree; nginx serves the tree from the origin host, whose
@@ -19,7 +20,10 @@ Each round, for N nodes:
 Reported: the origin's bytes sent (``eth0`` tx, headers included) divided by F (plain HTTP
 is N), the time until all N are done against the HTTP clients', and at N = 1 the ratio of
 the two times. Targets (issue 11): origin/F <= 1.3 at N = 16, time <= 0.35x HTTP at
-N = 8, and >= 0.9x HTTP's speed at N = 1. Results go to ``docs/origin.json``.
+N = 8, and >= 0.9x HTTP's speed at N = 1. With ``--without-rule`` each round is run
+again with the web seed rule off (``web_seed_spare = false``, ``daemon/origin_rule.py``).
+Results go to ``docs/origin.json``, the plot (origin / F and time against N, matplotlib
+from the ``dev`` extra) to ``docs/origin.png`` unless ``--quick``.
 """
 
 from __future__ import annotations
@@ -133,6 +137,58 @@ def http_round(nodes: list[Host], url: str, files: list[str]) -> float:
     return max(ends) - t0
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Origin bytes / F and time against N: p2pw (rule on and off) and plain HTTP, targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["N"] for r in rows]
+    off = all("rule_off_origin_over_F" in r for r in rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.3), dpi=110)
+    left.plot(ns, ns, "s-", color="tab:red", label="plain HTTP + sha256 (= N)")
+    if off:
+        left.plot(ns, [r["rule_off_origin_over_F"] for r in rows], "^--", color="tab:orange",
+                  label="p2pw, web seed rule off")
+    left.plot(ns, [r["origin_over_F"] for r in rows], "o-", color="tab:blue",
+              label="p2pw, web seed rule on")
+    left.axhline(1.0, color="black", lw=0.8, ls=":")
+    left.plot([16], [1.3], "*", color="tab:green", ms=14, ls="none",
+              label="target: ≤ 1.3 at N = 16")
+    left.set_yscale("log", base=2)
+    left.set_yticks([1, 1.3, 2, 4, 8, 16], ["1", "1.3", "2", "4", "8", "16"])
+    left.set_ylabel("origin bytes sent / F")
+    left.set_title("Origin offload: bytes the origin serves", fontsize=10)
+    right.plot(ns, [r["http_s"] for r in rows], "s-", color="tab:red",
+               label="plain HTTP + sha256, every node")
+    if off:
+        right.plot(ns, [r["rule_off_s"] for r in rows], "^--", color="tab:orange",
+                   label="p2pw, web seed rule off")
+    right.plot(ns, [r["p2pw_s"] for r in rows], "o-", color="tab:blue",
+               label="p2pw, web seed rule on")
+    http8 = [r["http_s"] for r in rows if r["N"] == 8]
+    if http8:
+        right.plot([8], [0.35 * http8[0]], "*", color="tab:green", ms=14, ls="none",
+                   label="target at N = 8: ≤ 0.35x HTTP")
+    right.set_ylabel("seconds until all N hold F")
+    right.set_title("Time until every node is done", fontsize=10)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("N nodes fetching at once")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    r0 = rows[0]
+    fig.suptitle(f"One nginx origin and N nodes, every uplink capped at U = {r0['U'] / 1e6:g} MB/s "
+                 f"(tbf, network lab); F = {r0['F_bytes'] / 1e6:.0f} MB; no seeder peer",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="F = 32 MiB, U = 8 MB/s, N = 1, 4")
@@ -140,7 +196,15 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=4_000_000, help="U, bytes/s")
     parser.add_argument("--nodes", default="1,4,8,16")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "origin.json")
+    parser.add_argument("--without-rule", action="store_true",
+                        help="also run each round with the web seed rule off (web_seed_spare)")
+    parser.add_argument("--plot", type=Path, help="PNG plot (default docs/origin.png, not --quick)")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="only draw --plot from the rows of a results file")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text())["rows"], args.plot or ROOT / "docs" / "origin.png")
+        return
     if args.quick:
         args.size_mib, args.rate, args.nodes = 32, 8_000_000, "1,4"
     if reason := unavailable():
@@ -162,31 +226,47 @@ def main() -> None:
         start_nginx(origin, tree, work / "nginx")
         url = f"http://{origin.addr}:{HTTP_PORT}/"
         nodes_all = lab.add_hosts(max(counts), args.rate)
-        for n in counts:
+        def p2pw(n: int, spare: bool) -> tuple[float, int]:
             nodes = nodes_all[:n]
             homes, pids = [], []
             for i, node in enumerate(nodes):
-                home = work / f"n{n}-{i}"
+                home = work / f"n{n}-{i}-{'rule' if spare else 'off'}"
                 home.mkdir()
                 TrustStore.load(home / "trust.json").add(key.public, "bench")
+                if not spare:
+                    (home / "config.toml").write_text("web_seed_spare = false\n")
                 pids.append(node.start_daemon(home, lab_args(node.addr)))
                 homes.append(home)
             before = origin.counters()["tx_bytes"]
             t_p2p = asyncio.run(p2pw_round(nodes, homes, tf.magnet, url, 3600))
             origin_bytes = origin.counters()["tx_bytes"] - before
             stop_daemons(pids)  # their port is the next round's
-            t_http = http_round(nodes, url, files)
+            return t_p2p, origin_bytes
+
+        for n in counts:
+            t_p2p, origin_bytes = p2pw(n, True)
+            t_http = http_round(nodes_all[:n], url, files)
             row = {"N": n, "F_bytes": size, "U": args.rate, "p2pw_s": round(t_p2p, 2),
                    "http_s": round(t_http, 2), "time_ratio": round(t_p2p / t_http, 3),
                    "origin_over_F": round(origin_bytes / size, 3)}
+            if args.without_rule:
+                t_off, off_bytes = p2pw(n, False)
+                row |= {"rule_off_s": round(t_off, 2),
+                        "rule_off_time_ratio": round(t_off / t_http, 3),
+                        "rule_off_origin_over_F": round(off_bytes / size, 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"quick": args.quick, "rows": rows}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{'N':>3} {'origin/F':>9} {'p2pw s':>8} {'http s':>8} {'p2pw/http':>10}")
+    if args.plot or not args.quick:
+        plot(rows, args.plot or ROOT / "docs" / "origin.png")
+    print(f"{'N':>3} {'origin/F':>9} {'p2pw s':>8} {'http s':>8} {'p2pw/http':>10}"
+          f"{'  rule off: origin/F, p2pw/http' if args.without_rule else ''}")
     for r in rows:
         print(f"{r['N']:>3} {r['origin_over_F']:>9} {r['p2pw_s']:>8} {r['http_s']:>8} "
-              f"{r['time_ratio']:>10}")
+              f"{r['time_ratio']:>10}"
+              + (f"  {r['rule_off_origin_over_F']:>9} {r['rule_off_time_ratio']:>10}"
+                 if args.without_rule else ""))
     shutil.rmtree(work, ignore_errors=True)
 
 

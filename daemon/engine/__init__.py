@@ -35,6 +35,7 @@ and magnets are refused: the chain of trust needs the v2 per-file roots.
 from __future__ import annotations
 
 from .peers import PeerInfo
+from .pieces import SwarmView
 from .session import Engine, EventStream
 from .settings import DEFAULT_DHT_BOOTSTRAP, EngineSettings
 from .torrents import DEFAULT_PIECE_SIZE, make_torrent, parse_magnet, parse_torrent, torrent_name
@@ -58,6 +59,7 @@ __all__ = [
     "EventStream",
     "MagnetLink",
     "PeerInfo",
+    "SwarmView",
     "TorrentFailedError",
     "TorrentFile",
     "TorrentFileEntry",

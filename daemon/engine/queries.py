@@ -6,6 +6,7 @@ import libtorrent as lt
 
 from .alerts import AlertDispatch, status_of
 from .peers import PeerInfo, file_progress, peers_of
+from .pieces import SwarmView, swarm_view
 from .torrents import torrent_from_info
 from .values import EngineError, TorrentFile, TorrentFileEntry, TorrentStatus
 
@@ -14,6 +15,9 @@ __all__ = ["TorrentQueries"]
 
 class TorrentQueries(AlertDispatch):
     """What the engine can tell about its torrents, without changing them."""
+
+    peer_id: bytes = b""
+    """The peer id this session sends every peer (set when the session starts)."""
 
     def torrents(self) -> list[str]:
         """Ids of the torrents in the session."""
@@ -85,3 +89,19 @@ class TorrentQueries(AlertDispatch):
     def file_progress(self, tid: str, *, verified: bool = True) -> list[int]:
         """Bytes of each file by index, verified only or all in (empty before metadata)."""
         return file_progress(self._get(tid).handle, verified=verified)
+
+    def swarm_view(self, tid: str) -> SwarmView | None:
+        """The torrent's pieces against its connected peers (None before metadata).
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        return swarm_view(self._get(tid).handle)
+
+    def web_seeds(self, tid: str) -> list[str]:
+        """The web seeds the torrent uses now.
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        return [str(u) for u in self._get(tid).handle.url_seeds()]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, cast
 
@@ -20,6 +21,7 @@ from p2pweights.errors import FormatError
 
 from .alerts import CHECKING_STATES, complete_files
 from .events import EventStream
+from .pieces import steer_pieces
 from .queries import TorrentQueries
 from .settings import EngineSettings
 from .torrents import parse_magnet, without_url_list
@@ -53,11 +55,18 @@ class Engine(TorrentQueries):
 
         """
         loop = asyncio.get_running_loop()
-        params = lt.session_params(cast(Any, settings.settings_pack()))
+        pack = settings.settings_pack()
+        # A whole 20-byte fingerprint is the peer id libtorrent sends (it pads a short one
+        # with random bytes per torrent): this node's own id, which the web seed rule
+        # ranks against the ids its peers send (``daemon/origin_rule.py``).
+        prefix = str(lt.default_settings()["peer_fingerprint"])[:8]
+        pack["peer_fingerprint"] = prefix + secrets.token_hex(6)
+        params = lt.session_params(cast(Any, pack))
         # Only these exact strings select a back end; anything else silently means pread.
         params.disk_io_constructor = f"{settings.disk_io}_disk_io_constructor"
         session: Any = lt.session(params)
         engine = cls(session, settings, loop)
+        engine.peer_id = str(pack["peer_fingerprint"]).encode()
         if settings.apply_limits_to_local:
             flt = lt.ip_filter()
             everyone = 1 << lt.session.global_peer_class_id
@@ -237,6 +246,17 @@ class Engine(TorrentQueries):
         log.info("added torrent %s (%s)", tid, "resume" if resume_data else "new")
         self._emit(EngineEvent("added", tid))
         return tid
+
+    def steer_pieces(self, tid: str, boost: Collection[int], mask: Collection[int]) -> None:
+        """Boost (priority 7) and mask (0) pieces over their files' priorities.
+
+        Both empty: every piece has its file's priority again. A file priority set later
+        (:meth:`set_file_priorities`) resets its pieces; steer again after it.
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        steer_pieces(self._get(tid).handle, boost, mask)
 
     async def set_file_priorities(self, tid: str, priorities: Sequence[int]) -> None:
         """Set one 0-7 priority per file index (0 = do not download) and wait until applied.

@@ -143,21 +143,62 @@ def test_peer_and_web_seed_both_contribute(
     mirrored: dict[str, Any], servers: Callable[..., Any], daemons: DaemonFactory, key: PrivateKey,
     make_model: Callable[..., Path], make_release: Callable[..., Path],
 ) -> None:
+    """A peer that holds some chunks sends those; the web seed sends the rest.
+
+    (With a seed peer the web seed is spared: see the next test.)
+    """
+    state = layer_state(layers=12, hidden=128)
+    release = make_release(make_model(state), version=2)
+    publisher = daemons(name="seeder")
+    info = publisher.call("publish", release)
+    tree = mirrored["tree"]
+    assert p2pw(publisher.home, "mirror", info["id"], str(tree)).returncode == 0
+    partial = _leech(daemons, key, "--upload-rate", "1000000", "--rate-limit-local",
+                     name="partial")
+    some = _fetch(partial, info["magnet"], peers=[publisher.peer],
+                  include=["model.layers.1*", "model.layers.2.*"])
+    assert some["state"] == "seeding", some
+    publisher.stop()  # the peer with some chunks is the only one
+    origin = servers("nginx", tree, rate="1m")
+    leech = _leech(daemons, key, name="leech")
+    done = _fetch(leech, info["magnet"], peers=[partial.peer], web_seeds=[origin.url])
+    assert done["state"] == "seeding", done
+    from_peer = int(partial.call("show", info["id"])["transfer"]["uploaded"])
+    from_origin = origin.bytes_sent()
+    assert from_peer > 0 and from_origin > 0, (from_peer, from_origin)
+    assert from_peer + from_origin >= int(info["total_bytes"])
+    _equal(done["path"], leech.home, state)
+
+
+def test_a_seeding_peer_spares_the_web_seed(
+    mirrored: dict[str, Any], servers: Callable[..., Any], daemons: DaemonFactory, key: PrivateKey,
+    make_model: Callable[..., Path], make_release: Callable[..., Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a seed peer connected the origin sends a small share; with the rule off, far more.
+
+    Seeder and origin both send at 1 MB/s. Without the rule libtorrent takes about half
+    from each; with it the web seed is on only until the rule first sees the seed's pieces.
+    """
     state = layer_state(layers=12, hidden=128)
     release = make_release(make_model(state), version=2)
     seeder = daemons("--upload-rate", "1000000", "--rate-limit-local", name="seeder")
     info = seeder.call("publish", release)
     tree = mirrored["tree"]
     assert p2pw(seeder.home, "mirror", info["id"], str(tree)).returncode == 0
-    origin = servers("nginx", tree, rate="1m")
-    leech = _leech(daemons, key, name="leech")
-    done = _fetch(leech, info["magnet"], peers=[seeder.peer], web_seeds=[origin.url])
-    assert done["state"] == "seeding", done
-    from_peer = int(seeder.call("show", info["id"])["transfer"]["uploaded"])
-    from_origin = origin.bytes_sent()
-    assert from_peer > 0 and from_origin > 0, (from_peer, from_origin)
-    assert from_peer + from_origin >= int(info["total_bytes"])
-    _equal(done["path"], leech.home, state)
+    shares: dict[bool, float] = {}
+    for spare in (False, True):
+        origin = servers("nginx", tree, rate="1m")
+        config = tmp_path / f"spare-{spare}.toml"
+        config.write_text(f"web_seed_spare = {str(spare).lower()}\n")
+        monkeypatch.setenv("P2PW_CONFIG", str(config))
+        leech = _leech(daemons, key, name=f"leech-spare-{spare}")
+        done = _fetch(leech, info["magnet"], peers=[seeder.peer], web_seeds=[origin.url])
+        assert done["state"] == "seeding", done
+        leech.stop()  # closes the web seed's connections, so nginx logs what it sent
+        shares[spare] = origin.bytes_sent() / int(info["total_bytes"])
+        _equal(done["path"], leech.home, state)
+    assert shares[True] < 0.2 <= shares[False], shares
 
 
 def test_configured_mirror_is_used_for_every_fetch(
