@@ -34,6 +34,8 @@ _ALERT_MASK = (
     | lt.alert.category_t.storage_notification
     | lt.alert.category_t.file_progress_notification
     | lt.alert.category_t.piece_progress_notification
+    # BEP 44 items (dht_mutable_item_alert) for p2pw:// names.
+    | lt.alert.category_t.dht_notification
 )
 
 
