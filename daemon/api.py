@@ -11,7 +11,10 @@ Endpoints (all under ``/v1``)::
     GET    /status                       daemon status
     POST   /publish      {path, hybrid?, private?, trackers?}
                          or {source, name, version, key_file, label?}
-    POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?}
+    POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?, allow_stale?}
+    POST   /resolve      {name, allow_stale?}    what a p2pw:// name points to, checked
+    GET    /names                        names this daemon holds records of
+    POST   /names/republish              put every name again now (own ones re-signed)
     GET    /releases                     list
     GET    /releases/{id}                show
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
@@ -301,7 +304,10 @@ async def fetch(request: web.Request) -> web.Response:
     """POST /v1/fetch."""
     f = Fields(
         await _body(request),
-        {"uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds"},
+        {
+            "uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds",
+            "allow_stale",
+        },
     )
     uri = f.text("uri", required=True) or ""
     peers, trackers, include = f.texts("peers"), f.texts("trackers"), f.texts("include")
@@ -320,8 +326,27 @@ async def fetch(request: web.Request) -> web.Response:
         trust_on_first_use=tofu,
         ordered=ordered,
         web_seeds=f.texts("web_seeds"),
+        allow_stale=f.flag("allow_stale"),
     )
     return web.json_response(info, status=202)
+
+
+async def resolve(request: web.Request) -> web.Response:
+    """POST /v1/resolve: what a p2pw:// name points to, after every check."""
+    f = Fields(await _body(request), {"name", "allow_stale"})
+    name = f.text("name", required=True, max_len=1024) or ""
+    resolved = await request.app[SERVICE].names.resolve(name, allow_stale=f.flag("allow_stale"))
+    return web.json_response(resolved.view())
+
+
+async def list_names(request: web.Request) -> web.Response:
+    """GET /v1/names: the names this daemon holds a record of."""
+    return web.json_response({"names": request.app[SERVICE].names.held()})
+
+
+async def republish_names(request: web.Request) -> web.Response:
+    """POST /v1/names/republish: put every name again now."""
+    return web.json_response({"put": await request.app[SERVICE].names.republish()})
 
 
 async def mirror(request: web.Request) -> web.Response:
@@ -426,6 +451,9 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/publish", publish)
     app.router.add_post("/v1/fetch", fetch)
+    app.router.add_post("/v1/resolve", resolve)
+    app.router.add_get("/v1/names", list_names)
+    app.router.add_post("/v1/names/republish", republish_names)
     app.router.add_get("/v1/releases", list_releases)
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)

@@ -29,6 +29,9 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     max_torrent_files = 20000      # refuse a torrent of more files (and a manifest of more
                                    # chunks or files); 0 = the format's own limits
     max_manifest_tensors = 500000  # refuse a manifest of more tensors; 0 = the format's limit
+    name_ttl = 604800              # seconds a p2pw:// name record is valid after signing
+    name_republish_interval = 1800 # seconds between re-puts of names (DHT nodes drop them ~2 h)
+    name_resolve_timeout = 10      # seconds a name's DHT walk may take
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 ``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
@@ -108,6 +111,12 @@ class DaemonConfig:
     web_seed_retries: int = 4
     web_seed_backoff: float = 5.0
     """Seconds before the first retry of a failed web seed; doubled on each retry."""
+    name_ttl: int = 7 * 24 * 3600
+    """Seconds a name record this daemon signs stays valid (its signed expiry)."""
+    name_republish_interval: float = 1800.0
+    """Seconds between re-puts of names: own ones re-signed, others' verbatim."""
+    name_resolve_timeout: float = 10.0
+    """Seconds a name's DHT walk may take before the best answer so far is used."""
 
     @property
     def manifest_limits(self) -> Limits:

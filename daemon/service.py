@@ -74,6 +74,7 @@ class Service(FetchFlow):
                 self.catalog.set_state(row.id, "error", f"{type(exc).__name__}: {exc}")
         self._background.append(asyncio.create_task(self._periodic_resume()))
         self._background.append(asyncio.create_task(self._periodic_store_check()))
+        self._background.append(asyncio.create_task(self.names.republish_forever()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
 
@@ -161,9 +162,10 @@ class Service(FetchFlow):
             web_seeds=web_seeds,
         )
         rid = tf.id
+        record = self.names.record_for(release, rid, web_seeds)  # refused here if too big
         existing = self.catalog.get(rid)
         if existing is not None and existing.state in DONE:
-            return self.show(rid)
+            return {**self.show(rid), "pointer": await self.names.announce(release, record)}
         async with self._placing:
             store_layout(rid, tf, self.store, self.catalog)  # refuses a name-colliding torrent
             known = self.catalog.store_chunks([c.path for c in release.manifest.chunks])
@@ -193,7 +195,7 @@ class Service(FetchFlow):
             seed_mode=True,
         )
         self._notify(rid, "published")
-        return self.show(rid)
+        return {**self.show(rid), "pointer": await self.names.announce(release, record)}
 
     async def mirror(self, rid: str, directory: str) -> dict[str, Any]:
         """Write a complete release as a static mirror tree (see :mod:`p2pweights.mirror`).
