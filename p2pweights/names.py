@@ -27,6 +27,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._canonical import dumps, loads_strict
 from .errors import (
@@ -37,8 +38,10 @@ from .errors import (
     SignatureError,
     TrustStoreError,
 )
-from .keys import SIGNATURE_BYTES, PrivateKey, PublicKey
-from .trust import TrustStore
+
+if TYPE_CHECKING:  # keys pull in cryptography: the CLI's daemon verbs parse names without it
+    from .keys import PrivateKey, PublicKey
+    from .trust import TrustStore
 
 __all__ = [
     "DEFAULT_TTL",
@@ -70,6 +73,7 @@ _B64_KEY = re.compile(r"[A-Za-z0-9_-]{43}")
 _VERSION = re.compile(r"(0|[1-9][0-9]{0,8})")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_WEB_SEEDS = 16
+SIGNATURE_BYTES = 64
 
 
 def is_name(text: object) -> bool:
@@ -128,6 +132,8 @@ class NameRef:
             for entry in trust.entries:
                 if entry.name == self.publisher:
                     return entry.key
+        from .keys import PublicKey  # noqa: PLC0415 - see the imports at the top
+
         body = self.publisher.removeprefix("ed25519:")
         if _B64_KEY.fullmatch(body):
             try:
@@ -293,6 +299,8 @@ class SignedItem:
         Raises:
             SignatureError: a bad signature, or a malformed key, salt or sequence number.
         """
+        from .keys import PublicKey  # noqa: PLC0415 - see the imports at the top
+
         if len(self.key) != 32 or len(self.salt) > 64 or not 0 <= self.seq < 2**63:
             raise SignatureError("the DHT item's key, salt or sequence number is malformed")
         if len(self.signature) != SIGNATURE_BYTES:
