@@ -42,11 +42,11 @@ _BASES = (f"127.0.{b}" for b in itertools.count(250, -1))
 
 
 class DhtNodes:
-    """Plain libtorrent DHT nodes in a child process (``_dht_swarm.py``)."""
+    """Plain libtorrent DHT nodes in a child process (``scripts/_dht_nodes.py``)."""
 
     def __init__(self, count: int = 6, *, base: str | None = None, ports: str = "") -> None:
         self.base = base or next(_BASES)
-        helper = Path(__file__).with_name("_dht_swarm.py")
+        helper = Path(__file__).parents[2] / "scripts" / "_dht_nodes.py"
         args = [sys.executable, str(helper), self.base, str(count)]
         self.proc = subprocess.Popen(
             [*args, *(["--ports", ports] if ports else [])],

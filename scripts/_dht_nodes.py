@@ -1,6 +1,6 @@
-"""Plain libtorrent DHT nodes in one process: the rest of a loopback DHT for the tests.
+"""Plain libtorrent DHT nodes in one process: the rest of a loopback DHT (tests, bench_names).
 
-    python _dht_swarm.py BASE COUNT [--bootstrap HOST:PORT] [--ports P1,P2,...]
+    python scripts/_dht_nodes.py BASE COUNT [--bootstrap HOST:PORT] [--ports P1,P2,...]
 
 Starts COUNT sessions on BASE.2, BASE.3, ... (DHT only: no torrents, LSD, UPnP); the
 first bootstraps from ``--bootstrap`` if given, the others from the first. ``--ports``
@@ -29,6 +29,9 @@ def session(addr: str, port: int, bootstrap: str) -> lt.session:
                 "dht_restrict_routing_ips": False,
                 "dht_restrict_search_ips": False,
                 "dht_prefer_verified_node_ids": False,
+                # As the daemons on a private DHT (daemon/engine/settings.py).
+                "dht_upload_rate_limit": 4_000_000,
+                "dht_block_ratelimit": 1000,
                 "enable_lsd": False,
                 "enable_upnp": False,
                 "enable_natpmp": False,
