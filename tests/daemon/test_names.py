@@ -190,6 +190,10 @@ def test_publish_then_resolve_and_fetch_from_another_daemon(
     shown = p2pw(client.home, "resolve", name, "--json")
     assert json.loads(shown.stdout)["expires"] > json.loads(shown.stdout)["issued"]
     assert p2pw(client.home, "show", "p2pw://acme/org/model", "--json").returncode == 0
+    # The Python API takes names too, pinned by revision like any source.
+    path = p2pweights.fetch("p2pw://acme/org/model@1", home=client.home, revision="1")
+    state = p2pweights.load("p2pw://acme/org/model", home=client.home)
+    assert path == Path(fetched["path"]) and "lm_head.weight" in state
 
 
 def test_rollback_is_refused_also_after_a_restart(
