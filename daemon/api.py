@@ -15,6 +15,9 @@ Endpoints (all under ``/v1``)::
     POST   /resolve      {name, allow_stale?}    what a p2pw:// name points to, checked
     GET    /names                        names this daemon holds records of
     POST   /names/republish              put every name again now (own ones re-signed)
+    GET    /follows                      followed names
+    POST   /follows      {name, include?, keep?}   follow a name (fetch each new version)
+    DELETE /follows?name=NAME            stop following it
     GET    /releases                     list
     GET    /releases/{id}                show
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
@@ -344,6 +347,29 @@ async def list_names(request: web.Request) -> web.Response:
     return web.json_response({"names": request.app[SERVICE].names.held()})
 
 
+async def list_follows(request: web.Request) -> web.Response:
+    """GET /v1/follows."""
+    follows = request.app[SERVICE].follower.follows()
+    return web.json_response({"follows": [f.view() for f in follows]})
+
+
+async def follow(request: web.Request) -> web.Response:
+    """POST /v1/follows: follow a name."""
+    f = Fields(await _body(request), {"name", "include", "keep"})
+    name = f.text("name", required=True, max_len=1024) or ""
+    followed = request.app[SERVICE].follower.follow(
+        name, include=f.texts("include"), keep=f.integer("keep") or 0
+    )
+    return web.json_response(followed.view(), status=201)
+
+
+async def unfollow(request: web.Request) -> web.Response:
+    """DELETE /v1/follows?name=NAME: stop following a name."""
+    name = request.query.get("name", "")
+    removed = request.app[SERVICE].follower.unfollow(name)
+    return web.json_response({"name": name, "removed": removed})
+
+
 async def republish_names(request: web.Request) -> web.Response:
     """POST /v1/names/republish: put every name again now."""
     return web.json_response({"put": await request.app[SERVICE].names.republish()})
@@ -454,6 +480,9 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_post("/v1/resolve", resolve)
     app.router.add_get("/v1/names", list_names)
     app.router.add_post("/v1/names/republish", republish_names)
+    app.router.add_get("/v1/follows", list_follows)
+    app.router.add_post("/v1/follows", follow)
+    app.router.add_delete("/v1/follows", unfollow)
     app.router.add_get("/v1/releases", list_releases)
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)

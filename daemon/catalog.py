@@ -66,13 +66,18 @@ CREATE TABLE IF NOT EXISTS names (
     updated REAL NOT NULL,
     PRIMARY KEY (publisher, name)
 );
+CREATE TABLE IF NOT EXISTS follows (
+    name TEXT PRIMARY KEY, include_json TEXT NOT NULL DEFAULT '[]',
+    keep INTEGER NOT NULL DEFAULT 0, version INTEGER, added REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS name_fetches (
     release_id TEXT PRIMARY KEY,
     publisher TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
     manifest_sha256 TEXT NOT NULL
 );
 """
-"""``names`` and ``name_fetches`` (p2pw:// names, see ``daemon/names.py``) came later
+"""``names``, ``name_fetches`` and ``follows`` (p2pw:// names: ``daemon/names.py``,
+``daemon/follow.py``) came later
 than schema 2; ``CREATE TABLE IF NOT EXISTS`` adds them to an older catalog as it opens,
 and a daemon that does not know them ignores them, so they need no new schema number."""
 _MIGRATE_1_TO_2 = """

@@ -71,6 +71,11 @@ def cli() -> None:
     help="Seconds between re-puts of p2pw:// names (default 1800).",
 )
 @click.option(
+    "--follow-interval",
+    type=click.FloatRange(min=0.1),
+    help="Seconds between looks at followed p2pw:// names (default 300, ±20 %).",
+)
+@click.option(
     "--ready-fd",
     type=int,
     help="Write 'ready' to this fd once serving (used by `p2pw daemon start`).",

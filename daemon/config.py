@@ -32,6 +32,7 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     name_ttl = 604800              # seconds a p2pw:// name record is valid after signing
     name_republish_interval = 1800 # seconds between re-puts of names (DHT nodes drop them ~2 h)
     name_resolve_timeout = 10      # seconds a name's DHT walk may take
+    follow_interval = 300          # seconds between looks at followed names (±20 % jitter)
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 ``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
@@ -117,6 +118,8 @@ class DaemonConfig:
     """Seconds between re-puts of names: own ones re-signed, others' verbatim."""
     name_resolve_timeout: float = 10.0
     """Seconds a name's DHT walk may take before the best answer so far is used."""
+    follow_interval: float = 300.0
+    """Seconds between looks at each followed name (each wait drawn from ±20 %)."""
 
     @property
     def manifest_limits(self) -> Limits:

@@ -40,6 +40,7 @@ from .engine import (
     parse_torrent,
 )
 from .fetch_flow import FetchFlow
+from .follow import Follower
 from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields, peer_address
 
 __all__ = ["NotFoundError", "Service"]
@@ -75,6 +76,7 @@ class Service(FetchFlow):
         self._background.append(asyncio.create_task(self._periodic_resume()))
         self._background.append(asyncio.create_task(self._periodic_store_check()))
         self._background.append(asyncio.create_task(self.names.republish_forever()))
+        self._background.append(asyncio.create_task(self.follower.run_forever()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
 
@@ -196,6 +198,21 @@ class Service(FetchFlow):
         )
         self._notify(rid, "published")
         return {**self.show(rid), "pointer": await self.names.announce(release, record)}
+
+    @property
+    def follower(self) -> Follower:
+        """Followed names (``daemon/follow.py``)."""
+        if self._follower is None:
+            self._follower = Follower(
+                self.config,
+                self.catalog,
+                self.names,
+                fetch=self.fetch,
+                wait=self.wait,
+                remove=self.remove,
+                notify=self._notify,
+            )
+        return self._follower
 
     async def mirror(self, rid: str, directory: str) -> dict[str, Any]:
         """Write a complete release as a static mirror tree (see :mod:`p2pweights.mirror`).

@@ -317,6 +317,17 @@ class DaemonClient:
         body = {"name": name, "allow_stale": allow_stale}
         return await self.request("POST", "/resolve", body=body)
 
+    async def follow(
+        self, name: str, *, include: Sequence[str] = (), keep: int = 0
+    ) -> dict[str, Any]:
+        """Follow a ``p2pw://`` name: the daemon fetches each new version (``POST /follows``)."""
+        body = {"name": name, "include": list(include), "keep": keep}
+        return await self.request("POST", "/follows", body=body)
+
+    async def follows(self) -> list[dict[str, Any]]:
+        """The names the daemon follows."""
+        return list((await self.request("GET", "/follows"))["follows"])
+
     async def mirror(self, rid: str, directory: Path) -> dict[str, Any]:
         """Write a release as a static mirror tree under ``directory`` (see ``p2pw mirror``)."""
         return await self.request(

@@ -285,8 +285,17 @@ def mirror(ctx: Ctx, release_id: str, directory: Path) -> None:
 @pass_ctx
 def ls(ctx: Ctx) -> None:
     """List the daemon's releases."""
-    rows = list(client_for(ctx, read_only=True).request_sync("GET", "/releases")["releases"])
-    emit(ctx, {"releases": rows}, [_release_line(r) for r in rows] or ["(no releases)"])
+    client = client_for(ctx, read_only=True)
+    rows = list(client.request_sync("GET", "/releases")["releases"])
+    follows = list(client.request_sync("GET", "/follows")["follows"])
+    lines = [_release_line(r) for r in rows] or ["(no releases)"]
+    lines += [
+        f"following {f['name']}  (v{f['version'] if f['version'] is not None else '?'}"
+        + (f", keep {f['keep']}" if f["keep"] else "")
+        + ")"
+        for f in follows
+    ]
+    emit(ctx, {"releases": rows, "follows": follows}, lines)
 
 
 @cli.command()

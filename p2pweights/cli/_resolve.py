@@ -1,4 +1,4 @@
-"""`p2pw resolve NAME`: what a p2pw:// name points to, after every check."""
+"""`p2pw resolve NAME`, `p2pw follow NAME`, `p2pw unfollow NAME`: p2pw:// names."""
 
 from __future__ import annotations
 
@@ -46,3 +46,37 @@ def resolve(ctx: Ctx, name: str, allow_stale: bool) -> None:
         f"  magnet           {info['magnet']}",
     ]
     emit(ctx, info, lines)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--include", multiple=True, help="Only chunks holding tensors matching GLOB.")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Keep the N newest versions; remove older ones with their own chunks (0 = all).",
+)
+@json_option
+@pass_ctx
+def follow(ctx: Ctx, name: str, include: tuple[str, ...], keep: int) -> None:
+    """Follow NAME: the daemon fetches each new version as it appears (only changed chunks).
+
+    The daemon looks at every followed name each `follow_interval` seconds (300, with
+    jitter). The publisher must be trusted for the name.
+    """
+    parse_name(name)
+    body = {"name": name, "include": list(include), "keep": keep}
+    info = client_for(ctx).request_sync("POST", "/follows", body=body)
+    emit(ctx, info, [f"following {info['name']}" + (f" (keep {keep})" if keep else "")])
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_ctx
+def unfollow(ctx: Ctx, name: str) -> None:
+    """Stop following NAME (what it fetched stays)."""
+    parse_name(name)
+    info = client_for(ctx).request_sync("DELETE", "/follows", params={"name": name})
+    emit(ctx, info, [("stopped following " if info["removed"] else "not following ") + name])

@@ -267,8 +267,9 @@ def test_forged_and_mismatched_records_are_refused(
     evil = NameRecord(
         record.name, 1, "e" * 64, record.manifest_sha256, record.issued_at, record.expires_at
     )
-    forged = SignedItem(genuine.key, genuine.salt, genuine.seq + 5, genuine.signature,
-                        evil.encode())
+    forged = SignedItem(
+        genuine.key, genuine.salt, genuine.seq + 5, genuine.signature, evil.encode()
+    )
     assert nodes.put(forged) == 0  # no honest node stores it
     assert client.call("resolve", "p2pw://acme/org/model")["info_hash"] == v1["id"]
     # Mix-and-match: a record (genuinely signed) naming v2 but pointing at v1's torrent.
@@ -310,8 +311,11 @@ def test_limits_and_hostile_names(
     with pytest.raises(NameRecordError, match="1000"):
         asyncio.run(pub.client.publish(release, web_seeds=seeds))
     assert pub.call("releases") == []  # refused before anything was seeded
-    for hostile in ("p2pw://acme/../../etc/passwd", "p2pw://" + "k" * 500 + "/o/m",
-                    "p2pw://ed25519:not-a-key/org/model"):
+    for hostile in (
+        "p2pw://acme/../../etc/passwd",
+        "p2pw://" + "k" * 500 + "/o/m",
+        "p2pw://ed25519:not-a-key/org/model",
+    ):
         with pytest.raises(NameFormatError):
             pub.call("resolve", hostile)
         cli = p2pw(pub.home, "fetch", hostile)
@@ -319,3 +323,61 @@ def test_limits_and_hostile_names(
     no_dht = daemons(name="nodht")
     with pytest.raises(NameResolutionError, match="magnet link, or enable the DHT"):
         no_dht.call("resolve", name_uri(key.public, "org/model"))
+
+
+def test_follow_fetches_each_new_version_moving_only_changed_chunks(
+    daemons: DaemonFactory, dht: Callable[..., DhtNodes], tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    nodes = dht(6)
+    pub, key = _publisher(daemons, tmp_path, nodes)
+    home = _home(tmp_path, "lab")
+    TrustStore.load(home / "trust.json").add(key.public, "acme")
+    lab = daemons(*_on_dht(nodes, "--follow-interval", "0.5"), name="lab")
+    state = layer_state(layers=4, hidden=64)
+    releases = []
+    for version in (1, 2):
+        if version == 2:  # a fine-tune of one layer: one chunk changes
+            state["model.layers.2.mlp.up_proj.weight"] += 1
+        src = tmp_path / f"ft{version}"
+        src.mkdir()
+        save_file(state, str(src / "model.safetensors"))
+        p2pweights.pack(
+            src, tmp_path / f"ftrel{version}", name="org/model", version=version, key=key
+        )
+        releases.append(tmp_path / f"ftrel{version}")
+    v1 = pub.call("publish", releases[0])
+    seen: list[tuple[str, int]] = []
+
+    def fetched(version: int) -> Callable[[dict[str, Any]], bool]:
+        def done(e: dict[str, Any]) -> bool:
+            if e["kind"] in ("name_update", "name_fetched"):
+                seen.append((e["kind"], e["version"]))
+            return e["kind"] == "name_fetched" and e["version"] == version
+
+        return done
+
+    followed = p2pw(lab.home, "follow", "p2pw://acme/org/model", "--keep", "1", "--json")
+    assert followed.returncode == 0, followed.stderr
+    _events_until(lab, fetched(1), 60)
+    assert "following p2pw://acme/org/model" in p2pw(lab.home, "ls").stdout
+    v2 = pub.call("publish", releases[1])
+    _events_until(lab, fetched(2), 60)
+    assert seen[-2:] == [("name_update", 2), ("name_fetched", 2)]
+    trust = TrustStore.of_keys([key.public])
+    old, new = (p2pweights.open_release(r, trust).manifest for r in releases)
+    changed = {c.path: c.size for c in new.chunks}.items() - {
+        c.path: c.size for c in old.chunks
+    }.items()
+    changed_bytes = sum(size for _, size in changed)
+    assert len(changed) == 1
+    info = lab.call("show", v2["id"])
+    moved = pub.call("show", v2["id"])["transfer"]["uploaded"]  # the only peer: the lab
+    manifest_bytes = (releases[1] / "manifest.json").stat().st_size + 64
+    assert changed_bytes <= moved <= changed_bytes + manifest_bytes, (moved, changed_bytes)
+    assert moved < info["total_bytes"] / 2
+    # --keep 1: v1 is gone, v2 stays; unfollow stops the watch.
+    assert [r["id"] for r in lab.call("releases")] == [v2["id"]] != [v1["id"]]
+    assert p2pw(lab.home, "unfollow", "p2pw://acme/org/model").returncode == 0
+    assert lab.call("follows") == []
