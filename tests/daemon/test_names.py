@@ -174,7 +174,10 @@ def test_publish_then_resolve_and_fetch_from_another_daemon(
 ) -> None:
     nodes = dht(6)
     pub, key = _publisher(daemons, tmp_path, nodes)
-    client = _client(daemons, tmp_path, nodes, "client", key)  # 6 + 2 = 8 DHT nodes
+    home = _home(tmp_path, "client")
+    TrustStore.load(home / "trust.json").add(key.public, "acme")
+    # Any daemon is a bootstrap node (a private cluster needs no other): 6 + 2 = 8 nodes.
+    client = daemons("--dht", "--dht-bootstrap", pub.peer, name="client")
     info = pub.call("publish", _release(tmp_path, key, 1))
     name = name_uri(key.public, "org/model")
     assert info["pointer"]["name"] == name
@@ -194,6 +197,8 @@ def test_publish_then_resolve_and_fetch_from_another_daemon(
     path = p2pweights.fetch("p2pw://acme/org/model@1", home=client.home, revision="1")
     state = p2pweights.load("p2pw://acme/org/model", home=client.home)
     assert path == Path(fetched["path"]) and "lm_head.weight" in state
+    streamed = dict(p2pweights.stream("p2pw://acme/org/model", home=client.home))
+    assert streamed.keys() == state.keys()
 
 
 def test_rollback_is_refused_also_after_a_restart(
