@@ -11,7 +11,13 @@ Endpoints (all under ``/v1``)::
     GET    /status                       daemon status
     POST   /publish      {path, hybrid?, private?, trackers?}
                          or {source, name, version, key_file, label?}
-    POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?}
+    POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?, allow_stale?}
+    POST   /resolve      {name, allow_stale?}    what a p2pw:// name points to, checked
+    GET    /names                        names this daemon holds records of
+    POST   /names/republish              put every name again now (own ones re-signed)
+    GET    /follows                      followed names
+    POST   /follows      {name, include?, keep?}   follow a name (fetch each new version)
+    DELETE /follows?name=NAME            stop following it
     GET    /releases                     list
     GET    /releases/{id}                show
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
@@ -301,7 +307,10 @@ async def fetch(request: web.Request) -> web.Response:
     """POST /v1/fetch."""
     f = Fields(
         await _body(request),
-        {"uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds"},
+        {
+            "uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds",
+            "allow_stale",
+        },
     )
     uri = f.text("uri", required=True) or ""
     peers, trackers, include = f.texts("peers"), f.texts("trackers"), f.texts("include")
@@ -320,6 +329,7 @@ async def fetch(request: web.Request) -> web.Response:
         trust_on_first_use=tofu,
         ordered=ordered,
         web_seeds=f.texts("web_seeds"),
+        allow_stale=f.flag("allow_stale"),
     )
     return web.json_response(info, status=202)
 
@@ -426,6 +436,9 @@ def make_app(service: Service, *, token: str | None) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/publish", publish)
     app.router.add_post("/v1/fetch", fetch)
+    from . import api_names  # noqa: PLC0415 - it imports this module's helpers
+
+    api_names.add_routes(app)
     app.router.add_get("/v1/releases", list_releases)
     app.router.add_get("/v1/releases/{id}", show)
     app.router.add_get("/v1/releases/{id}/wait", wait)

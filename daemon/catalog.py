@@ -7,6 +7,7 @@ transaction, so a ``kill -9`` leaves either the old row or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -57,7 +58,28 @@ CREATE TABLE IF NOT EXISTS resume (
     release_id TEXT PRIMARY KEY REFERENCES releases(id) ON DELETE CASCADE,
     data BLOB NOT NULL, saved REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS names (
+    publisher TEXT NOT NULL, name TEXT NOT NULL,
+    seq INTEGER NOT NULL, version INTEGER NOT NULL,
+    item_json TEXT NOT NULL, info_hash TEXT NOT NULL,
+    own INTEGER NOT NULL DEFAULT 0, web_seeds_json TEXT NOT NULL DEFAULT '[]',
+    updated REAL NOT NULL,
+    PRIMARY KEY (publisher, name)
+);
+CREATE TABLE IF NOT EXISTS follows (
+    name TEXT PRIMARY KEY, include_json TEXT NOT NULL DEFAULT '[]',
+    keep INTEGER NOT NULL DEFAULT 0, version INTEGER, added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS name_fetches (
+    release_id TEXT PRIMARY KEY,
+    publisher TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    manifest_sha256 TEXT NOT NULL
+);
 """
+"""``names``, ``name_fetches`` and ``follows`` (p2pw:// names: ``daemon/names.py``,
+``daemon/follow.py``) came later
+than schema 2; ``CREATE TABLE IF NOT EXISTS`` adds them to an older catalog as it opens,
+and a daemon that does not know them ignores them, so they need no new schema number."""
 _MIGRATE_1_TO_2 = """
 ALTER TABLE chunks ADD COLUMN mtime_ns INTEGER;
 ALTER TABLE chunks ADD COLUMN ctime_ns INTEGER;
@@ -148,6 +170,15 @@ class Catalog:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the tables other modules own (``daemon/names.py``)."""
+        return self._db
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """One ``BEGIN IMMEDIATE`` transaction, rolled back on an exception."""
+        return self._tx()
 
     def close(self) -> None:
         """Close the database."""

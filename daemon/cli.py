@@ -61,6 +61,21 @@ def cli() -> None:
     "--resume-interval", type=click.FloatRange(min=0), help="Seconds between resume saves."
 )
 @click.option(
+    "--name-ttl",
+    type=click.IntRange(min=1),
+    help="Seconds a p2pw:// name record this daemon signs stays valid (default 7 days).",
+)
+@click.option(
+    "--name-republish-interval",
+    type=click.FloatRange(min=0.1),
+    help="Seconds between re-puts of p2pw:// names (default 1800).",
+)
+@click.option(
+    "--follow-interval",
+    type=click.FloatRange(min=0.1),
+    help="Seconds between looks at followed p2pw:// names (default 300, ±20 %).",
+)
+@click.option(
     "--ready-fd",
     type=int,
     help="Write 'ready' to this fd once serving (used by `p2pw daemon start`).",

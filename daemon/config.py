@@ -32,6 +32,10 @@ for a data dir per daemon); else ``config.toml`` in the per-user config dir
     mirrors = []                   # web seeds (mirror tree roots) for every fetch
     web_seed_spare = true          # spare web seeds while peers can send (origin_rule.py)
     web_seed_stall = 3.0           # seconds without a piece before spared web seeds return
+    name_ttl = 604800              # seconds a p2pw:// name record is valid after signing
+    name_republish_interval = 1800 # seconds between re-puts of names (DHT nodes drop them ~2 h)
+    name_resolve_timeout = 10      # seconds a name's DHT walk may take
+    follow_interval = 300          # seconds between looks at followed names (±20 % jitter)
 
 Environment: ``P2PW_PROFILE``, ``P2PW_LISTEN``, ``P2PW_OUTGOING_INTERFACE``,
 ``P2PW_DHT_BOOTSTRAP`` (comma-separated), ``P2PW_UPLOAD_RATE``, ``P2PW_DOWNLOAD_RATE``,
@@ -116,6 +120,14 @@ class DaemonConfig:
     fetches from them whatever it likes."""
     web_seed_stall: float = 3.0
     """Seconds without a new piece, with the web seeds spared, before they are used again."""
+    name_ttl: int = 7 * 24 * 3600
+    """Seconds a name record this daemon signs stays valid (its signed expiry)."""
+    name_republish_interval: float = 1800.0
+    """Seconds between re-puts of names: own ones re-signed, others' verbatim."""
+    name_resolve_timeout: float = 10.0
+    """Seconds a name's DHT walk may take before the best answer so far is used."""
+    follow_interval: float = 300.0
+    """Seconds between looks at each followed name (each wait drawn from ±20 %)."""
 
     @property
     def manifest_limits(self) -> Limits:

@@ -30,6 +30,7 @@ from typing import Any
 
 from p2pweights.errors import FormatError, LoadError, P2PWeightsError
 from p2pweights.manifest import ChunkEntry
+from p2pweights.names import is_name
 from p2pweights.paths import trust_path
 from p2pweights.release import Release
 from p2pweights.verify import ChunkRecords
@@ -46,6 +47,7 @@ from .admission import (
 from .catalog import ReleaseRow
 from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
+from .names import Names
 from .placement import Placement
 from .service_state import DONE, HEX64
 
@@ -58,6 +60,19 @@ _RESUME_EVERY = 0.25
 
 class FetchFlow(Placement):
     """Fetching a release: metadata, the authenticated manifest, then its chunks."""
+
+    @property
+    def names(self) -> Names:
+        """p2pw:// names: publish, keep alive, resolve (``daemon/names.py``)."""
+        if self._names is None:
+            self._names = Names(
+                self.config,
+                self.engine,
+                self.catalog,
+                self._notify,
+                lambda rid: (row := self.catalog.get(rid)) is not None and row.state in DONE,
+            )
+        return self._names
 
     def _parse_target(self, uri: str) -> TorrentFile | MagnetLink:
         if uri.startswith("magnet:"):
@@ -79,13 +94,21 @@ class FetchFlow(Placement):
         trust_on_first_use: bool = False,
         ordered: bool = False,
         web_seeds: Sequence[str] = (),
+        allow_stale: bool = False,
     ) -> dict[str, Any]:
         """Start fetching a release; returns at once with its id and state.
+
+        A ``p2pw://`` name is resolved first (see :mod:`.names`); ``allow_stale`` accepts
+        a record past its signed expiry, with a warning.
 
         With ``ordered`` the chunks come in layer order (see :meth:`set_order`), for a
         reader that streams tensors as they land; otherwise libtorrent picks rarest first,
         which spreads pieces best across a swarm.
         """
+        if is_name(uri):
+            uri, _ = await self.names.for_fetch(
+                uri, tofu=trust_on_first_use, allow_stale=allow_stale
+            )
         target = self._parse_target(uri)
         for p in peers:
             parse_peer(p)
@@ -275,6 +298,7 @@ class FetchFlow(Placement):
             tofu=row.tofu,
             limits=self.config.manifest_limits,
         )
+        self.names.check_fetched(rid, release)  # a name's fetch: its record's manifest
         self._record_manifest(rid, release, tf)
         wanted = wanted_chunks(release, row.include)
         download = Download(tf, release, wanted)

@@ -41,6 +41,7 @@ from .engine import (
     parse_torrent,
 )
 from .fetch_flow import FetchFlow
+from .follow import Follower
 from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields, peer_address
 
 __all__ = ["NotFoundError", "Service"]
@@ -75,6 +76,8 @@ class Service(FetchFlow):
                 self.catalog.set_state(row.id, "error", f"{type(exc).__name__}: {exc}")
         self._background.append(asyncio.create_task(self._periodic_resume()))
         self._background.append(asyncio.create_task(self._periodic_store_check()))
+        self._background.append(asyncio.create_task(self.names.republish_forever()))
+        self._background.append(asyncio.create_task(self.follower.run_forever()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
 
@@ -162,9 +165,10 @@ class Service(FetchFlow):
             web_seeds=web_seeds,
         )
         rid = tf.id
+        record = self.names.record_for(release, rid, web_seeds)  # refused here if too big
         existing = self.catalog.get(rid)
         if existing is not None and existing.state in DONE:
-            return self.show(rid)
+            return {**self.show(rid), "pointer": await self.names.announce(release, record)}
         async with self._placing:
             store_layout(rid, tf, self.store, self.catalog)  # refuses a name-colliding torrent
             known = self.catalog.store_chunks([c.path for c in release.manifest.chunks])
@@ -194,7 +198,22 @@ class Service(FetchFlow):
             seed_mode=True,
         )
         self._notify(rid, "published")
-        return self.show(rid)
+        return {**self.show(rid), "pointer": await self.names.announce(release, record)}
+
+    @property
+    def follower(self) -> Follower:
+        """Followed names (``daemon/follow.py``)."""
+        if self._follower is None:
+            self._follower = Follower(
+                self.config,
+                self.catalog,
+                self.names,
+                fetch=self.fetch,
+                wait=self.wait,
+                remove=self.remove,
+                notify=self._notify,
+            )
+        return self._follower
 
     async def mirror(self, rid: str, directory: str) -> dict[str, Any]:
         """Write a complete release as a static mirror tree (see :mod:`p2pweights.mirror`).

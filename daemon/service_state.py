@@ -23,6 +23,8 @@ from .catalog import Catalog, ReleaseRow, ReleaseState
 from .config import DaemonConfig, lan_address
 from .download import Download
 from .engine import Engine, EngineError, EngineEvent, TorrentStatus, parse_torrent
+from .follow import Follower
+from .names import Names
 from .store import TORRENT_NAME, Store
 from .web_seeds import WebSeeds
 
@@ -82,6 +84,10 @@ class ServiceState:
         self._magnets: dict[str, str] = {}
         """Each release's magnet link, parsed once from its torrent."""
         self._placing = asyncio.Lock()
+        self._names: Names | None = None
+        self._follower: Follower | None = None
+        """:class:`~.follow.Follower`, made on first use (``Service.follower``)."""
+        """:class:`~.names.Names`, made on first use (``Service.names``)."""
         """Held while chunks move into the store: one writer per store name."""
         self.web = WebSeeds(
             engine,

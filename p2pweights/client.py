@@ -289,11 +289,13 @@ class DaemonClient:
         trust_on_first_use: bool = False,
         ordered: bool = False,
         web_seeds: Sequence[str] = (),
+        allow_stale: bool = False,
     ) -> dict[str, Any]:
         """Start a fetch; returns the release's id and state at once.
 
         ``ordered`` asks for the chunks in layer order (for a streaming reader);
-        ``web_seeds`` are HTTP mirrors (``p2pw mirror`` trees) for this fetch.
+        ``web_seeds`` are HTTP mirrors (``p2pw mirror`` trees) for this fetch;
+        ``allow_stale`` accepts a ``p2pw://`` name's record past its signed expiry.
         """
         return await self.request(
             "POST",
@@ -306,8 +308,25 @@ class DaemonClient:
                 trust_on_first_use=trust_on_first_use,
                 ordered=ordered,
                 web_seeds=web_seeds,
+                allow_stale=allow_stale,
             ),
         )
+
+    async def resolve(self, name: str, *, allow_stale: bool = False) -> dict[str, Any]:
+        """What a ``p2pw://`` name points to, checked (``POST /resolve``)."""
+        body = {"name": name, "allow_stale": allow_stale}
+        return await self.request("POST", "/resolve", body=body)
+
+    async def follow(
+        self, name: str, *, include: Sequence[str] = (), keep: int = 0
+    ) -> dict[str, Any]:
+        """Follow a ``p2pw://`` name: the daemon fetches each new version (``POST /follows``)."""
+        body = {"name": name, "include": list(include), "keep": keep}
+        return await self.request("POST", "/follows", body=body)
+
+    async def follows(self) -> list[dict[str, Any]]:
+        """The names the daemon follows."""
+        return list((await self.request("GET", "/follows"))["follows"])
 
     async def mirror(self, rid: str, directory: Path) -> dict[str, Any]:
         """Write a release as a static mirror tree under ``directory`` (see ``p2pw mirror``)."""
@@ -384,6 +403,7 @@ def fetch_body(
     trust_on_first_use: bool = False,
     ordered: bool = False,
     web_seeds: Sequence[str] = (),
+    allow_stale: bool = False,
 ) -> dict[str, Any]:
     """The body of ``POST /fetch`` (a local ``.torrent`` is sent as an absolute path)."""
     if uri.endswith(".torrent") and Path(uri).is_file():
@@ -396,6 +416,7 @@ def fetch_body(
         "trust_on_first_use": trust_on_first_use,
         "ordered": ordered,
         **({"web_seeds": list(web_seeds)} if web_seeds else {}),
+        **({"allow_stale": True} if allow_stale else {}),
     }
 
 

@@ -6,6 +6,8 @@
     │   ├── OverCapError                    a torrent or manifest over a cap of the daemon's config
     │   ├── UnsafePathError                 a path is absolute, has `..`, or leaves its directory
     │   ├── SafetensorsHeaderError          a safetensors header is malformed or lies about sizes
+    │   ├── NameFormatError                 a ``p2pw://`` name breaks the grammar (hostile ones too)
+    │   ├── NameRecordError                 a name's DHT record is malformed, or over 1000 bytes
     │   ├── SourceError                     a pack source is missing, unsupported or inconsistent
     │   │   └── UnsafePickleError           a pickle asked for more than plain tensors; not executed
     │   └── KeyStatementError               a key rotation statement or revocation is malformed
@@ -14,7 +16,9 @@
     │   ├── UntrustedKeyError               the publisher key is not in the trust store
     │   ├── OutOfScopeError                 the key is trusted, but not for this release's name
     │   ├── RevokedKeyError                 the key was revoked by its own certificate
-    │   └── ReleaseExpiredError             the manifest's expiry time has passed
+    │   ├── ReleaseExpiredError             the manifest's expiry time has passed
+    │   ├── RollbackError                   a name's DHT record is older than one already seen
+    │   └── StaleNameError                  a name's DHT record is past its signed expiry (freeze)
     ├── ChunkError                          a chunk on disk is not what the signed manifest says
     │   ├── MissingChunkError (FileNotFoundError)
     │   └── CorruptChunkError               wrong size or wrong sha256
@@ -27,6 +31,8 @@
     ├── UnknownReleaseError (LookupError)   no release with that id is known to the daemon
     ├── SwarmError                          the swarm could not deliver: torrent errors, no peers
     │   ├── ReleaseMismatchError            the torrent's files differ from the signed manifest
+    │   │   └── PointerMismatchError        the manifest is not the one its name's record points to
+    │   ├── NameResolutionError             a name found no record (no DHT, or nothing under it)
     │   ├── FetchTimeoutError (TimeoutError)  not complete within the caller's timeout
     │   └── DiskFullError                   the store's disk is full; the fetch is paused, not lost
     └── DaemonError                         talking to the daemon failed
@@ -55,15 +61,21 @@ __all__ = [
     "LoadError",
     "ManifestError",
     "MissingChunkError",
+    "NameFormatError",
+    "NameRecordError",
+    "NameResolutionError",
     "OutOfScopeError",
     "OverCapError",
     "P2PWeightsError",
+    "PointerMismatchError",
     "ReleaseExpiredError",
     "ReleaseMismatchError",
     "RevokedKeyError",
+    "RollbackError",
     "SafetensorsHeaderError",
     "SignatureError",
     "SourceError",
+    "StaleNameError",
     "SwarmError",
     "TrustError",
     "TrustStoreError",
@@ -100,6 +112,16 @@ class UnsafePathError(FormatError):
 
 class SafetensorsHeaderError(FormatError):
     """A safetensors header is malformed or disagrees with the file's sizes."""
+
+
+class NameFormatError(FormatError):
+    """A ``p2pw://`` name breaks the grammar: traversal, absurd length, bad key text."""
+
+    exit_code = 2
+
+
+class NameRecordError(FormatError):
+    """A name's DHT record is malformed, or would not fit BEP 44's 1000 bytes."""
 
 
 class SourceError(FormatError):
@@ -157,6 +179,22 @@ class RevokedKeyError(TrustError):
 
 class ReleaseExpiredError(TrustError):
     """The manifest's expiry time has passed."""
+
+
+class RollbackError(TrustError):
+    """A name's DHT record is older (sequence number or version) than one already seen.
+
+    Someone serves a genuine but superseded record: the high-water mark kept in the
+    catalog for each (publisher, name) refuses it, also after a restart.
+    """
+
+    exit_code = 20
+
+
+class StaleNameError(TrustError):
+    """A name's DHT record is past its signed expiry: a freeze attack, or a gone publisher."""
+
+    exit_code = 21
 
 
 class ChunkError(P2PWeightsError):
@@ -227,6 +265,14 @@ class ReleaseMismatchError(SwarmError):
     """The torrent's file list differs from the signed manifest's chunk list."""
 
     exit_code = 3
+
+
+class PointerMismatchError(ReleaseMismatchError):
+    """The fetched manifest's name, version or sha256 is not what its name's record says."""
+
+
+class NameResolutionError(SwarmError):
+    """A name found no record: the DHT is off, or no node holds an item under the name."""
 
 
 class FetchTimeoutError(SwarmError, TimeoutError):

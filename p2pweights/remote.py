@@ -25,6 +25,7 @@ from .errors import (
     SwarmError,
 )
 from .export import export, reuse_export
+from .names import is_name
 from .paths import data_dir
 from .release import EXPORT_POINTER, Release, open_release
 from .trust import trust_for
@@ -48,9 +49,14 @@ _REV_SHA = re.compile(r"[0-9a-fA-F]{8,64}")
 
 
 def is_remote(source: str | Path) -> bool:
-    """True for magnet links, bare v2 info-hashes and ``.torrent`` files."""
+    """True for magnet links, ``p2pw://`` names, bare v2 info-hashes and ``.torrent`` files."""
     text = str(source)
-    return text.startswith("magnet:") or bool(_HEX64.fullmatch(text)) or text.endswith(".torrent")
+    return (
+        text.startswith("magnet:")
+        or is_name(text)
+        or bool(_HEX64.fullmatch(text))
+        or text.endswith(".torrent")
+    )
 
 
 def raise_release_error(info: dict[str, Any]) -> None:
@@ -131,6 +137,7 @@ async def fetch_async(
     revision: str | int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_started: Callable[[dict[str, Any]], None] | None = None,
+    allow_stale: bool = False,
 ) -> dict[str, Any]:
     """Fetch through the daemon and wait; returns the daemon's record of the release.
 
@@ -157,6 +164,7 @@ async def fetch_async(
         include=include,
         trust_on_first_use=trust_on_first_use,
         web_seeds=web_seeds,
+        allow_stale=allow_stale,
     )
     rid = str(started["id"])
     if on_started is not None:
@@ -248,7 +256,7 @@ def fetch(
     """Fetch a release through the daemon (started on demand), like ``snapshot_download``.
 
     Args:
-        uri: a magnet link, a v2 info-hash, or a ``.torrent`` file.
+        uri: a magnet link, a ``p2pw://`` name, a v2 info-hash, or a ``.torrent`` file.
         local_dir: also write a linked HF-layout export there (symlinks to the verified
             chunks, read by ``from_pretrained``) and return it.
         include: fetch only the chunks holding tensors matching these globs.

@@ -18,8 +18,10 @@ from typing import Any, cast, get_args
 
 import libtorrent as lt
 
+from .dht_items import DhtGet, on_mutable_item
 from .events import EventStream
 from .peers import endpoint_text
+from .krpc import KrpcClient
 from .settings import EngineSettings
 from .values import (
     EngineError,
@@ -53,6 +55,8 @@ class AlertDispatch:
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
         self._ticker: asyncio.Task[None] | None = None
+        self._dht_gets: dict[tuple[bytes, bytes], list[DhtGet]] = {}
+        self._krpc: KrpcClient | None = None
 
     @property
     def listen_port(self) -> int:
@@ -144,6 +148,9 @@ class AlertDispatch:
                     t.fail_key("deleted", EngineError(a.message()))
                 else:
                     t.fire("deleted")
+            return None
+        if isinstance(a, lt.dht_mutable_item_alert):
+            on_mutable_item(self._dht_gets, a)
             return None
         if not isinstance(a, lt.torrent_alert):
             log.debug("%s", a.message())

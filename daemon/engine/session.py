@@ -20,6 +20,7 @@ from p2pweights._paths import check_relative
 from p2pweights.errors import FormatError
 
 from .alerts import CHECKING_STATES, complete_files
+from .dht_items import DhtItems
 from .events import EventStream
 from .pieces import steer_pieces
 from .queries import TorrentQueries
@@ -38,7 +39,7 @@ __all__ = ["Engine", "EventStream"]
 log = logging.getLogger(__name__)
 
 
-class Engine(TorrentQueries):
+class Engine(TorrentQueries, DhtItems):
     """One libtorrent session driven from asyncio. Create it with :meth:`start`.
 
     Every method must be called from the event loop that started the engine.
@@ -131,6 +132,7 @@ class Engine(TorrentQueries):
                 await self._ticker
         self._ses.set_alert_fd(-1)
         self._loop.remove_reader(self._rsock.fileno())
+        self._close_dht()
         closed = EngineError("engine closed")
         for t in list(self._torrents.values()):
             t.fail(closed)

@@ -36,6 +36,8 @@ _ALERT_MASK = (
     | lt.alert.category_t.piece_progress_notification
     # peer_ban_alert: who was banned for sending bad data (rare; the log names them).
     | lt.alert.category_t.peer_notification
+    # BEP 44 items (dht_mutable_item_alert) for p2pw:// names.
+    | lt.alert.category_t.dht_notification
 )
 
 
@@ -155,6 +157,16 @@ class EngineSettings:
             "dht_restrict_routing_ips": not self.dht_allow_local,
             "dht_restrict_search_ips": not self.dht_allow_local,
             "dht_prefer_verified_node_ids": not self.dht_allow_local,
+            # libtorrent blocks a node that sends it more than 5 DHT packets a second (for
+            # 5 minutes), and caps its own DHT traffic at 8 kB/s: right for the internet,
+            # but on a private DHT (loopback, a LAN) where the same few daemons resolve
+            # p2pw:// names, ~20 quick walks got a daemon blocked, and each walk then
+            # waited out timeouts (5-10 s instead of a few ms).
+            **(
+                {"dht_block_ratelimit": 1000, "dht_upload_rate_limit": 4_000_000}
+                if self.dht_allow_local
+                else {}
+            ),
             "enable_lsd": self.enable_lsd,
             "local_service_announce_interval": self.lsd_interval or 300,
             "enable_upnp": self.enable_upnp,

@@ -27,7 +27,7 @@ from ._base import (
     run,
 )
 from ._fetch import foreground_fetch, release_name, summary
-from ._names import check_uri, release_info, release_path
+from ._names import STALE_WARNING, check_uri, release_info, release_path
 from ._names import release_id as resolve_id
 
 __all__: list[str] = []
@@ -145,6 +145,7 @@ def publish(
             src, hybrid=hybrid, private=private, trackers=trackers, web_seeds=web_seeds
         )
     )
+    pointer = info.get("pointer")
     emit(
         ctx,
         info,
@@ -152,7 +153,8 @@ def publish(
             f"seeding {info['name']} v{info['version']} ({info['id'][:16]})",
             f"magnet  {info['magnet']}",
             f"torrent {info['torrent_path']}",
-        ],
+        ]
+        + ([f"name    {pointer['name']}"] if pointer else []),
     )
 
 
@@ -198,6 +200,11 @@ def publish(
     help="Also write a linked HF-layout dir there, for from_pretrained.",
 )
 @click.option("--keep", is_flag=True, help="Keep a fetch that fails or times out (in `ls`).")
+@click.option(
+    "--allow-stale",
+    is_flag=True,
+    help="A p2pw:// name: accept a record past its signed expiry (warns; see SECURITY.md).",
+)
 @json_option
 @pass_ctx
 def fetch(
@@ -213,8 +220,9 @@ def fetch(
     revision: str | None,
     local_dir: Path | None,
     keep: bool,
+    allow_stale: bool,
 ) -> None:
-    """Fetch URI (magnet, info-hash or .torrent), verify it, and keep seeding it.
+    """Fetch URI (magnet, p2pw:// name, info-hash or .torrent), verify it, and keep seeding it.
 
     Ctrl-C pauses the fetch (the same command goes on with it); --detach leaves it running.
     A fetch that fails or times out is removed with its partial data, unless --keep.
@@ -225,7 +233,10 @@ def fetch(
         "include": include,
         "trust_on_first_use": trust_on_first_use,
         "web_seeds": web_seeds,
+        **({"allow_stale": True} if allow_stale else {}),
     }
+    if allow_stale:
+        click.echo(STALE_WARNING, err=True)
     check_uri(uri)
     if (revision is not None or local_dir is not None) and no_wait:
         raise LoadError("--revision and --local-dir need the fetch to finish; drop --no-wait")
@@ -278,8 +289,17 @@ def mirror(ctx: Ctx, release_id: str, directory: Path) -> None:
 @pass_ctx
 def ls(ctx: Ctx) -> None:
     """List the daemon's releases."""
-    rows = list(client_for(ctx, read_only=True).request_sync("GET", "/releases")["releases"])
-    emit(ctx, {"releases": rows}, [_release_line(r) for r in rows] or ["(no releases)"])
+    client = client_for(ctx, read_only=True)
+    rows = list(client.request_sync("GET", "/releases")["releases"])
+    follows = list(client.request_sync("GET", "/follows")["follows"])
+    lines = [_release_line(r) for r in rows] or ["(no releases)"]
+    lines += [
+        f"following {f['name']}  (v{f['version'] if f['version'] is not None else '?'}"
+        + (f", keep {f['keep']}" if f["keep"] else "")
+        + ")"
+        for f in follows
+    ]
+    emit(ctx, {"releases": rows, "follows": follows}, lines)
 
 
 @cli.command()

@@ -18,9 +18,22 @@ from urllib.parse import parse_qs, quote, urlsplit
 import click
 
 from ..errors import LoadError, UnknownReleaseError
+from ..names import is_name, parse_name
 from ._base import Ctx, client_for
 
-__all__ = ["check_uri", "refuse_full_dir", "release_id", "release_info", "release_path"]
+__all__ = [
+    "STALE_WARNING",
+    "check_uri",
+    "refuse_full_dir",
+    "release_id",
+    "release_info",
+    "release_path",
+]
+
+STALE_WARNING = (
+    "p2pw: WARNING: --allow-stale accepts a name record past its signed expiry: you may get "
+    "an old version that an attacker keeps you on (a freeze attack)"
+)
 
 _BTMH = re.compile(r"urn:btmh:1220([0-9a-fA-F]{64})")
 _HEX = re.compile(r"[0-9a-fA-F]{6,64}")
@@ -50,6 +63,9 @@ def release_id(ctx: Ctx, ref: str, *, autostart: bool = True) -> str:
     text = ref.strip()
     if text.startswith("magnet:"):
         return _magnet_id(text)
+    if is_name(text):  # what the name points to now (checked by the daemon)
+        client = client_for(ctx, autostart=autostart)
+        return str(client.request_sync("POST", "/resolve", body={"name": text})["info_hash"])
     path = Path(text).expanduser()
     if path.is_dir():
         where = str(path.resolve())
@@ -94,6 +110,7 @@ def release_path(ctx: Ctx, ref: str | Path) -> Path:
     text = str(ref)
     named = (
         text.startswith("magnet:")
+        or is_name(text)
         or _HEX.fullmatch(text)
         or _NAME.fullmatch(text.partition("@")[0])
     )
@@ -120,11 +137,13 @@ def check_uri(uri: str) -> None:
             _magnet_id(uri)
         except LoadError as exc:
             raise click.BadParameter(str(exc), param_hint="URI") from None
+    elif is_name(uri):
+        parse_name(uri)  # NameFormatError: a hostile name never reaches the daemon
     elif not (_HEX.fullmatch(uri) and len(uri) == 64) and not (
         uri.endswith(".torrent") and Path(uri).is_file()
     ):
         raise click.BadParameter(
-            f"{uri[:80]!r} is not a magnet link, a v2 info-hash or a .torrent file",
+            f"{uri[:80]!r} is not a magnet link, a p2pw:// name, a v2 info-hash or a .torrent file",
             param_hint="URI",
         )
 

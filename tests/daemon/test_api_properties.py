@@ -251,6 +251,7 @@ class FakeService:
         trust_on_first_use: bool,
         ordered: bool,
         web_seeds: list[str],
+        allow_stale: bool = False,
     ) -> dict[str, Any]:
         args = {
             "uri": uri,
@@ -260,12 +261,14 @@ class FakeService:
             "trust_on_first_use": trust_on_first_use,
             "ordered": ordered,
             "web_seeds": web_seeds,
+            "allow_stale": allow_stale,
         }
         ok = (
             self._text(uri)
             and all(self._texts(v) for v in (peers, trackers, include, web_seeds))
             and type(trust_on_first_use) is bool
             and type(ordered) is bool
+            and type(allow_stale) is bool
         )
         return self._check("fetch", ok, args)
 
@@ -399,7 +402,8 @@ any_json = st.recursive(
 )
 
 FETCH_FIELDS = [
-    "uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds"
+    "uri", "peers", "trackers", "include", "trust_on_first_use", "ordered", "web_seeds",
+    "allow_stale",
 ]
 PUBLISH_FIELDS = [
     "path", "hybrid", "private", "trackers", "web_seeds",
@@ -420,6 +424,7 @@ well_typed = {
     "private": st.booleans(),
     "trust_on_first_use": st.booleans(),
     "ordered": st.booleans(),
+    "allow_stale": st.booleans(),
     "hybrid": st.booleans(),
     "version": st.integers(min_value=0, max_value=2**53 - 1),
 }
