@@ -20,8 +20,8 @@ import libtorrent as lt
 
 from .dht_items import DhtGet, on_mutable_item
 from .events import EventStream
-from .peers import endpoint_text
 from .krpc import KrpcClient
+from .peers import endpoint_text
 from .settings import EngineSettings
 from .values import (
     EngineError,
