@@ -76,6 +76,7 @@ MODULES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "manifest": (
         "p2pweights/manifest.py",
         [
+            "tests/test_manifest_refusals.py",
             "tests/test_properties.py",
             "tests/test_properties_valid.py",
             "tests/test_hostile_inputs.py",

@@ -84,16 +84,21 @@ def test_tofu_trusts_a_new_key_once_every_check_passed(
 def test_the_callers_limits_apply_to_a_known_and_a_new_publisher(
     release: Path, trust_file: Path, key: PrivateKey, tofu: bool
 ) -> None:
-    """The daemon's own (lower) caps reach the manifest parser on both paths."""
+    """The daemon's own (lower) caps reach the manifest parser on both paths: the size cap
+    (read first) and the schema caps (checked only once the publisher is known)."""
     if not tofu:
         TrustStore.load(trust_file).add(key.public, "publisher")
     size = (release / MANIFEST_NAME).stat().st_size
-    limits = Limits(manifest_bytes=size - 1)
+    chunks = len(open_self_signed(release).manifest.chunks)
+    tf = make_torrent(release)
     with pytest.raises(ManifestError) as info:
-        authenticate(release, make_torrent(release), trust_file, tofu=tofu, limits=limits)
+        authenticate(release, tf, trust_file, tofu=tofu, limits=Limits(manifest_bytes=size - 1))
     assert str(info.value) == (
         f"manifest {release / MANIFEST_NAME} is over the limit of {size - 1} bytes"
     )
+    with pytest.raises(ManifestError) as info:
+        authenticate(release, tf, trust_file, tofu=tofu, limits=Limits(chunks=chunks - 1))
+    assert str(info.value) == f"chunks has {chunks} entries, over the limit of {chunks - 1}"
     assert _trusted(trust_file, key) is not tofu
 
 
