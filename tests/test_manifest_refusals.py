@@ -26,6 +26,7 @@ from p2pweights.manifest import (
     ChunkEntry,
     Limits,
     Manifest,
+    chunk_address,
     chunk_of_address,
 )
 from p2pweights.pack import pack
@@ -125,6 +126,8 @@ CASES: list[tuple[str, Callable[[Doc], object], str]] = [
     ("dim", _set("types.0", ["I64", [-4]]), f"types[0] shape must be an integer in [0, {MAX}]"),
     ("huge type", _set("types.0", ["F32", [CHUNK_BYTES // 2]]),
      f"types[0]: F32[{CHUNK_BYTES // 2}] is larger than any chunk"),
+    ("huge type of rank 9", _set("types.0", ["F32", [1] * 8 + [CHUNK_BYTES]]),
+     "types[0]: F32[1, 1, 1, 1, 1, 1, 1, 1] is larger than any chunk"),
     ("repeated type", _with(lambda d: d["types"].append(["I64", [4]])),
      "types[3] repeats an earlier type"),
     ("chunks list", _set("chunks", None), "chunks must be a list"),
@@ -166,6 +169,7 @@ CASES: list[tuple[str, Callable[[Doc], object], str]] = [
     ("v2 root", _set("chunks.2.v2_root", None),
      "chunks[2].v2_root must be 64 lowercase hex digits"),
     ("tensor twice", _set("chunks.2.names", ["c", "a.b"]), "tensor 'c' appears twice"),
+    ("later tensor twice", _set("chunks.2.names", ["a.w", "a.w"]), "tensor 'a.w' appears twice"),
     ("files list", _set("files", "x"), "files must be a list"),
     ("file kind", _set("files.0.kind", "pickle"),
      "files[0] must be an object of kind ['blob', 'safetensors', 'torch']"),
@@ -234,6 +238,20 @@ def test_the_base_manifest_parses_with_its_values() -> None:
         ("model.safetensors", 278, "safetensors", None),
     ]
     assert m.files[2].order == ("c", "a.w", "a.b")
+    # Paths are the content addresses, a tensor chunk's with the .safetensors suffix.
+    shas = [c["sha256"] for c in _doc()["chunks"]]
+    assert [c.path for c in m.chunks] == [
+        f"chunks/{shas[0]}.safetensors", f"chunks/{shas[1]}", f"chunks/{shas[2]}.safetensors"
+    ]
+    assert [chunk_address(c.sha256, c.kind) for c in m.chunks] == [c.path for c in m.chunks]
+
+
+def test_a_converted_pickle_file_has_no_header() -> None:
+    doc = _doc()
+    del doc["files"][2]["header"]
+    doc["files"][2]["kind"] = "torch"
+    f = _parse(doc).files[2]
+    assert (f.kind, f.header, f.order) == ("torch", None, ("c", "a.w", "a.b"))
 
 
 def test_the_edges_that_are_allowed() -> None:
@@ -258,6 +276,9 @@ def test_the_edges_that_are_allowed() -> None:
         ("chunks", Limits(chunks=2), "chunks has 3 entries, over the limit of 2"),
         ("files", Limits(files=2), "files has 3 entries, over the limit of 2"),
         ("chunk", Limits(chunk_bytes=189), "chunks[2].size must be an integer in [1, 189]"),
+        # A type of exactly the chunk limit is allowed; the chunk holding it is not.
+        ("type", Limits(chunk_bytes=32), "chunks[0].size must be an integer in [1, 32]"),
+        ("type", Limits(chunk_bytes=31), "types[0]: I64[4] is larger than any chunk"),
         ("total", Limits(total_bytes=319), "chunks add up to 320 bytes, over the limit"),
         ("name", Limits(tensor_name_chars=2),
          "chunks[2].names: a tensor name has 1..2 characters, no NUL"),
@@ -277,7 +298,8 @@ def test_the_limits_given_are_the_ones_applied(
     assert str(info.value) == message
     # Exactly at each limit, the same manifest parses.
     at = {"types": Limits(tensors=3), "chunks": Limits(chunks=3), "files": Limits(files=3),
-          "chunk": Limits(chunk_bytes=190), "total": Limits(total_bytes=320),
+          "chunk": Limits(chunk_bytes=190), "type": Limits(chunk_bytes=190),
+          "total": Limits(total_bytes=320),
           "name": Limits(tensor_name_chars=3), "label": Limits(label_chars=1)}[field]
     assert _parse(doc, at).name == "org/model"
 
