@@ -8,6 +8,7 @@ also shown to let through the edge of what it allows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import tempfile
@@ -19,6 +20,7 @@ import pytest
 
 from p2pweights import ManifestError, UnsafePathError
 from p2pweights._canonical import dumps
+from p2pweights._safetensors import MAX_HEADER_BYTES
 from p2pweights.keys import generate_key
 from p2pweights.manifest import (
     FORMAT,
@@ -28,6 +30,7 @@ from p2pweights.manifest import (
     Manifest,
     chunk_address,
     chunk_of_address,
+    publisher_in,
 )
 from p2pweights.pack import pack
 
@@ -105,6 +108,9 @@ CASES: list[tuple[str, Callable[[Doc], object], str]] = [
      f"unknown manifest format {'f' * 60!r}; want {FORMAT}"),
     ("keys", _with(lambda d: (d.pop("label"), d.update(extra=1))),
      "manifest: missing ['label'], unexpected ['extra']"),
+    ("many keys", lambda d: {"format": FORMAT, **{f"k{i}": 0 for i in range(7)}},
+     "manifest: missing ['chunks', 'created', 'expires', 'files', 'label'], "
+     "unexpected ['k0', 'k1', 'k2', 'k3', 'k4']"),
     ("name", _set("name", "org//model"),
      "manifest name must look like ORG/MODEL (letters, digits, ._-)"),
     ("created", _set("created", -1), f"created must be an integer in [0, {MAX}]"),
@@ -120,6 +126,7 @@ CASES: list[tuple[str, Callable[[Doc], object], str]] = [
     ("type triple", _set("types.0", ["I64", [4], 1]),
      "types[0] has 3 entries, over the limit of 2"),
     ("dtype", _set("types.0", ["X64", [4]]), "types[0]: unsupported dtype 'X64'"),
+    ("long dtype", _set("types.0", ["X" * 30, [4]]), f"types[0]: unsupported dtype {'X' * 20!r}"),
     ("shape list", _set("types.0", ["I64", 4]), "types[0] shape must be a list"),
     ("rank", _set("types.0", ["I64", [1] * 65]),
      "types[0] shape has 65 entries, over the limit of 64"),
@@ -169,6 +176,8 @@ CASES: list[tuple[str, Callable[[Doc], object], str]] = [
     ("v2 root", _set("chunks.2.v2_root", None),
      "chunks[2].v2_root must be 64 lowercase hex digits"),
     ("tensor twice", _set("chunks.2.names", ["c", "a.b"]), "tensor 'c' appears twice"),
+    ("long tensor twice", _set("chunks.2.names", ["x" * 100, "x" * 100]),
+     f"tensor {'x' * 80!r} appears twice"),
     ("later tensor twice", _set("chunks.2.names", ["a.w", "a.w"]), "tensor 'a.w' appears twice"),
     ("files list", _set("files", "x"), "files must be a list"),
     ("file kind", _set("files.0.kind", "pickle"),
@@ -178,6 +187,8 @@ CASES: list[tuple[str, Callable[[Doc], object], str]] = [
      f"files[1].size must be an integer in [0, {LIMITS.total_bytes}]"),
     ("file sha", _set("files.1.sha256", 1), "files[1].sha256 must be 64 lowercase hex digits"),
     ("file order", _with(lambda d: d["files"].reverse()),
+     "files must be sorted by name, without duplicates"),
+    ("file twice", _with(lambda d: d["files"].insert(0, d["files"][0])),
      "files must be sorted by name, without duplicates"),
     ("blob size", _set("files.0.size", 3),
      "files[0]: no blob chunk with the file's sha256 and size"),
@@ -263,6 +274,18 @@ def test_the_edges_that_are_allowed() -> None:
     doc["previous"] = "ab" * 32
     m = _parse(doc)
     assert (len(m.label), m.expires, m.previous) == (256, 1_700_000_001, "ab" * 32)
+    # The header's length runs from 2 bytes ("{}") to MAX_HEADER_BYTES.
+    for length in (2, MAX_HEADER_BYTES):
+        doc = _doc()
+        doc["files"][2]["size"] = 8 + 62 + length
+        assert _parse(doc).files[2].size == 8 + 62 + length
+    doc = _doc()
+    doc["files"][2]["size"] = 8 + 62 + MAX_HEADER_BYTES + 1
+    with pytest.raises(ManifestError) as info:
+        _parse(doc)
+    assert str(info.value) == (
+        f"files[2]: its tensors and size leave {MAX_HEADER_BYTES + 1} header bytes"
+    )
     doc = _doc()
     doc["files"][2]["header"] = " " * 208
     assert _parse(doc).files[2].header is not None
@@ -283,12 +306,15 @@ def test_the_edges_that_are_allowed() -> None:
         ("name", Limits(tensor_name_chars=2),
          "chunks[2].names: a tensor name has 1..2 characters, no NUL"),
         ("label", Limits(label_chars=0), None),
+        ("names", Limits(tensors=3), "chunks[2].names has 3 entries, over the limit of 2"),
     ],
 )
 def test_the_limits_given_are_the_ones_applied(
     field: str, limits: Limits, message: str | None
 ) -> None:
     doc = _doc()
+    if field == "names":  # a fourth tensor, of a type already listed: 3 types, 4 names
+        doc["chunks"][2].update(names=["a.w", "a.b", "a.c"], types=[1, 2, 2], size=196)
     if message is None:  # the empty label is within any limit: one more character is not
         assert _parse(doc, limits).label == ""
         doc["label"] = "x"
@@ -300,7 +326,8 @@ def test_the_limits_given_are_the_ones_applied(
     at = {"types": Limits(tensors=3), "chunks": Limits(chunks=3), "files": Limits(files=3),
           "chunk": Limits(chunk_bytes=190), "type": Limits(chunk_bytes=190),
           "total": Limits(total_bytes=320),
-          "name": Limits(tensor_name_chars=3), "label": Limits(label_chars=1)}[field]
+          "name": Limits(tensor_name_chars=3), "label": Limits(label_chars=1),
+          "names": Limits(tensors=4)}[field]
     assert _parse(doc, at).name == "org/model"
 
 
@@ -338,3 +365,23 @@ def test_chunk_of_address_reads_the_kind_and_sha256_from_the_path() -> None:
     blob = ChunkEntry(f"chunks/{sha}", 0, sha, "", "blob")
     assert chunk_of_address(f"chunks/{sha}", 0, "") == blob
 
+
+
+def test_a_document_that_is_no_object_has_no_publisher() -> None:
+    with pytest.raises(ManifestError) as info:
+        publisher_in([])
+    assert str(info.value) == "manifest must be a JSON object"
+
+
+def test_to_bytes_refuses_what_a_reader_would() -> None:
+    m = _parse(_doc())
+    with pytest.raises(ManifestError) as info:
+        dataclasses.replace(m, chunks=m.chunks[:2]).to_bytes()
+    assert str(info.value) == "the tensor table's chunks are not the manifest's chunks"
+    # A safetensors file with no header spec is written with an empty header text, which
+    # no file can have (a header is 2 bytes at the least), even where 4 bytes are left.
+    short = dataclasses.replace(m.files[2], header=None, size=8 + 62 + 4)
+    with pytest.raises(ManifestError) as info:
+        dataclasses.replace(m, files=(*m.files[:2], short)).to_bytes()
+    assert str(info.value) == "files[2].header is not the 4 bytes its file leaves for it"
+    assert m.to_bytes() == _base()
