@@ -396,10 +396,12 @@ async def _fetch_watching(
                     seen.append(event)
 
         collector = asyncio.create_task(collect())
-        info: dict[str, Any] = await d.client.wait(rid, timeout)
-        collector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await collector
+        try:
+            info: dict[str, Any] = await d.client.wait(rid, timeout)
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
     finally:
         await events.aclose()
     assert not info["timed_out"], (info, d.log()[-3000:])
