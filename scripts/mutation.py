@@ -11,6 +11,7 @@ docs/testing.md.
     .venv/bin/python scripts/mutation.py                    # every module, smallest first
     .venv/bin/python scripts/mutation.py _paths manifest    # some of them
     .venv/bin/python scripts/mutation.py --budget 900 --keep /tmp/mut
+    .venv/bin/python scripts/mutation.py manifest --sample 150 --seed 18   # a fixed sample
 
 mutmut's own settings are in pyproject.toml under ``[tool.mutmut]``; this script adds the
 module and its tests per run. Exit status 1 when a finished module is under 90 %.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -74,6 +76,7 @@ MODULES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "manifest": (
         "p2pweights/manifest.py",
         [
+            "tests/test_manifest_refusals.py",
             "tests/test_properties.py",
             "tests/test_properties_valid.py",
             "tests/test_hostile_inputs.py",
@@ -133,13 +136,44 @@ def _results(where: Path, module: str, patterns: tuple[str, ...]) -> dict[str, i
     return {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
 
 
-def run_module(name: str, budget: float, keep: Path | None) -> tuple[int, int, int, bool]:
+def _mutant_names(where: Path, module: str) -> list[str]:
+    """Every mutant mutmut makes of ``module``, named as in its results (none is run)."""
+    code = (
+        "import io, sys\n"
+        "from pathlib import Path\n"
+        "from mutmut.__main__ import write_all_mutants_to_file\n"
+        "from mutmut.utils.format_utils import get_mutant_name\n"
+        "p = Path(sys.argv[1])\n"
+        "f = write_all_mutants_to_file(out=io.StringIO(), source=p.read_text(), filename=p)\n"
+        "print('\\n'.join(get_mutant_name(p, n) for n in f.mutant_names))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, module], cwd=where, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def run_module(
+    name: str, budget: float, keep: Path | None, sample: int | None = None, seed: int = 0
+) -> tuple[int, int, int, bool]:
+    import fnmatch
+
     module, tests, patterns = MODULES[name]
     where = Path(tempfile.mkdtemp(prefix=f"p2pw-mut-{name}-", dir=keep))
     _scratch(where)
     _configure(where, module, tests)
     mutmut = Path(sys.executable).parent / "mutmut"
     cmd = [str(mutmut), "run", "--max-children", str(os.cpu_count() or 1)]
+    if sample is not None:
+        # A fixed random sample (same seed, same module source: same mutants), counted alone.
+        names = [
+            n
+            for n in _mutant_names(where, module)
+            if any(fnmatch.fnmatch(n, p) for p in patterns)
+        ]
+        chosen = sorted(random.Random(seed).sample(names, min(sample, len(names))))
+        print(f"{name:12} sample of {len(chosen)} of {len(names)} mutants (seed {seed})")
+        patterns = tuple(chosen)
     if patterns != ("*",):
         cmd.extend(patterns)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -177,6 +211,10 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help=f"any of: {', '.join(MODULES)}")
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds per module")
     parser.add_argument("--keep", type=Path, help="keep the scratch copies under this dir")
+    parser.add_argument(
+        "--sample", type=int, help="run only this many mutants of each module, drawn at random"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the random seed of --sample")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
@@ -187,7 +225,9 @@ def main() -> int:
     )
     low = False
     for name in names:
-        killed, tried, untried, finished = run_module(name, args.budget, args.keep)
+        killed, tried, untried, finished = run_module(
+            name, args.budget, args.keep, args.sample, args.seed
+        )
         if finished and not untried and tried and killed / tried < TARGET:
             low = True
     return 1 if low else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +17,24 @@ from p2pweights import PrivateKey, TrustStore
 from p2pweights.errors import (
     FormatError,
     LoadError,
+    ManifestError,
     ReleaseMismatchError,
     SignatureError,
     UntrustedKeyError,
 )
+from p2pweights.manifest import LIMITS, Limits
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, open_self_signed
 from p2pweightsd.admission import (
     PRIO_META,
     authenticate,
     manifest_only,
     parse_peer,
+    store_layout,
     wanted_chunks,
 )
+from p2pweightsd.catalog import Catalog
 from p2pweightsd.engine import TorrentFile, make_torrent
+from p2pweightsd.store import FileStamp, Store
 
 MakeModel = Callable[..., Path]
 MakeRelease = Callable[..., Path]
@@ -68,8 +73,33 @@ def test_tofu_trusts_a_new_key_once_every_check_passed(
     assert [r.getMessage() for r in caplog.records] == [
         f"trusting publisher {fingerprint} on first use, for test/model only"
     ]
+    # Trusted for this release's exact name only, not for every name the key signs.
+    entry = TrustStore.load(trust_file).entry_of(key.public)
+    assert entry is not None and entry.scopes == ("test/model",)
     # Next time the key is known: no TOFU needed.
     authenticate(release, make_torrent(release), trust_file, tofu=False)
+
+
+@pytest.mark.parametrize("tofu", [False, True])
+def test_the_callers_limits_apply_to_a_known_and_a_new_publisher(
+    release: Path, trust_file: Path, key: PrivateKey, tofu: bool
+) -> None:
+    """The daemon's own (lower) caps reach the manifest parser on both paths: the size cap
+    (read first) and the schema caps (checked only once the publisher is known)."""
+    if not tofu:
+        TrustStore.load(trust_file).add(key.public, "publisher")
+    size = (release / MANIFEST_NAME).stat().st_size
+    chunks = len(open_self_signed(release).manifest.chunks)
+    tf = make_torrent(release)
+    with pytest.raises(ManifestError) as info:
+        authenticate(release, tf, trust_file, tofu=tofu, limits=Limits(manifest_bytes=size - 1))
+    assert str(info.value) == (
+        f"manifest {release / MANIFEST_NAME} is over the limit of {size - 1} bytes"
+    )
+    with pytest.raises(ManifestError) as info:
+        authenticate(release, tf, trust_file, tofu=tofu, limits=Limits(chunks=chunks - 1))
+    assert str(info.value) == f"chunks has {chunks} entries, over the limit of {chunks - 1}"
+    assert _trusted(trust_file, key) is not tofu
 
 
 def test_without_tofu_an_unknown_key_is_refused_and_not_recorded(
@@ -176,3 +206,137 @@ def test_parse_peer_refuses_near_misses(text: str) -> None:
     with pytest.raises(FormatError) as info:
         parse_peer(text)
     assert str(info.value) == f"peer {text[:80]!r} is not IP:PORT"
+
+
+# ---------------------------------------------------------------- store_layout
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "store")
+    s.open()
+    return s
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    c = Catalog(tmp_path / "catalog.sqlite3")
+    yield c
+    c.close()
+
+
+def _place(store: Store, catalog: Catalog, release: Path, path: str) -> FileStamp:
+    """Put ``release``'s chunk ``path`` into the store, verified and recorded."""
+    chunk = next(c for c in open_self_signed(release).manifest.chunks if c.path == path)
+    dest = store.root / path
+    dest.write_bytes((release / path).read_bytes())
+    stamp = FileStamp.of(dest)
+    catalog.record_chunk(chunk, stamp)
+    return stamp
+
+
+def test_store_layout_maps_the_manifest_files_and_fetches_chunks_into_partial_files(
+    release: Path, store: Store, catalog: Catalog
+) -> None:
+    tf = make_torrent(release)
+    rid = tf.id
+    want = {tf.file(MANIFEST_NAME).index: f"releases/{rid}/{MANIFEST_NAME}",
+            tf.file(SIGNATURE_NAME).index: f"releases/{rid}/{SIGNATURE_NAME}"}
+    chunks = [f for f in tf.files if f.path.startswith("chunks/")]
+    assert len(chunks) >= 4
+    want |= {f.index: f"partial/{rid}/{f.path.removeprefix('chunks/')}" for f in chunks}
+    assert store_layout(rid, tf, store, catalog) == want
+    assert (store.releases / rid / "chunks").readlink() == Path("../../chunks")
+
+
+def test_store_layout_maps_a_chunk_only_onto_a_recorded_unchanged_store_file(
+    release: Path, store: Store, catalog: Catalog
+) -> None:
+    tf = make_torrent(release)
+    paths = sorted(f.path for f in tf.files if f.path.startswith("chunks/"))
+    recorded, unrecorded = paths[0], paths[1]
+    _place(store, catalog, release, recorded)
+    # A file with the right bytes but no record: not vouched for, so not mapped.
+    (store.root / unrecorded).write_bytes((release / unrecorded).read_bytes())
+    layout = store_layout(tf.id, tf, store, catalog)
+    assert layout[tf.file(recorded).index] == recorded
+    assert layout[tf.file(unrecorded).index] == store.partial_path(tf.id, unrecorded)
+    assert all(
+        layout[f.index] == store.partial_path(tf.id, f.path)
+        for f in tf.files if f.path.startswith("chunks/") and f.path != recorded
+    )
+    # Recorded, but gone from the store: fetched again.
+    (store.root / recorded).unlink()
+    layout = store_layout(tf.id, tf, store, catalog)
+    assert layout[tf.file(recorded).index] == store.partial_path(tf.id, recorded)
+
+
+@pytest.mark.parametrize("lie", ["v2_root", "size"])
+def test_store_layout_refuses_other_bytes_under_a_recorded_name(
+    release: Path, store: Store, catalog: Catalog, lie: str
+) -> None:
+    tf = make_torrent(release)
+    path = sorted(f.path for f in tf.files if f.path.startswith("chunks/"))[0]
+    _place(store, catalog, release, path)
+    own = tf.file(path)
+    tf = _with_file(tf, path, **({"v2_root": "ab" * 32} if lie == "v2_root" else
+                                 {"size": own.size + 1}))
+    with pytest.raises(ReleaseMismatchError) as info:
+        store_layout(tf.id, tf, store, catalog)
+    assert str(info.value) == (
+        f"torrent file {path} claims other bytes than the store's verified chunk of that name"
+    )
+
+
+@pytest.mark.parametrize("drop", [(MANIFEST_NAME,), (SIGNATURE_NAME,), (MANIFEST_NAME,
+                                                                        SIGNATURE_NAME)])
+def test_store_layout_refuses_a_torrent_without_the_manifest_files(
+    release: Path, store: Store, catalog: Catalog, drop: tuple[str, ...]
+) -> None:
+    tf = make_torrent(release)
+    tf = dataclasses.replace(tf, files=tuple(f for f in tf.files if f.path not in drop))
+    with pytest.raises(ReleaseMismatchError) as info:
+        store_layout(tf.id, tf, store, catalog)
+    assert str(info.value) == "the torrent has no manifest.json and manifest.sig"
+    assert not (store.releases / tf.id).exists()
+
+
+def test_store_layout_bounds_the_manifest_and_signature_sizes(
+    release: Path, store: Store, catalog: Catalog
+) -> None:
+    tf = make_torrent(release)
+    at_limit = _with_file(tf, MANIFEST_NAME, size=LIMITS.manifest_bytes)
+    assert store_layout(tf.id, at_limit, store, catalog)[tf.file(MANIFEST_NAME).index] == (
+        f"releases/{tf.id}/{MANIFEST_NAME}"
+    )
+    over = _with_file(tf, MANIFEST_NAME, size=LIMITS.manifest_bytes + 1)
+    with pytest.raises(ReleaseMismatchError) as info:
+        store_layout(tf.id, over, store, catalog)
+    assert str(info.value) == "the torrent's manifest.json is over the limit"
+    for size in (63, 65):
+        with pytest.raises(ReleaseMismatchError) as info:
+            store_layout(tf.id, _with_file(tf, SIGNATURE_NAME, size=size), store, catalog)
+        assert str(info.value) == "the torrent's manifest.sig is not 64 bytes"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.safetensors",
+        "chunks/" + "A" * 64,
+        "chunks/" + "0" * 64 + ".bin",
+        "chunks/" + "0" * 63,
+        "releases/" + "0" * 64 + "/manifest.json",
+        "x" * 100,
+    ],
+)
+def test_store_layout_refuses_a_file_that_is_not_part_of_a_release(
+    release: Path, store: Store, catalog: Catalog, name: str
+) -> None:
+    tf = make_torrent(release)
+    path = sorted(f.path for f in tf.files if f.path.startswith("chunks/"))[0]
+    with pytest.raises(ReleaseMismatchError) as info:
+        store_layout(tf.id, _with_file(tf, path, path=name), store, catalog)
+    assert str(info.value) == (
+        f"torrent file {name[:80]!r} is not part of a p2pweights release"
+    )

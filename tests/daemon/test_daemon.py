@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import stat
@@ -379,11 +380,45 @@ def test_peers_found_through_a_dht_on_loopback(daemons: DaemonFactory, key: Priv
     assert info["transfer"]["downloaded"] >= info["total_bytes"]
 
 
+async def _fetch_watching(
+    d: Daemon, uri: str, peers: list[str], timeout: float = 120
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fetch and wait, keeping every event of the release on the way."""
+    events = d.client.events()
+    seen: list[dict[str, Any]] = []
+    try:
+        await anext(events)  # subscribed: nothing after this is missed
+        rid = (await d.client.fetch(uri, peers=peers))["id"]
+
+        async def collect() -> None:
+            async for event in events:
+                if event.get("id") == rid:
+                    seen.append(event)
+
+        collector = asyncio.create_task(collect())
+        try:
+            info: dict[str, Any] = await d.client.wait(rid, timeout)
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+    finally:
+        await events.aclose()
+    assert not info["timed_out"], (info, d.log()[-3000:])
+    return info, seen
+
+
 def test_lying_peer_is_outvoted_by_an_honest_one(
         daemons: DaemonFactory, key: PrivateKey, make_model: Callable[..., Path],
         make_release: Callable[..., Path], tmp_path: Path) -> None:
     """A peer serving altered bytes next to a (slower) honest seeder: the fetch completes
-    with the publisher's bytes, and the hash failures prove the liar really lied."""
+    with the publisher's bytes, the hash failures prove the liar really lied, and the
+    leech drops the liar for good while it still needs pieces.
+
+    The liar alters every block it sends, so every piece it has a hand in fails and it
+    never earns libtorrent's trust back: the ban comes after a few failed pieces. The
+    honest seeder is capped (19.7 MB at 4 MB/s: 5 s at the least), so the fetch is still
+    downloading, from the honest seeder alone, once the liar is gone."""
     import selectors
     import shutil
     import subprocess
@@ -397,7 +432,7 @@ def test_lying_peer_is_outvoted_by_an_honest_one(
     shutil.copytree(release, liar_copy)
     liar = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("_lying_peer.py")), "--listen",
-         "127.0.8.8", published["torrent_path"], str(liar_copy)],
+         "127.0.8.8", published["torrent_path"], str(liar_copy), "--every-block"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert liar.stdout is not None and liar.stdin is not None
     try:
@@ -407,26 +442,36 @@ def test_lying_peer_is_outvoted_by_an_honest_one(
         liar_port = json.loads(liar.stdout.readline())["port"]
         leech = daemons(name="leech")
         trust(leech, key)
-        info = fetch_and_wait(leech, published["magnet"],
-                              peers=[f"127.0.8.8:{liar_port}", honest.peer])
+        info, events = asyncio.run(_fetch_watching(
+            leech, published["magnet"], [f"127.0.8.8:{liar_port}", honest.peer]))
     finally:
         liar.stdin.close()
         told = liar.stdout.readline()
         liar.wait(timeout=30)
         liar.stdout.close()
     assert info["state"] == "seeding", info
-    assert info["transfer"]["failed_bytes"] > 0, info["transfer"]  # the liar was heard
-    # ... and then dropped. The liar is unthrottled and the honest seeder capped, so a
-    # liar still in use would go on sending bad pieces until the honest one delivered
-    # them all: more than the whole release. Banned after a few failed pieces, it sent
-    # about half (9.4 of 19.7 MB in the runs measured).
+    transfer = info["transfer"]
+    assert transfer["hash_failures"] >= 1 and transfer["failed_bytes"] > 0, transfer
+    failed = [e for e in events if e["kind"] == "hash_failed"]
+    assert failed, [e["kind"] for e in events]  # the liar was heard, and its pieces thrown away
+    # ... and then dropped: while the fetch still wanted bytes, after a failure, only the
+    # honest seeder was connected. (A leech that kept the liar shows 2 peers until done.)
+    progress = [e for e in events if e["kind"] == "progress" and e["wanted_done"] < e["wanted"]]
+    alone = [e for e in progress if e["failed_bytes"] > 0 and e["peers"] == 1]
+    assert alone, [(e["state"], e["peers"], e["failed_bytes"], e["wanted_done"]) for e in progress]
+    # The liar's side: its altered bytes went out over one connection of the leech's
+    # (an earlier one fetched the honest manifest), the leech closed it, and never
+    # came back.
     liar_said = json.loads(told)
-    print(f"the liar sent {liar_said['uploaded']} bytes; still connected to {liar_said['peers']}")
-    assert liar_said["uploaded"] < info["total_bytes"], (liar_said, info["total_bytes"])
-    assert liar_said["peers"] == 0, liar_said
+    print(f"the liar sent {liar_said['uploaded']} bytes over {liar_said['connections']}")
+    meta = sum((release / n).stat().st_size for n in ("manifest.json", "manifest.sig"))
+    conns = [c for c in liar_said["connections"] if c["ip"] == leech.addr]
+    lying = [i for i, c in enumerate(conns) if c["sent"] > meta]
+    assert lying == [len(conns) - 1], liar_said
+    assert not conns[-1]["open"] and liar_said["peers"] == 0, liar_said
     print(
-        f"wasted on the liar: {info['transfer']['failed_bytes']} bytes in "
-        f"{info['transfer']['hash_failures']} failed pieces, of {info['total_bytes']}"
+        f"wasted on the liar: {transfer['failed_bytes']} bytes in "
+        f"{transfer['hash_failures']} failed pieces, of {info['total_bytes']}"
     )
     loaded = p2pweights.load(info["path"], home=leech.home, verify="full")
     assert all(torch.equal(loaded[n], t) for n, t in state.items())
