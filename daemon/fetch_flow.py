@@ -37,6 +37,7 @@ from p2pweights.verify import ChunkRecords
 from .admission import (
     CHUNK_NAME,
     authenticate,
+    manifest_first,
     manifest_only,
     parse_peer,
     store_layout,
@@ -47,6 +48,7 @@ from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
 from .placement import Placement
 from .service_state import DONE, HEX64
+from .spread import ask_share_first
 
 __all__ = ["FetchFlow"]
 
@@ -202,6 +204,12 @@ class FetchFlow(Placement):
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
         seeds = await self.web.select(rid, untrusted=target.web_seeds)
+        # A fetch of every chunk in no order wants the chunks from the start, behind the
+        # manifest, into its partial files: nothing of them is placed, recorded or handed
+        # to a reader before the manifest is authenticated (below), and a refused fetch
+        # drops them. The peers never see it lose interest, so it needs no reconnect.
+        speculate = not row.include and rid not in self._ordered
+        first = manifest_first if speculate else manifest_only
         if isinstance(target, TorrentFile):
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
@@ -209,7 +217,7 @@ class FetchFlow(Placement):
                 target,
                 self.store.root,
                 file_paths=layout,
-                file_priorities=manifest_only(target),
+                file_priorities=first(target),
                 peers=peers,
                 trackers=row.trackers,
                 resume_data=resume,
@@ -250,7 +258,7 @@ class FetchFlow(Placement):
                     tf,
                     self.store.root,
                     file_paths=layout,
-                    file_priorities=manifest_only(tf),
+                    file_priorities=first(tf),
                     peers=peers,
                     trackers=row.trackers,
                     web_seeds=seeds,
@@ -263,7 +271,9 @@ class FetchFlow(Placement):
                 )
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
-        await self._want(tid, manifest_only(tf), peers)
+        await self._want(tid, first(tf), peers)
+        if speculate:
+            ask_share_first(self.engine, tid, tf, peers)
         meta = [tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index]
         await self.engine.wait_files(tid, meta)
         release = authenticate(
@@ -284,7 +294,9 @@ class FetchFlow(Placement):
         stop_saver = asyncio.Event()
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
-            await self._want(tid, download.priorities(), peers, after_pause=True)
+            await self._want(tid, download.priorities(), peers, after_pause=not speculate)
+            if speculate:
+                ask_share_first(self.engine, tid, tf, peers)
             relinked = await self._follow_chunks(rid, tid, download, layout)
         except BaseException:
             saver.cancel()
