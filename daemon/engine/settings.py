@@ -182,4 +182,10 @@ class EngineSettings:
             # (daemon/spread.py), and random picks would land in the others' shares
             # (lab, N = 8: 1.95x -> 1.51x the fluid bound; docs/performance.md).
             "initial_picker_threshold": 0,
+            # A short request queue (1 s of the peer's rate, not 3) and no whole-piece
+            # requests: a leecher then asks the seeder for little past its own share,
+            # where every extra piece is one another leecher is fetching too (lab, N = 16:
+            # 1.75x -> 1.40x the fluid bound, the seeder sending 1.31 F, not 1.74 F).
+            "request_queue_time": 1,
+            "whole_pieces_threshold": 0,
         }
