@@ -36,6 +36,7 @@ from p2pweights.verify import ChunkRecords
 
 from .admission import (
     CHUNK_NAME,
+    PRIO_CHUNK,
     authenticate,
     manifest_first,
     manifest_only,
@@ -48,7 +49,7 @@ from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
 from .placement import Placement
 from .service_state import DONE, HEX64
-from .spread import ask_share_first
+from .spread import ask_share_first, yield_share
 
 __all__ = ["FetchFlow"]
 
@@ -292,16 +293,20 @@ class FetchFlow(Placement):
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
         stop_saver = asyncio.Event()
+        keeper: asyncio.Task[None] | None = None
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
             await self._want(tid, download.priorities(), peers, after_pause=not speculate)
             if speculate:
-                ask_share_first(self.engine, tid, tf, peers)
+                share = ask_share_first(self.engine, tid, tf, peers)
+                keeper = asyncio.create_task(yield_share(self.engine, tid, share, PRIO_CHUNK))
             relinked = await self._follow_chunks(rid, tid, download, layout)
         except BaseException:
             saver.cancel()
             raise
         finally:
+            if keeper is not None:
+                keeper.cancel()
             self._progressed.pop(tid, None)
             self._downloads.pop(rid, None)
             self._ordered.pop(rid, None)

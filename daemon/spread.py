@@ -12,16 +12,18 @@ usual priority). Every node computes the same ranking without talking to the oth
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 from collections.abc import Sequence
 
 from .admission import CHUNK_NAME, parse_peer
-from .engine import Engine, TorrentFile
+from .engine import Engine, EngineError, TorrentFile
 
-__all__ = ["PRIO_SHARE", "ask_share_first", "chunk_pieces", "share_of"]
+__all__ = ["PRIO_SHARE", "ask_share_first", "chunk_pieces", "share_of", "yield_share"]
 
 PRIO_SHARE = 7
+_REFRESH_S = 0.5
 
 
 def _key(host: str) -> bytes:
@@ -81,16 +83,19 @@ def _own_address(engine: Engine) -> str | None:
 
 def ask_share_first(
     engine: Engine, tid: str, tf: TorrentFile, peers: Sequence[tuple[str, int]]
-) -> None:
+) -> list[int]:
     """Give this node's share of the chunk pieces the top priority (see the module).
 
     Needs this node's own address (a bound listen or outgoing interface) and the peers
     named for the fetch; without them every piece keeps its file's priority. Call it
     after every :meth:`Engine.set_file_priorities`, which resets the pieces.
+
+    Returns:
+        The share (empty when there is none).
     """
     own = _own_address(engine)
     if own is None or not peers:
-        return
+        return []
     connected = [p for p in engine.peers(tid) if "web_seed" not in p.sources]
     seeds = {parse_peer(p.address)[0] for p in connected if p.seed}
     others = [host for host, _ in peers if host not in seeds and host != own]
@@ -98,3 +103,24 @@ def ask_share_first(
     share = share_of(own, others, chunk_pieces(tf, chunks))
     if share:
         engine.set_piece_priorities(tid, dict.fromkeys(share, PRIO_SHARE))
+    return share
+
+
+async def yield_share(engine: Engine, tid: str, share: Sequence[int], prio: int) -> None:
+    """Hand back to ``prio`` each share piece another leecher comes to hold; runs until cancelled.
+
+    Another leecher holds a piece of this node's share when the seeder let it start
+    before this node (the seeder uploads to a few peers at a time) or after it had its
+    own share: at priority 7 this node would still ask the seeder for it, while at the
+    chunks' priority it takes it from that leecher, rarest first like any other.
+    """
+    left = set(share)
+    while left:
+        await asyncio.sleep(_REFRESH_S)
+        try:
+            taken = left & engine.pieces_held_elsewhere(tid)
+            if taken:
+                engine.set_piece_priorities(tid, dict.fromkeys(taken, prio))
+        except EngineError:  # the torrent went away (removed, failed): nothing to hand back
+            return
+        left -= taken
