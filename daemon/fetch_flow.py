@@ -297,9 +297,11 @@ class FetchFlow(Placement):
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
             await self._want(tid, download.priorities(), peers, after_pause=not speculate)
-            if speculate:
+            if speculate and download.order is None:  # a stream's window comes first
                 share = ask_share_first(self.engine, tid, tf, peers)
-                keeper = asyncio.create_task(yield_share(self.engine, tid, share, PRIO_CHUNK))
+                keeper = asyncio.create_task(
+                    yield_share(self.engine, tid, share, PRIO_CHUNK, lambda: download.order is None)
+                )
             relinked = await self._follow_chunks(rid, tid, download, layout)
         except BaseException:
             saver.cancel()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .admission import CHUNK_NAME, parse_peer
 from .engine import Engine, EngineError, TorrentFile
@@ -106,17 +106,22 @@ def ask_share_first(
     return share
 
 
-async def yield_share(engine: Engine, tid: str, share: Sequence[int], prio: int) -> None:
+async def yield_share(
+    engine: Engine, tid: str, share: Sequence[int], prio: int, unordered: Callable[[], bool]
+) -> None:
     """Hand back to ``prio`` each share piece another leecher comes to hold; runs until cancelled.
 
     Another leecher holds a piece of this node's share when the seeder let it start
     before this node (the seeder uploads to a few peers at a time) or after it had its
     own share: at priority 7 this node would still ask the seeder for it, while at the
-    chunks' priority it takes it from that leecher, rarest first like any other.
+    chunks' priority it takes it from that leecher, rarest first like any other. Stops
+    once ``unordered()`` is false: a streaming reader's window then sets every piece.
     """
     left = set(share)
     while left:
         await asyncio.sleep(_REFRESH_S)
+        if not unordered():  # a reader asked for an order: its window sets every piece
+            return
         try:
             taken = left & engine.pieces_held_elsewhere(tid)
             if taken:
