@@ -3,10 +3,12 @@
 A fetch walks a release through these states, each recorded in the catalog:
 
 ``metadata``   the torrent's info dict is being fetched (magnet links)
-``manifest``   only ``manifest.json`` and ``manifest.sig`` are wanted (every chunk has
-               priority 0) until they arrive and are authenticated: trusted publisher key,
-               good signature, and a chunk list equal to the torrent's files, v2 root by
-               v2 root. Only then is any chunk downloaded.
+``manifest``   ``manifest.json`` and ``manifest.sig`` are wanted first, until they arrive
+               and are authenticated: trusted publisher key, good signature, and a chunk
+               list equal to the torrent's files, v2 root by v2 root. A fetch of every
+               chunk in no order also downloads chunks behind them, speculatively, into
+               its partial files; others want no chunk yet. No chunk is placed, recorded
+               or announced before the manifest is authenticated.
 ``downloading`` the chunks are fetched into the fetch's own partial files; libtorrent
                checks every 16 KiB block against the v2 roots, which the signed manifest
                covers; each complete chunk is hashed against its name and placed in the
