@@ -42,6 +42,7 @@ __all__ = [
     "CHUNK_NAME",
     "PRIO_CHUNK",
     "authenticate",
+    "manifest_first",
     "manifest_only",
     "meta_files",
     "parse_peer",
@@ -84,6 +85,19 @@ def manifest_only(tf: TorrentFile) -> list[int]:
     prios = [0] * tf.num_files
     for index in meta_files(tf):
         prios[index] = PRIO_META
+    return prios
+
+
+def manifest_first(tf: TorrentFile) -> list[int]:
+    """File priorities that want the manifest files first, then every chunk.
+
+    The chunks are fetched speculatively while the manifest is: libtorrent checks their
+    blocks against the torrent's v2 roots, but they stay unusable partial files until
+    :func:`authenticate` has matched those roots to the signed chunk list.
+    """
+    prios = manifest_only(tf)
+    for f in tf.files:
+        prios[f.index] = prios[f.index] or PRIO_CHUNK
     return prios
 
 

@@ -3,10 +3,12 @@
 A fetch walks a release through these states, each recorded in the catalog:
 
 ``metadata``   the torrent's info dict is being fetched (magnet links)
-``manifest``   only ``manifest.json`` and ``manifest.sig`` are wanted (every chunk has
-               priority 0) until they arrive and are authenticated: trusted publisher key,
-               good signature, and a chunk list equal to the torrent's files, v2 root by
-               v2 root. Only then is any chunk downloaded.
+``manifest``   ``manifest.json`` and ``manifest.sig`` are wanted first, until they arrive
+               and are authenticated: trusted publisher key, good signature, and a chunk
+               list equal to the torrent's files, v2 root by v2 root. A fetch of every
+               chunk in no order also downloads chunks behind them, speculatively, into
+               its partial files; others want no chunk yet. No chunk is placed, recorded
+               or announced before the manifest is authenticated.
 ``downloading`` the chunks are fetched into the fetch's own partial files; libtorrent
                checks every 16 KiB block against the v2 roots, which the signed manifest
                covers; each complete chunk is hashed against its name and placed in the
@@ -37,7 +39,9 @@ from p2pweights.verify import ChunkRecords
 
 from .admission import (
     CHUNK_NAME,
+    PRIO_CHUNK,
     authenticate,
+    manifest_first,
     manifest_only,
     meta_files,
     parse_peer,
@@ -50,6 +54,7 @@ from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
 from .names import Names
 from .placement import Placement
 from .service_state import DONE, HEX64
+from .spread import ask_share_first, yield_share
 
 __all__ = ["FetchFlow"]
 
@@ -227,6 +232,12 @@ class FetchFlow(Placement):
     ) -> None:
         peers = [parse_peer(p) for p in row.peers]
         seeds = await self.web.select(rid, untrusted=target.web_seeds)
+        # A fetch of every chunk in no order wants the chunks from the start, behind the
+        # manifest, into its partial files: nothing of them is placed, recorded or handed
+        # to a reader before the manifest is authenticated (below), and a refused fetch
+        # drops them. The peers never see it lose interest, so it needs no reconnect.
+        speculate = not row.include and rid not in self._ordered
+        first = manifest_first if speculate else manifest_only
         if isinstance(target, TorrentFile):
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
@@ -234,7 +245,7 @@ class FetchFlow(Placement):
                 target,
                 self.store.root,
                 file_paths=layout,
-                file_priorities=manifest_only(target),
+                file_priorities=first(target),
                 peers=peers,
                 trackers=row.trackers,
                 resume_data=resume,
@@ -275,7 +286,7 @@ class FetchFlow(Placement):
                     tf,
                     self.store.root,
                     file_paths=layout,
-                    file_priorities=manifest_only(tf),
+                    file_priorities=first(tf),
                     peers=peers,
                     trackers=row.trackers,
                     web_seeds=seeds,
@@ -289,7 +300,9 @@ class FetchFlow(Placement):
         self.web.steer(rid)  # spare the web seeds while peers can send (origin_rule.py)
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
-        await self._want(tid, manifest_only(tf), peers)
+        await self._want(tid, first(tf), peers)
+        if speculate:
+            ask_share_first(self.engine, tid, tf, peers)
         await self.engine.wait_files(tid, meta_files(tf))
         release = authenticate(
             self.store.release_dir(rid),
@@ -308,14 +321,22 @@ class FetchFlow(Placement):
         self.catalog.set_state(rid, "downloading")
         self._notify(rid, "downloading")
         stop_saver = asyncio.Event()
+        keeper: asyncio.Task[None] | None = None
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
-            await self._want(tid, download.priorities(), peers, after_pause=True)
+            await self._want(tid, download.priorities(), peers, after_pause=not speculate)
+            if speculate and download.order is None:  # a stream's window comes first
+                share = ask_share_first(self.engine, tid, tf, peers)
+                keeper = asyncio.create_task(
+                    yield_share(self.engine, tid, share, PRIO_CHUNK, lambda: download.order is None)
+                )
             relinked = await self._follow_chunks(rid, tid, download, layout)
         except BaseException:
             saver.cancel()
             raise
         finally:
+            if keeper is not None:
+                keeper.cancel()
             self._progressed.pop(tid, None)
             self._downloads.pop(rid, None)
             self._ordered.pop(rid, None)

@@ -276,6 +276,13 @@ class Engine(TorrentQueries, DhtItems):
         t.handle.prioritize_files(prios)
         await fut
 
+    def set_piece_priorities(self, tid: str, priorities: Mapping[int, int]) -> None:
+        """Set the 0-7 priority of some pieces (by piece index); the others keep theirs.
+
+        A later :meth:`set_file_priorities` sets every piece from its file again.
+        """
+        self._get(tid).handle.prioritize_pieces([(int(i), int(p)) for i, p in priorities.items()])
+
     async def reconnect(self, tid: str) -> None:
         """Drop and redial the torrent's peers (pause, wait for the pause, resume).
 
