@@ -298,10 +298,12 @@ class FetchFlow(Placement):
                     *(self.engine.rename_file(tid, i, rel) for i, rel in layout.items())
                 )
         self.web.steer(rid)  # spare the web seeds while peers can send (origin_rule.py)
+        # One piece plan per fetch: the web seed rule's owners, or else the shares.
+        speculate_shares = speculate and not self.web.steering(rid)
         self.catalog.set_state(rid, "manifest")
         self._notify(rid, "manifest")
         await self._want(tid, first(tf), peers)
-        if speculate:
+        if speculate_shares:
             ask_share_first(self.engine, tid, tf, peers)
         await self.engine.wait_files(tid, meta_files(tf))
         release = authenticate(
@@ -325,7 +327,7 @@ class FetchFlow(Placement):
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
             await self._want(tid, download.priorities(), peers, after_pause=not speculate)
-            if speculate and download.order is None:  # a stream's window comes first
+            if speculate_shares and download.order is None:  # a stream's window comes first
                 share = ask_share_first(self.engine, tid, tf, peers)
                 keeper = asyncio.create_task(
                     yield_share(self.engine, tid, share, PRIO_CHUNK, lambda: download.order is None)

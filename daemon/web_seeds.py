@@ -221,6 +221,11 @@ class WebSeeds:
             return
         state.steering = asyncio.create_task(self._steer(rid, state), name=f"steer-{rid[:12]}")
 
+    def steering(self, rid: str) -> bool:
+        """True while the web seed rule sets the piece priorities of ``rid``'s fetch."""
+        state = self._releases.get(rid)
+        return state is not None and state.steering is not None
+
     def unsteer(self, rid: str) -> None:
         """Stop the rule on ``rid``: its web seeds are back in use, pieces as the files say."""
         state = self._releases.get(rid)
