@@ -21,17 +21,22 @@ Endpoints (all under ``/v1``)::
     GET    /releases                     list
     GET    /releases/{id}                show
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
+    POST   /releases/{id}/order  {chunks}  fetch these chunks first (a streaming reader)
+    POST   /releases/{id}/mirror {dir}   write the release as a static mirror tree
     POST   /releases/{id}/pause          pause a fetch until it is asked for again
+    POST   /releases/{id}/verify?full=1  check the store files (a mismatch marks it damaged)
     DELETE /releases/{id}?delete_data=1  stop seeding, optionally delete data
     GET    /events                       progress as Server-Sent Events
 
-The web page (``webui``) adds ``/ui/``, ``POST /v1/ui/login`` and the read-only
-``/v1/releases/{id}/chunks``, ``/v1/releases/{id}/peers`` and ``/v1/publishers``; on TCP
-its session cookie stands in for the bearer token.
+The web page (``webui``) adds ``/ui/``, ``POST /v1/ui/login`` (socket only) and the
+read-only ``/v1/releases/{id}/chunks``, ``/v1/releases/{id}/peers`` and
+``/v1/publishers``. On TCP its session cookie stands in for the bearer token, and its own
+``Origin`` is the only one let through (see ``webui``).
 
-Local paths (``publish``'s ``path``, ``source`` and ``key_file``; a ``.torrent`` file as
-``fetch``'s ``uri``) must be absolute and are accepted only on the Unix socket: over TCP
-they are refused with 403. The daemon only reads them; it writes only in its data dir.
+Local paths (``publish``'s ``path``, ``source`` and ``key_file``; ``mirror``'s ``dir``; a
+``.torrent`` file as ``fetch``'s ``uri``) must be absolute and are accepted only on the Unix
+socket: over TCP they are refused with 403. The daemon only reads them, except the
+mirror tree it writes where the caller asked; otherwise it writes only in its data dir.
 So is ``fetch``'s ``trust_on_first_use``: it changes the user's trust store, which only
 the user may do.
 """
