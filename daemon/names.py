@@ -55,6 +55,7 @@ from p2pweights.trust import TrustStore, trust_for
 from .catalog import Catalog
 from .config import DaemonConfig
 from .engine import Engine, EngineError
+from .key_items import learn_from_dht, put_own_statements
 
 __all__ = ["Names", "Resolved"]
 
@@ -196,15 +197,22 @@ class Names:
             PointerMismatchError: the record is of another name or version.
             RollbackError: an older record than one already accepted.
             StaleNameError: past its signed expiry (unless ``allow_stale``).
+            RevokedKeyError: the publisher key is revoked (a certificate seen before, or
+                one the DHT holds under the key: see :mod:`.key_items`).
         """
         ref = parse_name(text)
         trust = self._trust()
         key = ref.publisher_key(trust)
         self._need_dht()
+        timeout = self.config.name_resolve_timeout
         try:
-            got = await self.engine.dht_get(key.raw, ref.salt, self.config.name_resolve_timeout)
+            got, _ = await asyncio.gather(
+                self.engine.dht_get(key.raw, ref.salt, timeout),
+                learn_from_dht(self.engine, trust, key, timeout),  # its revocation, if any
+            )
         except EngineError as exc:
             raise NameResolutionError(f"{ref.text}: {exc}") from exc
+        trust.refuse_revoked(key)
         if got.best is None:
             raise NameResolutionError(
                 f"no DHT node holds a record for {ref.text[:120]} (not published, or "
@@ -355,6 +363,7 @@ class Names:
         stored = {}
         for key_name, _ in names:
             stored[key_name] = await self._sign_and_put(key, key_name, record)
+        await put_own_statements(self.engine, Path(self.config.home), self.signing_key)
         return {"name": name_uri(publisher, record.name), "nodes": stored}
 
     async def _sign_and_put(self, key: PrivateKey, key_name: str, record: NameRecord) -> int:
@@ -382,12 +391,12 @@ class Names:
                     log.warning("re-putting names failed: %s", exc)
 
     async def republish(self) -> int:
-        """Renew our own names, and put the others' items of what we seed verbatim.
+        """Renew our own names and key statements; re-put others' items of what we seed.
 
         Returns:
             How many items were put.
         """
-        count = 0
+        count = await put_own_statements(self.engine, Path(self.config.home), self.signing_key)
         keys: dict[bytes, PrivateKey | None] = {}
         for key_name, own, item in self._items():
             record = NameRecord.decode(item.value)

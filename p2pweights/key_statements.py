@@ -411,7 +411,7 @@ def dht_value(statement: Statement) -> tuple[PublicKey, bytes, bytes]:
     under the revoked key. The value is the statement's canonical bytes, under BEP 44's
     1000-byte cap; the reader checks it with :func:`parse_statement_bytes`, so a DHT
     node that alters it gains nothing. The BEP 44 put itself belongs to the daemon's
-    engine (the names work): it signs the item with the private key of the returned key.
+    engine (``daemon/key_items.py``): it signs the item with the private key of the returned key.
     """
     key = statement.old if isinstance(statement, Rotation) else statement.key
     value = dumps(statement.to_doc())

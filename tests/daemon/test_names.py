@@ -24,6 +24,7 @@ from p2pweights.errors import (
     NameRecordError,
     NameResolutionError,
     PointerMismatchError,
+    RevokedKeyError,
     RollbackError,
     StaleNameError,
     UntrustedKeyError,
@@ -222,6 +223,32 @@ def test_rollback_is_refused_also_after_a_restart(
         client.call("resolve", "p2pw://acme/org/model")
     refused = p2pw(client.home, "fetch", "p2pw://acme/org/model")
     assert refused.returncode == RollbackError.exit_code == 20, refused.stderr
+
+
+def test_a_revocation_on_the_dht_stops_the_name_and_the_key(
+    daemons: DaemonFactory, dht: Callable[..., DhtNodes], tmp_path: Path
+) -> None:
+    """The publisher revokes its key: its daemon puts the certificate under the key, and
+    a client that trusts the key learns it at its next resolve, for good."""
+    nodes = dht(6)
+    pub, key = _publisher(daemons, tmp_path, nodes)
+    client = _client(daemons, tmp_path, nodes, "client", key)
+    pub.call("publish", _release(tmp_path, key, 1))
+    assert client.call("resolve", "p2pw://acme/org/model")["version"] == 1
+    revoked = p2pw(pub.home, "key", "revoke", "--reason", "stolen laptop", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    put = pub.client.request_sync("POST", "/names/republish")
+    assert put["put"] >= 3, put  # the name (latest and @1), and the certificate under the key
+    with pytest.raises(RevokedKeyError):
+        client.call("resolve", name_uri(key.public, "org/model"))
+    trust = json.loads((client.home / "trust.json").read_text())
+    assert "acme" not in trust["keys"] and len(trust["revoked"]) == 1, trust
+    # Learnt for good: the key stays refused with the DHT gone, after a restart too.
+    client.stop()
+    client.args = ["--dht", "--dht-bootstrap", dht(8).boot]
+    client.start()
+    refused = p2pw(client.home, "resolve", name_uri(key.public, "org/model"))
+    assert refused.returncode == RevokedKeyError.exit_code == 22, refused.stderr
 
 
 def test_freeze_a_seeder_keeps_the_name_past_its_expiry(
