@@ -60,8 +60,6 @@ __all__ = ["FetchFlow"]
 
 log = logging.getLogger(__name__)
 
-_RESUME_EVERY = 0.25
-
 
 class FetchFlow(Placement):
     """Fetching a release: metadata, the authenticated manifest, then its chunks."""
@@ -454,33 +452,6 @@ class FetchFlow(Placement):
         task = asyncio.create_task(self.engine.set_file_priorities(tid, download.priorities()))
         self._background.append(task)
         task.add_done_callback(self._background_done)
-
-    async def _save_resume_on_progress(self, tid: str, stop: asyncio.Event) -> None:
-        """Save resume data as verified pieces arrive: at most every ``_RESUME_EVERY`` s.
-
-        A ``kill -9`` then loses at most the pieces verified in that window, instead of
-        everything since the last timer tick; the floor keeps the cost (each save encodes
-        the whole torrent's state, hash trees included) to a few saves per second.
-        Returns once ``stop`` is set, between saves.
-        """
-        progressed = self._progressed.setdefault(tid, asyncio.Event())
-        while True:
-            waits = [asyncio.ensure_future(progressed.wait()), asyncio.ensure_future(stop.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                # Also when this task is cancelled: asyncio.wait leaves its futures be, and
-                # a pending one dropped with its Event is "destroyed but it is pending".
-                for fut in waits:
-                    fut.cancel()
-            if stop.is_set():
-                return
-            progressed.clear()
-            with contextlib.suppress(P2PWeightsError, sqlite3.Error):
-                data = await self.engine.save_resume_data(tid, pause=False)
-                self.catalog.save_resume(tid, data)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _RESUME_EVERY)
 
     async def _want(
         self,
