@@ -82,7 +82,12 @@ MODULES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     ),
     "release": (
         "p2pweights/release.py",
-        ["tests/test_release.py", "tests/test_hostile_inputs.py", "tests/test_keys_trust.py"],
+        [
+            "tests/test_release.py",
+            "tests/test_hostile_inputs.py",
+            "tests/test_keys_trust.py",
+            "tests/test_key_rotation.py",
+        ],
         ("*",),
     ),
     "verify": (
