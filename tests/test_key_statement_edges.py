@@ -190,7 +190,7 @@ def test_reading_stops_one_byte_past_the_limit(tmp_path: Path) -> None:
             fh.flush()
             waited_out.append(not done.wait(timeout=10))  # the pipe stays open meanwhile
 
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=writer, daemon=True)  # never holds up the exit
     thread.start()
     try:
         with pytest.raises(KeyStatementError, match="bytes"):

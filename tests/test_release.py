@@ -162,7 +162,7 @@ def test_reading_a_manifest_stops_one_byte_past_the_limit(release: Path, trust: 
             fh.flush()
             waited_out.append(not done.wait(timeout=10))  # the pipe stays open meanwhile
 
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=writer, daemon=True)  # never holds up the exit
     thread.start()
     try:
         with pytest.raises(ManifestError) as info:
