@@ -60,12 +60,34 @@ MODULES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     ),
     "trust": (
         "p2pweights/trust.py",
-        ["tests/test_trust_store.py", "tests/test_keys_trust.py"],
+        [
+            "tests/test_trust_store.py",
+            "tests/test_keys_trust.py",
+            "tests/test_key_rotation.py",
+            "tests/test_key_statements.py",
+            "tests/test_trust_edges.py",
+        ],
+        ("*",),
+    ),
+    "key_statements": (
+        "p2pweights/key_statements.py",
+        [
+            "tests/test_key_statements.py",
+            "tests/test_key_statement_edges.py",
+            "tests/test_key_rotation.py",
+            "tests/test_trust_store.py",
+            "tests/test_keys_trust.py",
+        ],
         ("*",),
     ),
     "release": (
         "p2pweights/release.py",
-        ["tests/test_release.py", "tests/test_hostile_inputs.py", "tests/test_keys_trust.py"],
+        [
+            "tests/test_release.py",
+            "tests/test_hostile_inputs.py",
+            "tests/test_keys_trust.py",
+            "tests/test_key_rotation.py",
+        ],
         ("*",),
     ),
     "verify": (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,3 +132,43 @@ def test_an_expired_release_says_when(
     with pytest.raises(ReleaseExpiredError) as info:
         open_release(rel, trust, now=created + 61)
     assert str(info.value) == f"release test/model v1 expired at unix time {created + 60}"
+
+
+def test_the_given_limits_bound_the_parsed_manifest_too(release: Path, trust: TrustStore) -> None:
+    """Not only the manifest's size: every cap of ``limits`` applies, self-signed or not."""
+    chunks = len(open_release(release, trust).manifest.chunks)
+    fewer = dataclasses.replace(LIMITS, chunks=chunks - 1)
+    for opened in (
+        lambda: open_release(release, trust, limits=fewer),
+        lambda: open_self_signed(release, limits=fewer),
+    ):
+        with pytest.raises(ManifestError) as info:
+            opened()
+        assert str(info.value) == (f"chunks has {chunks} entries, over the limit of {chunks - 1}")
+
+
+def test_reading_a_manifest_stops_one_byte_past_the_limit(release: Path, trust: TrustStore) -> None:
+    """A manifest that never ends (a FIFO here) is refused without waiting for its end."""
+    manifest = release / MANIFEST_NAME
+    manifest.unlink()
+    os.mkfifo(manifest)
+    small = dataclasses.replace(LIMITS, manifest_bytes=1000)
+    done = threading.Event()
+    waited_out: list[bool] = []
+
+    def writer() -> None:
+        with open(manifest, "wb") as fh:
+            fh.write(b" " * 1001)
+            fh.flush()
+            waited_out.append(not done.wait(timeout=10))  # the pipe stays open meanwhile
+
+    thread = threading.Thread(target=writer, daemon=True)  # never holds up the exit
+    thread.start()
+    try:
+        with pytest.raises(ManifestError) as info:
+            open_release(release, trust, limits=small)
+    finally:
+        done.set()
+        thread.join(timeout=20)
+    assert str(info.value) == f"manifest {manifest} is over the limit of 1000 bytes"
+    assert waited_out == [False]  # the reader returned while the writer still held it open

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from p2pweights import (
     verify_release,
 )
 from p2pweights import verify as verify_mod
-from p2pweights.verify import RECORDS_NAME, check_digest, check_mode, verify_chunks
+from p2pweights.verify import (
+    RECORDS_NAME,
+    ChunkRecords,
+    check_digest,
+    check_mode,
+    verify_chunks,
+)
 
 from .conftest import layer_state
 
@@ -97,3 +104,82 @@ def test_messages(release: Path, trust: TrustStore) -> None:
     with pytest.raises(MissingChunkError) as missing:
         verify_chunks(release, chunks, "full")
     assert str(missing.value) == f"chunk {chunk.path} is missing"
+
+
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each chunk is hashed on."""
+    seen: list[str] = []
+    real = verify_mod.sha256_file
+    hold = threading.Event()  # never set: each hash holds its thread for a moment
+
+    def on_thread(path: Path) -> str:
+        seen.append(threading.current_thread().name)
+        hold.wait(0.02)  # busy workers make a larger pool start more threads
+        return real(path)
+
+    monkeypatch.setattr(verify_mod, "sha256_file", on_thread)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("workers", "cpus", "count", "pool"),
+    [
+        (1, 3, None, 0),  # one worker: the caller hashes, whatever the CPU count
+        (4, 3, 1, 0),  # one chunk: the caller hashes it
+        (2, 3, None, 2),  # at most the given workers
+        (None, 3, None, 3),  # by default, the CPU count
+        (None, None, None, 0),  # an unknown CPU count: the caller hashes
+    ],
+)
+def test_hashing_runs_on_at_most_workers_named_threads(
+    release: Path,
+    trust: TrustStore,
+    threads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int | None,
+    cpus: int | None,
+    count: int | None,
+    pool: int,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    chunks = open_release(release, trust).manifest.chunks[:count]
+    assert len(chunks) == count if count else len(chunks) > 3  # more chunks than threads
+    verify_chunks(release, chunks, "full", workers=workers)
+    assert len(threads) == len(chunks)
+    if pool == 0:
+        assert set(threads) == {threading.current_thread().name}
+    else:
+        assert set(threads) <= {f"p2pw-verify_{i}" for i in range(pool)}
+
+
+def test_a_chunk_that_vanishes_while_being_hashed_is_missing(
+    release: Path, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunks = open_release(release, trust).manifest.chunks
+    victim = release / chunks[-1].path
+    real = verify_mod.sha256_file
+
+    def racing(path: Path) -> str:
+        if path == victim:
+            victim.unlink()  # removed after its size was checked, before it is read
+        return real(path)
+
+    monkeypatch.setattr(verify_mod, "sha256_file", racing)
+    with pytest.raises(MissingChunkError) as info:
+        verify_chunks(release, chunks, "full", workers=2)
+    assert str(info.value) == f"chunk {chunks[-1].path} vanished while being checked"
+
+
+def test_records_are_written_once_per_change(release: Path, trust: TrustStore) -> None:
+    chunk = open_release(release, trust).manifest.chunks[0]
+    (release / RECORDS_NAME).unlink(missing_ok=True)
+    records = ChunkRecords(release)
+    records.record(release / chunk.path, chunk.sha256)
+    records.save()
+    assert (release / RECORDS_NAME).is_file()
+    (release / RECORDS_NAME).unlink()
+    records.save()  # nothing changed since the last save: nothing written
+    records.record(release / chunk.path, chunk.sha256)  # the same record again
+    records.save()
+    assert not (release / RECORDS_NAME).exists()
