@@ -228,7 +228,8 @@ def test_lying_mirror_is_dropped_and_the_honest_one_completes(
     mirrored["publisher"].stop()
     leech = _leech(daemons, key, name="leech")
     done = _fetch(leech, mirrored["info"]["magnet"], web_seeds=[liar.url, honest.url])
-    assert done["state"] == "seeding", done
+    # On failure, say why: the web seeds' states and the daemon's own account.
+    assert done["state"] == "seeding", (done["web_seeds"], done["problem"], leech.log()[-4000:])
     assert liar.url in done["web_seeds"]["dropped"]
     assert "failed the hash check" in done["problem"] and liar.url in done["problem"]
     assert honest.url not in done["web_seeds"]["dropped"]
