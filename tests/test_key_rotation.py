@@ -269,9 +269,10 @@ def test_a_forged_certificate_in_the_trust_file_is_damage(tmp_path: Path, key: P
         TrustStore.load(path)
 
 
-def test_own_keys_follow_a_rotation_but_are_never_saved(
+def _own_key_rotated_away(
     tmp_path: Path, other_key: PrivateKey, make_model: Callable[..., Path]
-) -> None:
+) -> tuple[Path, PrivateKey, Path]:
+    """A data dir whose own key rotated to ``other_key``, and v2 signed by ``other_key``."""
     home = tmp_path / "home"
     own = generate_key(home / "keys" / "publisher.pem")
     v2 = _pack(
@@ -282,6 +283,13 @@ def test_own_keys_follow_a_rotation_but_are_never_saved(
         created=T0,
         statements=[rotate(own, other_key, now=int(time.time()))],
     )
+    return home, own, v2
+
+
+def test_own_keys_follow_a_rotation_but_are_never_saved(
+    tmp_path: Path, other_key: PrivateKey, make_model: Callable[..., Path]
+) -> None:
+    home, _, v2 = _own_key_rotated_away(tmp_path, other_key, make_model)
     store = trust_for(None, home)
     assert open_release(v2, store).publisher_name.startswith("your own key ")
     assert not (home / "trust.json").exists()  # nothing of the own keys is written
@@ -291,16 +299,7 @@ def test_revoking_a_retired_key_of_an_own_key_writes_no_own_entry(
     tmp_path: Path, other_key: PrivateKey, make_model: Callable[..., Path]
 ) -> None:
     """The own keys stay out of trust.json whatever happens to them in memory."""
-    home = tmp_path / "home"
-    own = generate_key(home / "keys" / "publisher.pem")
-    v2 = _pack(
-        make_model(),
-        tmp_path / "v2",
-        other_key,
-        version=2,
-        created=T0,
-        statements=[rotate(own, other_key, now=int(time.time()))],
-    )
+    home, own, v2 = _own_key_rotated_away(tmp_path, other_key, make_model)
     store = trust_for(None, home)
     open_release(v2, store)  # the own entry moved to other_key, own retired
     store.revoke(revoke(own, now=T0))
