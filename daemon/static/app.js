@@ -121,10 +121,10 @@ function releaseRow(r) {
     publisherCell(r),
     state,
     progressCell(r),
-    el("td", { text: `${rate(t.download_rate)} / ${rate(t.upload_rate)}` }),
-    el("td", { text: String(t.peers ?? 0) }),
-    el("td", { text: ratio }),
-    el("td", { text: bytes(r.total_bytes) }),
+    el("td", { cls: "num", text: `${rate(t.download_rate)} / ${rate(t.upload_rate)}` }),
+    el("td", { cls: "num", text: String(t.peers ?? 0) }),
+    el("td", { cls: "num", text: ratio }),
+    el("td", { cls: "num", text: bytes(r.total_bytes) }),
     actions,
   );
   return tr;
