@@ -168,7 +168,9 @@ class FetchFlow(Placement):
             if row.torrent is not None:
                 target = parse_torrent(row.torrent)
             include = include or row.include
-        if row is not None and row.state in ("paused", "damaged"):
+        if row is not None and row.state in ("paused", "damaged", "error"):
+            # Asked again (a failed fetch too): the peers and trackers it knew still count;
+            # without them a magnet waits for metadata that nobody it knows can send.
             peers = list(dict.fromkeys([*row.peers, *peers]))
             trackers = list(dict.fromkeys([*row.trackers, *trackers]))
         if rid in self.engine:
