@@ -85,5 +85,4 @@ async def learn_from_dht(engine: Engine, trust: TrustStore, key: PublicKey, time
         except (KeyStatementError, SignatureError) as exc:
             log.warning("DHT key statement under %s refused: %s", key.fingerprint, exc)
             return
-        if key not in trust.revoked:
-            trust.learn([statement])
+        trust.learn([statement])  # a revocation it has recorded already changes nothing

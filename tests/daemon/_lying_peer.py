@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import libtorrent as lt
+from _raw_peer import had_torrent, listen_port, session
 
 BLOCK = 16 * 1024
 """libtorrent's request size: with ``--every-block`` each one carries a flipped byte."""
@@ -36,32 +37,9 @@ def main() -> None:
         for start in range(0, len(data), step):
             data[start + min(step, len(data) - start) // 2] ^= 0xFF
         chunk.write_bytes(bytes(data))
-    ses = lt.session({
-        "listen_interfaces": f"{addr}:0", "outgoing_interfaces": addr, "enable_dht": False,
-        "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-        "enable_outgoing_utp": False, "enable_incoming_utp": False, "dht_bootstrap_nodes": "",
-        "allow_multiple_connections_per_ip": True,
-        "alert_mask": lt.alert.category_t.status_notification
-        | lt.alert.category_t.error_notification
-        | lt.alert.category_t.connect_notification,
-    })
-    ti = lt.torrent_info(torrent.read_bytes())
-    atp = lt.add_torrent_params()
-    atp.ti = ti
-    atp.save_path = str(release)
-    fs = ti.layout()
-    name = fs.name()
-    atp.renamed_files = {i: fs.file_path(i)[len(name) + 1:] for i in range(fs.num_files())
-                         if not fs.file_flags(i) & lt.file_storage.flag_pad_file}
-    atp.have_pieces = [True] * ti.num_pieces()
-    atp.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
-    ses.add_torrent(atp)
-    port = 0
-    while not port:  # bounded by the test's own time-out on our first line of output
-        ses.wait_for_alert(1000)
-        for alert in ses.pop_alerts():
-            if isinstance(alert, lt.listen_succeeded_alert):
-                port = int(alert.port)
+    ses = session(addr, lt.alert.category_t.connect_notification)
+    ses.add_torrent(had_torrent(torrent, release))
+    port = listen_port(ses)
     print(json.dumps({"port": port}), flush=True)
     closed = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
