@@ -54,7 +54,7 @@ from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
 from .names import Names
 from .placement import Placement
 from .service_state import DONE, HEX64
-from .spread import ask_share_first, yield_share
+from .spread import ask_share_first, keep_share
 
 __all__ = ["FetchFlow"]
 
@@ -330,7 +330,7 @@ class FetchFlow(Placement):
             if speculate_shares and download.order is None:  # a stream's window comes first
                 share = ask_share_first(self.engine, tid, tf, peers)
                 keeper = asyncio.create_task(
-                    yield_share(self.engine, tid, share, PRIO_CHUNK, lambda: download.order is None)
+                    keep_share(self.engine, tid, share, PRIO_CHUNK, lambda: download.order is None)
                 )
             relinked = await self._follow_chunks(rid, tid, download, layout)
         except BaseException:

@@ -13,17 +13,36 @@ usual priority). Every node computes the same ranking without talking to the oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .admission import CHUNK_NAME, parse_peer
 from .engine import Engine, EngineError, TorrentFile
 
-__all__ = ["PRIO_SHARE", "ask_share_first", "chunk_pieces", "share_of", "yield_share"]
+__all__ = [
+    "PRIO_SHARE",
+    "SEED_CAP",
+    "STALL_S",
+    "SeedCap",
+    "Share",
+    "ask_share_first",
+    "chunk_pieces",
+    "keep_share",
+    "share_of",
+]
 
 PRIO_SHARE = 7
 _REFRESH_S = 0.5
+SEED_CAP = 16 * 1024
+"""Bytes/s a capped seed may send: a block a second, so that a block already asked of it
+still comes (libtorrent does not ask another peer for a block in flight until its end
+game)."""
+STALL_S = 3.0
+"""Seconds without a new piece after which the seeds are uncapped."""
 
 
 def _key(host: str) -> bytes:
@@ -81,9 +100,18 @@ def _own_address(engine: Engine) -> str | None:
     return None if ip.is_unspecified else str(ip)
 
 
+@dataclass(frozen=True)
+class Share:
+    """A node's share of the chunk pieces, and the fellows it shares them with."""
+
+    pieces: tuple[int, ...]
+    fellows: frozenset[str]
+    """The IP addresses of the other fetching nodes the pieces were shared among."""
+
+
 def ask_share_first(
     engine: Engine, tid: str, tf: TorrentFile, peers: Sequence[tuple[str, int]]
-) -> list[int]:
+) -> Share:
     """Give this node's share of the chunk pieces the top priority (see the module).
 
     Needs this node's own address (a bound listen or outgoing interface) and the peers
@@ -91,11 +119,11 @@ def ask_share_first(
     after every :meth:`Engine.set_file_priorities`, which resets the pieces.
 
     Returns:
-        The share (empty when there is none).
+        The share (no pieces when there is none).
     """
     own = _own_address(engine)
     if own is None or not peers:
-        return []
+        return Share((), frozenset())
     connected = [p for p in engine.peers(tid) if "web_seed" not in p.sources]
     seeds = {parse_peer(p.address)[0] for p in connected if p.seed}
     others = [host for host, _ in peers if host not in seeds and host != own]
@@ -103,29 +131,111 @@ def ask_share_first(
     share = share_of(own, others, chunk_pieces(tf, chunks))
     if share:
         engine.set_piece_priorities(tid, dict.fromkeys(share, PRIO_SHARE))
-    return share
+    return Share(tuple(share), frozenset(others) if share else frozenset())
 
 
-async def yield_share(
-    engine: Engine, tid: str, share: Sequence[int], prio: int, unordered: Callable[[], bool]
-) -> None:
-    """Hand back to ``prio`` each share piece another leecher comes to hold; runs until cancelled.
+@dataclass
+class SeedCap:
+    """When to cap the seeds once this node has its share (see :func:`keep_share`).
 
-    Another leecher holds a piece of this node's share when the seeder let it start
-    before this node (the seeder uploads to a few peers at a time) or after it had its
-    own share: at priority 7 this node would still ask the seeder for it, while at the
-    chunks' priority it takes it from that leecher, rarest first like any other. Stops
-    once ``unordered()`` is false: a streaming reader's window then sets every piece.
+    Fed the swarm once a tick; no I/O. The seeds are capped while all of these hold:
+    this node has its whole share; a piece has arrived within ``stall_s`` seconds; and
+    the fellow fetchers send faster than the seeds did before the cap (``seed_rate``).
+    The last keeps a fast seed uncapped where the fellows' uplinks are slow (a data
+    centre seeding home connections): a cap would then cost this node time, and the
+    seed's uplink was not the swarm's bottleneck anyway.
     """
-    left = set(share)
-    while left:
-        await asyncio.sleep(_REFRESH_S)
-        if not unordered():  # a reader asked for an order: its window sets every piece
-            return
-        try:
+
+    stall_s: float = STALL_S
+    capped: bool = False
+    seed_rate: int = 0
+    """Bytes/s the seeds sent this node when last uncapped."""
+    _have: int = -1
+    _moved: float = 0.0
+
+    def step(
+        self, now: float, *, share_done: bool, have: int, seed_rate: int, fellow_rate: int
+    ) -> bool:
+        """Whether the seeds are to be capped now.
+
+        Args:
+            now: a monotonic clock.
+            share_done: this node has every piece of its share.
+            have: the pieces this node has (a change is progress).
+            seed_rate: bytes/s the seeds send this node now.
+            fellow_rate: bytes/s every other peer sends this node now.
+        """
+        if have != self._have:
+            self._have, self._moved = have, now
+        if not self.capped and seed_rate > 0:
+            self.seed_rate = seed_rate
+        self.capped = (
+            share_done and now - self._moved < self.stall_s and 0 < self.seed_rate <= fellow_rate
+        )
+        return self.capped
+
+
+async def keep_share(
+    engine: Engine, tid: str, share: Share, prio: int, unordered: Callable[[], bool]
+) -> None:
+    """Keep this node's demands on the seeds to its share; runs until cancelled or done.
+
+    Twice a second:
+
+    * **A share piece another leecher comes to hold** goes back to ``prio``. That
+      happens when the seeder let that leecher start before this node (it uploads to a
+      few peers at a time) or after it had its own share: at priority 7 this node would
+      still ask the seeder for it, while at the chunks' priority it takes it from that
+      leecher, rarest first like any other.
+    * **Once this node has its share, the seeds are capped** at :data:`SEED_CAP` (see
+      :class:`SeedCap` for when). libtorrent asks every connected peer for whatever it
+      has and this node lacks, as soon as that peer's request queue has room; the seeder
+      has everything, so a leecher with its share in asks it for pieces that their
+      owners are fetching from it at the same time, and the seeder sends them twice
+      (measured: each leecher took 0.5-3 MB beyond its share from the seeder at N = 8).
+      Piece priorities cannot say "not from this peer"; a per-connection download cap
+      can. The seeds' uplink then goes to the owners, and this node takes the rest
+      from them. A seed that is one of the fellows (a leecher that finished) is never
+      capped.
+
+    Stops once ``unordered()`` is false (a streaming reader's window then sets every
+    piece), and lifts the cap when it stops.
+    """
+    left, own = set(share.pieces), frozenset(share.pieces)
+    cap = SeedCap()
+    capped: list[str] = []
+    try:
+        while own:
+            await asyncio.sleep(_REFRESH_S)
+            if not unordered():  # a reader asked for an order: its window sets every piece
+                return
+            view = engine.swarm_view(tid)
+            if view is None:
+                continue
+            if not view.missing:
+                return
             taken = left & engine.pieces_held_elsewhere(tid)
             if taken:
                 engine.set_piece_priorities(tid, dict.fromkeys(taken, prio))
-        except EngineError:  # the torrent went away (removed, failed): nothing to hand back
-            return
-        left -= taken
+                left -= taken
+            peers = [p for p in engine.peers(tid) if "web_seed" not in p.sources]
+            seeds = [p for p in peers if p.seed and parse_peer(p.address)[0] not in share.fellows]
+            seed_rate = sum(p.download_rate for p in seeds)
+            if cap.step(
+                time.monotonic(),
+                share_done=not own & view.missing,
+                have=view.have,
+                seed_rate=seed_rate,
+                fellow_rate=sum(p.download_rate for p in peers) - seed_rate,
+            ):
+                capped = [p.address for p in seeds]
+                engine.cap_peer_download(tid, capped, SEED_CAP)
+            elif capped:
+                engine.cap_peer_download(tid, capped, 0)
+                capped = []
+    except EngineError:  # the torrent went away (removed, failed): nothing to steer
+        return
+    finally:
+        if capped:
+            with contextlib.suppress(EngineError):
+                engine.cap_peer_download(tid, capped, 0)

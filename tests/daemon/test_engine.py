@@ -556,3 +556,31 @@ def test_restarted_seeder_does_not_rehash(
     victim.write_bytes(bytes(data))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert run(recheck_after_flip(resume2)) < 1.0
+
+
+def test_a_peer_is_capped_and_uncapped_by_its_address(
+    make_model: Callable[..., Path], make_release: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``cap_peer_download`` finds the connection by ``host:port`` (the share keeper's seam)."""
+    release = make_release(make_model(big_state(layers=6, hidden=256)))
+    tf = eng.make_torrent(release)
+    out = tmp_path / "out"
+    with seeder(release, upload_limit=1024 * 1024) as (port, _):
+
+        async def go() -> None:
+            async with await eng.Engine.start(local()) as e:
+                with e.subscribe() as events:
+                    tid = e.add(tf, out, file_paths=tf.release_layout(), peers=[(SEEDER, port)])
+                    async for ev in events:  # a piece came: the seeder is connected
+                        if ev.kind == "piece" and ev.torrent == tid:
+                            break
+                assert not e.status(tid).is_finished
+                assert e.cap_peer_download(tid, [f"{SEEDER}:{port + 1}", "[::1]:1"], 1) == 0
+                assert e.cap_peer_download(tid, [f"{SEEDER}:{port}"], 16 * 1024) == 1
+                assert e.cap_peer_download(tid, [f"{SEEDER}:{port}"], 0) == 1
+                await asyncio.wait_for(e.wait_finished(tid), 30)
+                with pytest.raises(eng.EngineError):
+                    e.cap_peer_download("0" * 64, [f"{SEEDER}:{port}"], 0)
+
+        run(go())
+    same_files(release, out, tf.release_layout(), tf)

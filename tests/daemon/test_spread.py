@@ -8,7 +8,7 @@ from pathlib import Path
 import libtorrent as lt
 
 from p2pweightsd.engine import make_torrent
-from p2pweightsd.spread import chunk_pieces, share_of
+from p2pweightsd.spread import SEED_CAP, SeedCap, chunk_pieces, share_of
 
 from ..conftest import layer_state
 
@@ -48,3 +48,55 @@ def test_chunk_pieces_are_libtorrents_pieces_of_those_files(
     )
     assert chunk_pieces(tf, [f.path for f in chunks]) == expected
     assert len(expected) > len(chunks)  # several pieces per chunk: the mapping is exercised
+
+
+# ------------------------------------------------------------------ the seed cap
+
+SEED = 500_000
+"""Bytes/s the seeder sent this node before its share was in (the reference)."""
+
+
+def _fed(cap: SeedCap, now: float, *, done: bool = True, have: int, seed: int = SEED,
+         fellows: int = 4 * SEED) -> bool:
+    return cap.step(now, share_done=done, have=have, seed_rate=seed, fellow_rate=fellows)
+
+
+def test_the_seeds_are_capped_only_once_the_share_is_in() -> None:
+    cap = SeedCap()
+    assert not _fed(cap, 0.0, done=False, have=1)
+    assert not _fed(cap, 0.5, done=False, have=2)
+    assert _fed(cap, 1.0, have=3)
+    assert cap.seed_rate == SEED
+
+
+def test_a_capped_seeds_low_rate_does_not_lower_the_reference() -> None:
+    cap = SeedCap()
+    assert _fed(cap, 0.0, have=1)
+    # Capped, the seed sends a block a second; the reference stays what it sent before.
+    assert _fed(cap, 0.5, have=2, seed=SEED_CAP)
+    assert cap.seed_rate == SEED
+
+
+def test_seeds_faster_than_the_fellows_are_never_capped() -> None:
+    # A data centre seeding home uplinks: capping it would only cost this node time.
+    cap = SeedCap()
+    assert not _fed(cap, 0.0, have=1, seed=50_000_000, fellows=1_000_000)
+    # And a cap is lifted once the fellows fall below what the seeds sent.
+    cap = SeedCap()
+    assert _fed(cap, 0.0, have=1)
+    assert not _fed(cap, 0.5, have=2, seed=SEED_CAP, fellows=SEED // 2)
+
+
+def test_a_stall_lifts_the_cap_until_pieces_flow_again() -> None:
+    cap = SeedCap(stall_s=3.0)
+    assert _fed(cap, 0.0, have=10)
+    assert _fed(cap, 2.9, have=10)
+    assert not _fed(cap, 3.0, have=10)  # three seconds without a piece
+    assert not _fed(cap, 3.5, have=10, seed=SEED)
+    assert _fed(cap, 4.0, have=11)  # a piece came: capped again
+
+
+def test_no_reference_no_cap() -> None:
+    # Nothing has come from a seed (none connected, or it sent nothing): nothing to spare.
+    cap = SeedCap()
+    assert not _fed(cap, 0.0, have=1, seed=0)
