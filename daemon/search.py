@@ -56,6 +56,7 @@ from p2pweights.trust import TrustStore, trust_for
 
 from .catalog import Catalog
 from .config import DaemonConfig
+from .engine import EngineError
 from .names import Names, Resolved, magnet_of
 
 __all__ = ["MAX_PUBLISHERS", "Search", "index_signer"]
@@ -67,7 +68,7 @@ MAX_PUBLISHERS = 32
 _EPOCH = 1_600_000_000
 """Index versions count seconds from here (a version has at most 9 digits): a publisher
 that lost its catalog still makes a higher version than its last one."""
-_PARALLEL = 8
+_PARALLEL = 16
 _DONE = ("seeding", "complete")
 
 Publish = Callable[..., Awaitable[dict[str, Any]]]
@@ -194,16 +195,29 @@ class Search:
         }
 
     async def refresh(self) -> None:
-        """Make an index again where it does not list what the table holds (at start)."""
+        """Make an index again where it does not list what the table holds (at start).
+
+        It waits for the DHT's bootstrap first: a torrent added before it is announced to
+        no node, and the index would be named but not found.
+        """
         rows = self.catalog.db.execute("SELECT DISTINCT publisher FROM index_entries").fetchall()
+        stale = []
         for (text,) in rows:
             publisher = PublicKey.parse(str(text))
             current = self._latest_index(publisher)
             try:
                 listed = None if current is None else self._read(current, publisher).entries
-                if listed is None or set(listed) != set(self.entries(publisher)):
-                    await self.publish_index(publisher)
-            except (P2PWeightsError, OSError) as exc:
+            except (P2PWeightsError, OSError):
+                listed = None
+            if listed is None or set(listed) != set(self.entries(publisher)):
+                stale.append(publisher)
+        engine = self.names.engine
+        if not stale or not engine.dht_enabled or not await engine.dht_bootstrapped(120):
+            return
+        for publisher in stale:
+            try:
+                await self.publish_index(publisher)
+            except (P2PWeightsError, EngineError, OSError) as exc:
                 log.warning("search index of %s not made again: %s", publisher.fingerprint, exc)
 
     def _latest_index(self, publisher: PublicKey) -> str | None:
@@ -257,7 +271,26 @@ class Search:
             async with gate:
                 return await self._one(key, given, words, trust, timeout)
 
-        done = await asyncio.gather(*(one(k, g) for k, g in keys.values()))
+        # One deadline for the whole search: a publisher still not read by then is
+        # reported as such (its fetch goes on in the background for the next search).
+        tasks = {asyncio.ensure_future(one(k, g)): k for k, g in keys.values()}
+        finished, late = (
+            await asyncio.wait(tasks, timeout=timeout + self.config.name_resolve_timeout)
+            if tasks
+            else (set(), set())
+        )
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        done = [t.result() for t in tasks if t in finished]
+        for task in late:
+            key = tasks[task]
+            entry = trust.entry_of(key)
+            done.append(({
+                "publisher": key.text, "publisher_name": entry.name if entry else None,
+                "trusted": entry is not None, "given": keys[key.text][1], "status": "error",
+                "error": f"FetchTimeoutError: its index was not read within {timeout:g} s",
+            }, []))  # fmt: skip
         rows = sorted(
             (r for _, rs in done for r in rs),
             key=lambda r: (not r["trusted"], r["publisher_name"] or r["publisher"], r["release"]),

@@ -5,6 +5,7 @@ Every wait is on an answer: a search returns once each index is resolved and fet
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from p2pweights.errors import (
     SignatureError,
     TrustStoreError,
 )
-from p2pweights.names import SignedItem, key_text, salt_for
+from p2pweights.names import SignedItem, key_text, name_uri, salt_for
 from p2pweights.search_index import INDEX_FILE, INDEX_NAME
 from p2pweightsd.admission import authenticate
 from p2pweightsd.engine import make_torrent
@@ -69,6 +70,24 @@ def _pack(tmp_path: Path, key: PrivateKey, name: str, version: int, label: str) 
 
 def _names(found: dict[str, Any]) -> list[tuple[str, int, bool]]:
     return [(r["name"], r["version"], r["trusted"]) for r in found["results"]]
+
+
+def _index_version(d: Daemon) -> int:
+    """The version of the index this daemon last named (its own item for ``p2pw.index``)."""
+    held = d.client.request_sync("GET", "/names")["names"]
+    return max([n["version"] for n in held if n["name"] == INDEX_NAME and n["own"]], default=0)
+
+
+def _index_put_after_start(d: Daemon, older: int) -> None:
+    """Wait until the daemon's start has named an index newer than ``older`` (events)."""
+
+    async def watch() -> None:
+        async for event in d.client.events():  # subscribed first, then looked: no race
+            if event["kind"] in ("subscribed", "name_put") and _index_version(d) > older:
+                return
+        raise AssertionError("the event stream ended")
+
+    asyncio.run(asyncio.wait_for(watch(), 60))
 
 
 def _held_index(home: Path) -> SignedItem:
@@ -154,6 +173,16 @@ def test_an_old_index_is_refused_and_hostile_searches_get_typed_errors(
     old_index = _held_index(client.home)
     a.call("publish", _pack(tmp_path, key_a, "org/llama-chat", 2, "v2"))
     assert _names(client.call("search", "llama")) == [("p2pw://acme/org/llama-chat", 2, True)]
+    # An index gone from the publisher's store is made again at its next start.
+    gone = next(r["id"] for r in a.call("releases") if r["name"] == INDEX_NAME)
+    older = _index_version(a)
+    a.call("remove", gone, delete_data=True)
+    a.stop()
+    a.start()
+    _index_put_after_start(a, older)
+    remade = next(r["id"] for r in a.call("releases") if r["name"] == INDEX_NAME)
+    assert remade != gone
+    assert client.call("resolve", name_uri(key_a.public, INDEX_NAME))["info_hash"] == remade
     client.stop()
     hostile = dht(8)  # serves only A's genuine, superseded index pointer
     assert hostile.put(old_index) >= 1
