@@ -111,7 +111,12 @@ def test_search_finds_releases_of_trusted_publishers_only(
     assert empty["results"] == [] and empty["publishers"][0]["status"] == "no index"
 
     a.call("publish", _pack(tmp_path, key_a, "org/llama-chat", 1, "Llama chat"), tags=["chat"])
-    info = a.call("publish", _pack(tmp_path, key_a, "org/vit", 1, "vision"), tags=["ViT"])
+    vit = _pack(tmp_path, key_a, "org/vit", 1, "vision")
+    bad = p2pw(a.home, "publish", str(vit), "--tag", "no spaces")
+    assert bad.returncode == 2 and "--tag" in bad.stderr, bad.stderr
+    done = p2pw(a.home, "publish", str(vit), "--tag", "ViT", "--json")  # the CLI's --tag
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
     assert info["pointer"]["index"]["entries"] == 2, info["pointer"]
     b.call("publish", _pack(tmp_path, key_b, "org/llama-chat", 1, "llama impostor"))
 
