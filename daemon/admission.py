@@ -22,8 +22,16 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from p2pweights.errors import FormatError, LoadError, ReleaseMismatchError, UntrustedKeyError
+from p2pweights.errors import (
+    FormatError,
+    LoadError,
+    OutOfScopeError,
+    ReleaseMismatchError,
+    SignatureError,
+    UntrustedKeyError,
+)
 from p2pweights.key_statements import MAX_FILE_BYTES, STATEMENTS_NAME
+from p2pweights.keys import PublicKey
 from p2pweights.manifest import LIMITS, Limits
 from p2pweights.release import (
     MANIFEST_NAME,
@@ -162,7 +170,13 @@ def _stamp(store: Store, path: str) -> FileStamp | None:
 
 
 def authenticate(
-    root: Path, tf: TorrentFile, trust_file: Path, *, tofu: bool, limits: Limits = LIMITS
+    root: Path,
+    tf: TorrentFile,
+    trust_file: Path,
+    *,
+    tofu: bool,
+    limits: Limits = LIMITS,
+    signer: PublicKey | None = None,
 ) -> Release:
     """The release at ``root``, authenticated and checked against the torrent ``tf``.
 
@@ -170,6 +184,11 @@ def authenticate(
     expiry and the torrent's file list all check out under its key, and only for this
     release's name. A key already in the trust store is never trusted on first use: one
     accepted for another name stays refused (``OutOfScopeError``).
+
+    With ``signer`` (a search index, whose name record that key signed: see
+    ``daemon/search.py``) a release that the trust store does not cover is accepted if
+    it is signed by that key, and refused under any other; nothing is added to the trust
+    store, and loading it still needs trust.
 
     Raises:
         UntrustedKeyError, OutOfScopeError, SignatureError, ManifestError,
@@ -180,11 +199,19 @@ def authenticate(
     try:
         release = open_release(root, trust, limits=limits)
         new_key = None
-    except UntrustedKeyError:
-        if not tofu:
+    except (UntrustedKeyError, OutOfScopeError) as exc:
+        if signer is not None:
+            release, new_key = open_self_signed(root, limits=limits), None
+        elif tofu and isinstance(exc, UntrustedKeyError):
+            release = open_self_signed(root, limits=limits)
+            new_key = release.manifest.publisher
+        else:
             raise
-        release = open_self_signed(root, limits=limits)
-        new_key = release.manifest.publisher
+    if signer is not None and release.manifest.publisher != signer:
+        raise SignatureError(
+            f"the release fetched as the index of {signer.fingerprint} is signed by "
+            f"{release.manifest.publisher.fingerprint}"
+        )
     chunks = {c.path: c for c in release.manifest.chunks}
     meta = (MANIFEST_NAME, SIGNATURE_NAME, STATEMENTS_NAME)
     files = {f.path: f for f in tf.files if f.path not in meta}

@@ -9,8 +9,8 @@ constant time.
 Endpoints (all under ``/v1``)::
 
     GET    /status                       daemon status
-    POST   /publish      {path, hybrid?, private?, trackers?}
-                         or {source, name, version, key_file, label?}
+    POST   /publish      {path, hybrid?, private?, trackers?, tags?}
+                         or {source, name, version, key_file, label?, tags?}
     POST   /fetch        {uri, peers?, trackers?, include?, trust_on_first_use?, allow_stale?}
     POST   /resolve      {name, allow_stale?}    what a p2pw:// name points to, checked
     GET    /names                        names this daemon holds records of
@@ -18,6 +18,7 @@ Endpoints (all under ``/v1``)::
     GET    /follows                      followed names
     POST   /follows      {name, include?, keep?}   follow a name (fetch each new version)
     DELETE /follows?name=NAME            stop following it
+    POST   /search       {q, publishers?, timeout?}   releases in publishers' signed indexes
     GET    /releases                     list
     GET    /releases/{id}                show
     GET    /releases/{id}/wait?timeout=  long-poll until complete or failed
@@ -274,7 +275,7 @@ async def publish(request: web.Request) -> web.Response:
         await _body(request),
         {
             "path", "hybrid", "private", "trackers", "web_seeds",
-            "source", "name", "version", "label", "key_file",
+            "source", "name", "version", "label", "key_file", "tags",
         },
     )
     service = request.app[SERVICE]
@@ -288,6 +289,7 @@ async def publish(request: web.Request) -> web.Response:
             private=f.flag("private"),
             trackers=f.texts("trackers"),
             web_seeds=f.texts("web_seeds"),
+            tags=f.texts("tags", max_items=64),
         )
     else:
         source = _absolute("source", f.text("source", required=True) or "")
@@ -304,6 +306,7 @@ async def publish(request: web.Request) -> web.Response:
             label=label,
             key_file=key_file,
             hybrid=hybrid,
+            tags=f.texts("tags", max_items=64),
         )
     return web.json_response(info, status=201)
 

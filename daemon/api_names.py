@@ -3,12 +3,17 @@
 ``POST /v1/resolve {name, allow_stale?}``: what a name points to, after every check.
 ``GET /v1/names``: the names this daemon holds records of. ``POST /v1/names/republish``:
 put every name again now. ``GET /v1/follows``, ``POST /v1/follows {name, include?,
-keep?}``, ``DELETE /v1/follows?name=NAME``: the followed names.
+keep?}``, ``DELETE /v1/follows?name=NAME``: the followed names. ``POST /v1/search {q,
+publishers?, timeout?}``: releases of trusted publishers (and of the keys given) whose
+name, label or tags hold every word of ``q``.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
+
+from p2pweights.errors import SearchQueryError
+from p2pweights.search_index import parse_words
 
 from .api import SERVICE, Fields, _body
 
@@ -56,6 +61,21 @@ async def republish_names(request: web.Request) -> web.Response:
     return web.json_response({"put": await request.app[SERVICE].names.republish()})
 
 
+MAX_SEARCH_TIMEOUT = 300
+
+
+async def search(request: web.Request) -> web.Response:
+    """POST /v1/search: search the indexes of trusted publishers and of those given."""
+    f = Fields(await _body(request), {"q", "publishers", "timeout"})
+    words = parse_words(f.text("q", max_len=4096) or "")
+    publishers = f.texts("publishers", max_items=64)
+    timeout = f.integer("timeout")
+    if timeout is not None and not 1 <= timeout <= MAX_SEARCH_TIMEOUT:
+        raise SearchQueryError(f"a search timeout is 1 to {MAX_SEARCH_TIMEOUT} seconds")
+    found = await request.app[SERVICE].search.search(words, publishers, float(timeout or 30))
+    return web.json_response(found)
+
+
 def add_routes(app: web.Application) -> None:
     """Add the names and follows endpoints to the API's application."""
     app.router.add_post("/v1/resolve", resolve)
@@ -64,3 +84,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/follows", list_follows)
     app.router.add_post("/v1/follows", follow)
     app.router.add_delete("/v1/follows", unfollow)
+    app.router.add_post("/v1/search", search)

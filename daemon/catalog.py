@@ -75,9 +75,15 @@ CREATE TABLE IF NOT EXISTS name_fetches (
     publisher TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
     manifest_sha256 TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS index_entries (
+    publisher TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    info_hash TEXT NOT NULL, manifest_sha256 TEXT NOT NULL, label TEXT NOT NULL,
+    tags_json TEXT NOT NULL DEFAULT '[]', issued INTEGER NOT NULL,
+    PRIMARY KEY (publisher, name)
+);
 """
-"""``names``, ``name_fetches`` and ``follows`` (p2pw:// names: ``daemon/names.py``,
-``daemon/follow.py``) came later
+"""``names``, ``name_fetches``, ``follows`` (p2pw:// names: ``daemon/names.py``,
+``daemon/follow.py``) and ``index_entries`` (``daemon/search.py``) came later
 than schema 2; ``CREATE TABLE IF NOT EXISTS`` adds them to an older catalog as it opens,
 and a daemon that does not know them ignores them, so they need no new schema number."""
 _MIGRATE_1_TO_2 = """

@@ -53,6 +53,7 @@ from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
 from .names import Names
 from .placement import Placement
+from .search import index_signer
 from .service_state import DONE, HEX64
 from .spread import ask_share_first, keep_share
 
@@ -312,6 +313,7 @@ class FetchFlow(Placement):
             trust_path(self.config.home),
             tofu=row.tofu,
             limits=self.config.manifest_limits,
+            signer=index_signer(self.catalog, rid),  # a search index: its name's key only
         )
         self.names.check_fetched(rid, release)  # a name's fetch: its record's manifest
         self._record_manifest(rid, release, tf)

@@ -25,8 +25,10 @@ from p2pweights.errors import LoadError, P2PWeightsError, SourceError, UnknownRe
 from p2pweights.key_statements import add_to_release, refuse_own_revoked
 from p2pweights.keys import load_private_key
 from p2pweights.mirror import write_mirror
+from p2pweights.names import NameRecord
 from p2pweights.pack import pack
-from p2pweights.release import open_self_signed, resolve_source
+from p2pweights.release import Release, open_self_signed, resolve_source
+from p2pweights.search_index import INDEX_NAME, check_tags
 from p2pweights.verify import ChunkRecords, verify_chunks
 
 from .admission import store_layout
@@ -42,6 +44,7 @@ from .engine import (
 )
 from .fetch_flow import FetchFlow
 from .follow import Follower
+from .search import Search
 from .service_state import DONE, USER_PAUSE, WAIT_ENDS, event_fields, peer_address
 
 __all__ = ["NotFoundError", "Service"]
@@ -78,6 +81,7 @@ class Service(FetchFlow):
         self._background.append(asyncio.create_task(self._periodic_store_check()))
         self._background.append(asyncio.create_task(self.names.republish_forever()))
         self._background.append(asyncio.create_task(self.follower.run_forever()))
+        self._background.append(asyncio.create_task(self.search.refresh()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
 
@@ -140,8 +144,13 @@ class Service(FetchFlow):
         private: bool = False,
         trackers: Sequence[str] = (),
         web_seeds: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        index: bool = False,
     ) -> dict[str, Any]:
         """Seed a local release dir.
+
+        When its name is put (``pointer``), the release goes into its publisher's search
+        index with ``tags`` (``index``: this is that index, made by :mod:`.search`).
 
         The release must be self-consistent (its signature verifies under the key it
         names, and every chunk is named after its sha256) and its chunks intact; the
@@ -155,6 +164,9 @@ class Service(FetchFlow):
             raise LoadError(f"publish needs an absolute path, not {path[:80]!r}")
         root = resolve_source(src)
         release = open_self_signed(root)
+        if (release.manifest.name == INDEX_NAME) != index:
+            raise LoadError(f"{INDEX_NAME!r} is the reserved name of a publisher's search index")
+        check_tags(list(tags))
         await asyncio.to_thread(verify_chunks, root, release.manifest.chunks, "fast")
         tf = await asyncio.to_thread(
             make_torrent,
@@ -168,7 +180,7 @@ class Service(FetchFlow):
         record = self.names.record_for(release, rid, web_seeds)  # refused here if too big
         existing = self.catalog.get(rid)
         if existing is not None and existing.state in DONE:
-            return {**self.show(rid), "pointer": await self.names.announce(release, record)}
+            return {**self.show(rid), "pointer": await self._announce(release, rid, record, tags)}
         async with self._placing:
             store_layout(rid, tf, self.store, self.catalog)  # refuses a name-colliding torrent
             known = self.catalog.store_chunks([c.path for c in release.manifest.chunks])
@@ -198,7 +210,20 @@ class Service(FetchFlow):
             seed_mode=True,
         )
         self._notify(rid, "published")
-        return {**self.show(rid), "pointer": await self.names.announce(release, record)}
+        return {**self.show(rid), "pointer": await self._announce(release, rid, record, tags)}
+
+    async def _announce(
+        self, release: Release, rid: str, record: NameRecord, tags: Sequence[str]
+    ) -> dict[str, Any] | None:
+        """Put the release's name, then (a release, not an index) remake its index."""
+        pointer = await self.names.announce(release, record)
+        if pointer is not None and release.manifest.name != INDEX_NAME:
+            try:
+                pointer["index"] = await self.search.update(release, rid, tags)
+            except (P2PWeightsError, EngineError, OSError) as exc:  # the release is seeded
+                log.warning("search index of %s not remade: %s", release.manifest.name, exc)
+                pointer["index_error"] = f"{type(exc).__name__}: {exc}"
+        return pointer
 
     @property
     def follower(self) -> Follower:
@@ -214,6 +239,23 @@ class Service(FetchFlow):
                 notify=self._notify,
             )
         return self._follower
+
+    @property
+    def search(self) -> Search:
+        """Search indexes, own and others' (``daemon/search.py``)."""
+        if self._search is None:
+            self._search = Search(
+                self.config,
+                self.catalog,
+                self.names,
+                staging=self.store.staging,
+                release_dir=self.store.release_dir,
+                publish=self.publish,
+                fetch=self.fetch,
+                wait=self.wait,
+                remove=self.remove,
+            )
+        return self._search
 
     async def mirror(self, rid: str, directory: str) -> dict[str, Any]:
         """Write a complete release as a static mirror tree (see :mod:`p2pweights.mirror`).
@@ -253,6 +295,7 @@ class Service(FetchFlow):
         label: str,
         key_file: str,
         hybrid: bool = False,
+        tags: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Pack ``source`` with an unencrypted key file, then publish the result.
 
@@ -272,7 +315,7 @@ class Service(FetchFlow):
                 pack, Path(source), staging, name=name, version=version, key=key, label=label
             )
             add_to_release(self.config.home, key.public, staging)  # rotations travel along
-            return await self.publish(str(staging), hybrid=hybrid)
+            return await self.publish(str(staging), hybrid=hybrid, tags=tags)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -25,6 +25,7 @@ from .download import Download
 from .engine import Engine, EngineError, EngineEvent, TorrentStatus, parse_torrent
 from .follow import Follower
 from .names import Names
+from .search import Search
 from .store import TORRENT_NAME, Store
 from .web_seeds import WebSeeds
 
@@ -86,6 +87,8 @@ class ServiceState:
         self._placing = asyncio.Lock()
         self._names: Names | None = None
         self._follower: Follower | None = None
+        self._search: Search | None = None
+        """:class:`~.search.Search`, made on first use (``Service.search``)."""
         """:class:`~.follow.Follower`, made on first use (``Service.follower``)."""
         """:class:`~.names.Names`, made on first use (``Service.names``)."""
         """Held while chunks move into the store: one writer per store name."""

@@ -261,8 +261,11 @@ class DaemonClient:
         trackers: Sequence[str] = (),
         timeout: float = 6 * 3600,
         web_seeds: Sequence[str] = (),
+        tags: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Seed a release dir (the daemon checks and hashes it first: allow for its size).
+
+        ``tags`` go into the publisher's search index with the release (not the manifest).
 
         ``private`` makes a BEP 27 private torrent, announced only to ``trackers``.
         ``web_seeds`` go into the torrent's url-list and the magnet's ``ws=``.
@@ -272,6 +275,8 @@ class DaemonClient:
             body.update(private=private, trackers=list(trackers))
         if web_seeds:
             body["web_seeds"] = list(web_seeds)
+        if tags:
+            body["tags"] = list(tags)
         return await self.request(
             "POST",
             "/publish",
@@ -316,6 +321,13 @@ class DaemonClient:
         """What a ``p2pw://`` name points to, checked (``POST /resolve``)."""
         body = {"name": name, "allow_stale": allow_stale}
         return await self.request("POST", "/resolve", body=body)
+
+    async def search(
+        self, words: str = "", *, publishers: Sequence[str] = (), timeout: int = 30
+    ) -> dict[str, Any]:
+        """Releases in the signed indexes of trusted publishers and of ``publishers``."""
+        body = {"q": words, "publishers": list(publishers), "timeout": timeout}
+        return await self.request("POST", "/search", body=body, timeout=timeout + 60)
 
     async def follow(
         self, name: str, *, include: Sequence[str] = (), keep: int = 0

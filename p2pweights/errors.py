@@ -8,6 +8,8 @@
     │   ├── SafetensorsHeaderError          a safetensors header is malformed or lies about sizes
     │   ├── NameFormatError                 a ``p2pw://`` name breaks the grammar (hostile ones too)
     │   ├── NameRecordError                 a name's DHT record is malformed, or over 1000 bytes
+    │   ├── SearchIndexError                a publisher's search index document is malformed
+    │   ├── SearchQueryError                search words or publishers that break the limits
     │   ├── SourceError                     a pack source is missing, unsupported or inconsistent
     │   │   └── UnsafePickleError           a pickle asked for more than plain tensors; not executed
     │   └── KeyStatementError               a key rotation statement or revocation is malformed
@@ -73,6 +75,8 @@ __all__ = [
     "RevokedKeyError",
     "RollbackError",
     "SafetensorsHeaderError",
+    "SearchIndexError",
+    "SearchQueryError",
     "SignatureError",
     "SourceError",
     "StaleNameError",
@@ -122,6 +126,16 @@ class NameFormatError(FormatError):
 
 class NameRecordError(FormatError):
     """A name's DHT record is malformed, or would not fit BEP 44's 1000 bytes."""
+
+
+class SearchIndexError(FormatError):
+    """A publisher's search index document is malformed, over its limits, or not its own."""
+
+
+class SearchQueryError(FormatError):
+    """Search words or ``--publisher`` keys that break the limits (a usage error)."""
+
+    exit_code = 2
 
 
 class SourceError(FormatError):

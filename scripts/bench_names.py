@@ -3,7 +3,7 @@
 Usage::
 
     unshare -n -- sh -c 'ip link set lo up && exec .venv/bin/python scripts/bench_names.py'
-        [--resolves 50] [--trials 8] [--mib 16] [--workdir DIR] [--json]
+        [--resolves 50] [--searches 20] [--trials 8] [--mib 16] [--workdir DIR] [--json]
 
 Set-up (untimed): 14 plain libtorrent DHT nodes (``scripts/_dht_nodes.py``) plus two
 daemons (``--profile local --dht``): A, the publisher, whose key is in its ``DATA/keys``,
@@ -13,6 +13,10 @@ synthetic release of ``--mib`` MiB, which puts its name.
 * **Resolve latency.** B resolves ``p2pw://acme/bench/model`` ``--resolves`` times through
   its API (``POST /v1/resolve``: the HTTP round trip, the DHT walk to its authoritative
   end, the signature and the record checks, the catalog's high-water mark).
+* **Search latency.** B searches ``bench`` ``--searches`` times (``POST /v1/search``: the
+  index name resolved like any name, A's index release read and parsed). The first
+  search also fetches the index through the swarm, so it is reported on its own; the
+  baseline is the resolve latency above (a search is a resolve plus a read).
 * **Name to first chunk, against magnet to first chunk.** ``--trials`` times each, in
   alternating order: B fetches the release by name, or by its magnet link, with A as its
   peer, and the time from the call to B's first ``chunk`` event (the first chunk verified
@@ -127,6 +131,12 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             got = await b.resolve(name)
             resolve_s.append(time.perf_counter() - began)
             assert got["info_hash"] == published["id"]
+        search_s = []
+        for _ in range(args.searches):
+            began = time.perf_counter()
+            found = await b.search("bench")
+            search_s.append(time.perf_counter() - began)
+            assert [r["info_hash"] for r in found["results"]] == [published["id"]], found
         by = {"name": [], "magnet": []}
         for trial in range(args.trials):
             order = ("name", "magnet") if trial % 2 == 0 else ("magnet", "name")
@@ -143,6 +153,12 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "p50": round(1000 * percentile(resolve_s, 0.5), 2),
                 "p99": round(1000 * percentile(resolve_s, 0.99), 2),
                 "n": len(resolve_s),
+            },
+            "search_ms": {
+                "first": round(1000 * search_s[0], 2),
+                "p50": round(1000 * percentile(search_s[1:], 0.5), 2),
+                "p99": round(1000 * percentile(search_s[1:], 0.99), 2),
+                "n": len(search_s) - 1,
             },
             "first_chunk_s": {
                 kind: {
@@ -168,6 +184,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolves", type=int, default=50)
+    parser.add_argument("--searches", type=int, default=20)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--mib", type=int, default=16)
     parser.add_argument("--workdir", type=Path)
@@ -181,6 +198,11 @@ def main() -> None:
     r, f = result["resolve_ms"], result["first_chunk_s"]
     print(f"loopback DHT of {result['dht_nodes']} nodes, release of {result['release_mib']} MiB")
     print(f"resolve latency      p50 {r['p50']:.1f} ms   p99 {r['p99']:.1f} ms   (n={r['n']})")
+    s = result["search_ms"]
+    print(
+        f"search latency       p50 {s['p50']:.1f} ms   p99 {s['p99']:.1f} ms   (n={s['n']}; "
+        f"the first, which fetched the index: {s['first']:.1f} ms)"
+    )
     for kind in ("magnet", "name"):
         v = f[kind]
         span = f"(min {v['min']:.3f}, max {v['max']:.3f})"

@@ -57,6 +57,15 @@ class AlertDispatch:
         self._ticker: asyncio.Task[None] | None = None
         self._dht_gets: dict[tuple[bytes, bytes], list[DhtGet]] = {}
         self._krpc: KrpcClient | None = None
+        self._dht_ready = asyncio.Event()
+
+    async def dht_bootstrapped(self, timeout: float) -> bool:
+        """Wait until the DHT's first bootstrap is done; False if not within ``timeout``."""
+        try:
+            await asyncio.wait_for(self._dht_ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def listen_port(self) -> int:
@@ -151,6 +160,15 @@ class AlertDispatch:
             return None
         if isinstance(a, lt.dht_mutable_item_alert):
             on_mutable_item(self._dht_gets, a)
+            return None
+        if isinstance(a, lt.dht_bootstrap_alert):
+            # A torrent added before the DHT had nodes (at start: restored releases, a
+            # search index remade) announced to nobody, and would wait for the next
+            # dht_announce_interval (15 min) before a get_peers could find it.
+            for t in list(self._torrents.values()):
+                t.handle.force_dht_announce()
+            log.info("DHT bootstrapped: %d torrents announced", len(self._torrents))
+            self._dht_ready.set()
             return None
         if not isinstance(a, lt.torrent_alert):
             log.debug("%s", a.message())

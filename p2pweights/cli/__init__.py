@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..errors import P2PWeightsError
-from . import _daemon, _daemon_admin, _keys, _local, _resolve  # noqa: F401 - importing registers commands
+from . import _daemon, _daemon_admin, _keys, _local, _resolve, _search  # noqa: F401 - importing registers commands
 from ._base import cli
 
 __all__ = ["cli", "main"]

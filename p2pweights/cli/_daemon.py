@@ -13,8 +13,9 @@ from ..client import (
     DEFAULT_TIMEOUT,
     fetch_body,
 )
-from ..errors import LoadError
+from ..errors import LoadError, SearchIndexError
 from ..paths import default_key_path
+from ..search_index import check_tags
 from ._base import (
     Ctx,
     cli,
@@ -87,6 +88,14 @@ def _release_line(r: dict[str, Any]) -> str:
     metavar="URL",
     help="BEP 19 web seed: the root URL of a `p2pw mirror` tree (url-list and ws=).",
 )
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="A word `p2pw search` finds the release by (your search index only, not the "
+    "manifest). Repeatable.",
+)
 @json_option
 @pass_ctx
 def publish(
@@ -103,6 +112,7 @@ def publish(
     private: bool,
     trackers: tuple[str, ...],
     web_seeds: tuple[str, ...],
+    tags: tuple[str, ...],
 ) -> None:
     """Seed SRC: a release dir, or a checkpoint to pack first (--name, --version).
 
@@ -119,6 +129,10 @@ def publish(
         raise LoadError("give either SRC or --from-hf-cache ORG/NAME[@REV], not both or neither")
     if private and not trackers:
         raise LoadError("--private needs at least one --tracker URL (no DHT, PEX or LSD)")
+    try:
+        check_tags(list(tags))
+    except SearchIndexError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tag") from None
     if hf_ref is not None:
         snap = resolve_snapshot(hf_ref)
         src = snap.path
@@ -142,7 +156,12 @@ def publish(
         src = out
     info = run(
         client_for(ctx).publish(
-            src, hybrid=hybrid, private=private, trackers=trackers, web_seeds=web_seeds
+            src,
+            hybrid=hybrid,
+            private=private,
+            trackers=trackers,
+            web_seeds=web_seeds,
+            tags=tags,
         )
     )
     pointer = info.get("pointer")
@@ -154,7 +173,12 @@ def publish(
             f"magnet  {info['magnet']}",
             f"torrent {info['torrent_path']}",
         ]
-        + ([f"name    {pointer['name']}"] if pointer else []),
+        + ([f"name    {pointer['name']}"] if pointer else [])
+        + (
+            [f"index   {pointer['index']['name']} ({pointer['index']['entries']} names)"]
+            if pointer and pointer.get("index")
+            else []
+        ),
     )
 
 
