@@ -53,7 +53,7 @@ from .download import Download
 from .engine import MagnetLink, TorrentFile, parse_magnet, parse_torrent
 from .names import Names
 from .placement import Placement
-from .search import index_signer
+from .search import check_index_torrent, index_signer
 from .service_state import DONE, HEX64
 from .spread import ask_share_first, keep_share
 
@@ -240,6 +240,7 @@ class FetchFlow(Placement):
         speculate = not row.include and rid not in self._ordered
         first = manifest_first if speculate else manifest_only
         if isinstance(target, TorrentFile):
+            check_index_torrent(self.catalog, rid, target)
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
             tid = self.engine.add(
@@ -264,6 +265,7 @@ class FetchFlow(Placement):
                 web_seeds=seeds,
             )
             tf, mirrored = await self.web.metadata(tid, target, seeds, peers=bool(peers))
+            check_index_torrent(self.catalog, rid, tf)
             if mirrored:  # from a mirror: its url-list is untrusted, like the magnet's
                 seeds = await self.web.select(rid, untrusted=[*seeds, *tf.web_seeds])
             await self._restamp(tf)

@@ -179,7 +179,8 @@ class Names:
     def _trust(self) -> TrustStore:
         return trust_for(None, self.config.home)
 
-    def _need_dht(self) -> None:
+    def need_dht(self) -> None:
+        """Raise the one-line error a name gives while the DHT is off (NameResolutionError)."""
         if not self.engine.dht_enabled:
             raise NameResolutionError(
                 "p2pw:// names need the DHT, which is off in this daemon: fetch by magnet "
@@ -203,7 +204,7 @@ class Names:
         ref = parse_name(text)
         trust = self._trust()
         key = ref.publisher_key(trust)
-        self._need_dht()
+        self.need_dht()
         timeout = self.config.name_resolve_timeout
         try:
             got, _ = await asyncio.gather(

@@ -39,6 +39,7 @@ from p2pweights.errors import (
     SearchIndexError,
     SearchQueryError,
 )
+from p2pweights.key_statements import MAX_FILE_BYTES
 from p2pweights.keys import PublicKey
 from p2pweights.names import NAME_SCHEME, key_text, name_uri, parse_name
 from p2pweights.pack import pack
@@ -56,10 +57,10 @@ from p2pweights.trust import TrustStore, trust_for
 
 from .catalog import Catalog
 from .config import DaemonConfig
-from .engine import EngineError
+from .engine import EngineError, TorrentFile
 from .names import Names, Resolved, magnet_of
 
-__all__ = ["MAX_PUBLISHERS", "Search", "index_signer"]
+__all__ = ["MAX_INDEX_TORRENT", "MAX_PUBLISHERS", "Search", "check_index_torrent", "index_signer"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,28 @@ def index_signer(catalog: Catalog, rid: str) -> PublicKey | None:
     if row is None or row[1] != INDEX_NAME:
         return None
     return PublicKey.parse(str(row[0]))
+
+
+MAX_INDEX_TORRENT = MAX_INDEX_BYTES + MAX_FILE_BYTES + (1 << 20)
+"""Bytes an index's torrent may hold: the document, the key statements, and 1 MiB for the
+manifest and signature of a one-file release."""
+
+
+def check_index_torrent(catalog: Catalog, rid: str, tf: TorrentFile) -> None:
+    """Refuse, at its metadata, an index fetch whose torrent is larger than an index can be.
+
+    The key that signs an index may be any key given with ``--publisher``: its "index"
+    could be gigabytes, and a fetch of every chunk starts before the manifest is checked.
+
+    Raises:
+        SearchIndexError: ``rid`` is an index fetch and its torrent is too large.
+    """
+    size = sum(f.size for f in tf.files)
+    if size > MAX_INDEX_TORRENT and index_signer(catalog, rid) is not None:
+        raise SearchIndexError(
+            f"the search index {rid[:16]} holds {size} bytes; an index is at most "
+            f"{MAX_INDEX_TORRENT}"
+        )
 
 
 def _iso(t: int) -> str:
@@ -264,7 +287,7 @@ class Search:
         """
         trust = trust_for(None, self.config.home)
         keys = self.candidates(trust, publishers)
-        self.names._need_dht()  # the same one line a name gives without the DHT
+        self.names.need_dht()  # the same one line a name gives without the DHT
         gate = asyncio.Semaphore(_PARALLEL)
 
         async def one(key: PublicKey, given: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -20,6 +20,7 @@ from p2pweights.errors import (
     LoadError,
     NameFormatError,
     NameResolutionError,
+    SearchIndexError,
     SearchQueryError,
     SignatureError,
     TrustStoreError,
@@ -27,7 +28,9 @@ from p2pweights.errors import (
 from p2pweights.names import SignedItem, key_text, name_uri, salt_for
 from p2pweights.search_index import INDEX_FILE, INDEX_NAME
 from p2pweightsd.admission import authenticate
+from p2pweightsd.catalog import Catalog
 from p2pweightsd.engine import make_torrent
+from p2pweightsd.search import MAX_INDEX_TORRENT, check_index_torrent
 
 from ..conftest import layer_state
 from .conftest import Daemon, p2pw
@@ -237,3 +240,20 @@ def test_an_index_fetch_takes_only_its_own_keys_manifest(tmp_path: Path) -> None
     release = authenticate(root, tf, trust_file, tofu=False, signer=key_b.public)
     assert release.manifest.publisher == key_b.public
     assert list(json.loads(trust_file.read_text())["keys"]) == ["acme"]  # B not trusted
+
+
+def test_an_index_too_large_to_be_one_is_refused_at_its_metadata(
+    tmp_path: Path, make_model: Callable[..., Path], make_release: Callable[..., Path]
+) -> None:
+    """A key given with --publisher may name gigabytes as its "index": refused before any chunk."""
+    tf = make_torrent(make_release(make_model(layer_state(layers=4, hidden=512))))
+    assert sum(f.size for f in tf.files) > MAX_INDEX_TORRENT
+    catalog = Catalog(tmp_path / "catalog.db")
+    check_index_torrent(catalog, tf.id, tf)  # not an index fetch: any size
+    with catalog.transaction():
+        catalog.db.execute(
+            "INSERT INTO name_fetches VALUES (?,?,?,?,?)",
+            (tf.id, generate_key(tmp_path / "k.pem").public.text, INDEX_NAME, 1, "0" * 64),
+        )
+    with pytest.raises(SearchIndexError, match="an index is at most"):
+        check_index_torrent(catalog, tf.id, tf)
