@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, cast
@@ -23,7 +22,7 @@ from p2pweights.errors import FormatError
 from .alerts import CHECKING_STATES, complete_files
 from .dht_items import DhtItems
 from .events import EventStream
-from .peers import endpoint_text
+from .peer_control import PeerControl
 from .pieces import steer_pieces
 from .queries import TorrentQueries
 from .settings import EngineSettings
@@ -41,7 +40,7 @@ __all__ = ["Engine", "EventStream"]
 log = logging.getLogger(__name__)
 
 
-class Engine(TorrentQueries, DhtItems):
+class Engine(TorrentQueries, PeerControl, DhtItems):
     """One libtorrent session driven from asyncio. Create it with :meth:`start`.
 
     Every method must be called from the event loop that started the engine.
@@ -284,34 +283,6 @@ class Engine(TorrentQueries, DhtItems):
         A later :meth:`set_file_priorities` sets every piece from its file again.
         """
         self._get(tid).handle.prioritize_pieces([(int(i), int(p)) for i, p in priorities.items()])
-
-    def cap_peer_download(self, tid: str, addresses: Collection[str], limit: int) -> int:
-        """Cap what each connected peer at ``addresses`` (``host:port``) may send us.
-
-        ``limit`` is in bytes per second, 0 for no cap. It holds for the connection:
-        a peer that reconnects starts uncapped.
-
-        Returns:
-            How many connections were capped (or uncapped).
-
-        Raises:
-            EngineError: no such torrent.
-        """
-        handle = self._get(tid).handle
-        wanted = set(addresses)
-        n = 0
-        try:
-            for p in handle.get_peer_info():
-                if endpoint_text(p.ip) in wanted:
-                    # Deprecated in the bindings, and still the only per-connection cap:
-                    # peer classes cap an IP range across the whole session.
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", DeprecationWarning)
-                        handle.set_peer_download_limit(p.ip, int(limit))
-                    n += 1
-        except RuntimeError as exc:  # the handle went invalid under us (removal)
-            raise EngineError(f"torrent {tid} is gone: {exc}") from exc
-        return n
 
     async def reconnect(self, tid: str) -> None:
         """Drop and redial the torrent's peers (pause, wait for the pause, resume).

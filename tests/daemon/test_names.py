@@ -30,6 +30,7 @@ from p2pweights.errors import (
     UntrustedKeyError,
 )
 from p2pweights.names import NameRecord, SignedItem, name_uri
+from p2pweightsd.engine import make_torrent
 from p2pweightsd.engine.krpc import KrpcClient
 
 from ..conftest import layer_state
@@ -413,3 +414,28 @@ def test_follow_fetches_each_new_version_moving_only_changed_chunks(
     assert [r["id"] for r in lab.call("releases")] == [v2["id"]] != [v1["id"]]
     assert p2pw(lab.home, "unfollow", "p2pw://acme/org/model").returncode == 0
     assert lab.call("follows") == []
+
+
+def test_a_fetch_that_asked_the_dht_before_its_seeder_announced_is_found(
+    daemons: DaemonFactory, dht: Callable[..., DhtNodes], tmp_path: Path
+) -> None:
+    """A fetch started before anyone seeds it (a magnet handed out early, a seeder restarted).
+
+    libtorrent asks the DHT for a torrent's peers at add and then every 15 minutes; the
+    fetch is found anyway, because its ask announced it too, and the seeder's announce
+    looks the torrent up and dials it.
+    """
+    nodes = dht(6)
+    pub, key = _publisher(daemons, tmp_path, nodes)
+    client = _client(daemons, tmp_path, nodes, "client", key)
+    pub.call("publish", _release(tmp_path, key, 1))
+    # A resolve walks the DHT: the client has joined it, and asks it at once from now on.
+    assert client.call("resolve", "p2pw://acme/org/model")["version"] == 1
+    release = _release(tmp_path, key, 2, seed=2)
+    tf = make_torrent(release)
+    started = client.call("fetch", tf.magnet)  # no peer named: the DHT only
+    assert started["id"] == tf.id
+    assert client.call("show", tf.id)["transfer"]["peers"] == 0  # nobody seeds it yet
+    assert pub.call("publish", release)["id"] == tf.id  # announced on the DHT now
+    info = client.call("wait", tf.id, 45)
+    assert info["state"] == "seeding", (info, client.log()[-2000:])

@@ -191,6 +191,8 @@ def test_an_old_index_is_refused_and_hostile_searches_get_typed_errors(
     remade = next(r["id"] for r in a.call("releases") if r["name"] == INDEX_NAME)
     assert remade != gone
     assert client.call("resolve", name_uri(key_a.public, INDEX_NAME))["info_hash"] == remade
+    # And a search reads it.
+    assert _names(client.call("search", "llama")) == [("p2pw://acme/org/llama-chat", 2, True)]
     client.stop()
     hostile = dht(8)  # serves only A's genuine, superseded index pointer
     assert hostile.put(old_index) >= 1
