@@ -204,6 +204,7 @@ class FakeService:
         private: bool = False,
         trackers: list[str] | None = None,
         web_seeds: list[str] | None = None,
+        tags: list[str] | None = None,
     ) -> dict[str, Any]:
         args = {
             "path": path,
@@ -211,17 +212,26 @@ class FakeService:
             "private": private,
             "trackers": trackers,
             "web_seeds": web_seeds,
+            "tags": tags,
         }
         ok = (
             self._text(path)
             and type(hybrid) is bool
             and type(private) is bool
-            and all(self._texts(v) for v in (trackers, web_seeds))
+            and all(self._texts(v) for v in (trackers, web_seeds, tags))
         )
         return self._check("publish", ok, args)
 
     async def pack_and_publish(
-        self, *, source: str, name: str, version: int, label: str, key_file: str, hybrid: bool
+        self,
+        *,
+        source: str,
+        name: str,
+        version: int,
+        label: str,
+        key_file: str,
+        hybrid: bool,
+        tags: list[str] | None = None,
     ) -> dict[str, Any]:
         args = {
             "source": source,
@@ -230,9 +240,11 @@ class FakeService:
             "label": label,
             "key_file": key_file,
             "hybrid": hybrid,
+            "tags": tags,
         }
         ok = (
             all(self._text(v) for v in (source, name, label, key_file))
+            and self._texts(tags)
             and len(name) <= 200
             and len(label) <= 256
             and type(version) is int
@@ -407,7 +419,7 @@ FETCH_FIELDS = [
 ]
 PUBLISH_FIELDS = [
     "path", "hybrid", "private", "trackers", "web_seeds",
-    "source", "name", "version", "label", "key_file",
+    "source", "name", "version", "label", "key_file", "tags",
 ]
 absolute_path = st.text(max_size=50).map(lambda s: "/" + s)
 well_typed = {
@@ -421,6 +433,7 @@ well_typed = {
     "trackers": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "include": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "web_seeds": st.lists(st.text(min_size=1, max_size=20), max_size=3),
+    "tags": st.lists(st.text(min_size=1, max_size=20), max_size=3),
     "private": st.booleans(),
     "trust_on_first_use": st.booleans(),
     "ordered": st.booleans(),
@@ -532,10 +545,10 @@ def _no_nul(doc: dict[str, Any]) -> bool:
     st.one_of(
         st.fixed_dictionaries(
             {"path": absolute_path, "hybrid": st.booleans(), "private": st.booleans()}
-            | {k: well_typed[k] for k in ("trackers", "web_seeds")}
+            | {k: well_typed[k] for k in ("trackers", "web_seeds", "tags")}
         ),
         st.fixed_dictionaries(
-            {k: well_typed[k] for k in ("source", "name", "version", "label", "hybrid")}
+            {k: well_typed[k] for k in ("source", "name", "version", "label", "hybrid", "tags")}
             | {"key_file": absolute_path}
         ).filter(lambda d: d["source"].startswith("/")),
     )
