@@ -41,6 +41,7 @@ from .admission import (
     CHUNK_NAME,
     PRIO_CHUNK,
     authenticate,
+    manifest_and_warmup,
     manifest_first,
     manifest_only,
     meta_files,
@@ -237,7 +238,10 @@ class FetchFlow(Placement):
         # to a reader before the manifest is authenticated (below), and a refused fetch
         # drops them. The peers never see it lose interest, so it needs no reconnect.
         speculate = not row.include and rid not in self._ordered
-        first = manifest_first if speculate else manifest_only
+        # An ordered fetch of every chunk wants one chunk behind the manifest: its peers
+        # stay interested, so the window starts without a reconnect or a slow start.
+        warm = not row.include and not speculate
+        first = manifest_first if speculate else manifest_and_warmup if warm else manifest_only
         if isinstance(target, TorrentFile):
             await self._restamp(target)
             layout = store_layout(rid, target, self.store, self.catalog)
@@ -314,6 +318,8 @@ class FetchFlow(Placement):
             limits=self.config.manifest_limits,
         )
         self.names.check_fetched(rid, release)  # a name's fetch: its record's manifest
+        # A warm-up chunk that is in already left the peers told "not interested".
+        redial = not speculate and (not warm or self.engine.status(tid).is_finished)
         self._record_manifest(rid, release, tf)
         wanted = wanted_chunks(release, row.include)
         download = Download(tf, release, wanted)
@@ -326,7 +332,7 @@ class FetchFlow(Placement):
         keeper: asyncio.Task[None] | None = None
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
-            await self._want(tid, download.priorities(), peers, after_pause=not speculate)
+            await self._want(tid, download.priorities(), peers, after_pause=redial)
             if speculate_shares and download.order is None:  # a stream's window comes first
                 share = ask_share_first(self.engine, tid, tf, peers)
                 keeper = asyncio.create_task(
