@@ -29,7 +29,9 @@ PRIO_HEAD = PRIO_META
 """The window's first chunk: libtorrent's top priority, the one level its picker serves
 before the others even when every peer is a seed. The head then completes first (it is
 what the reader waits for), and the chunks behind it fill what the head leaves of the
-pipe, so the window never runs dry while it moves on."""
+pipe, so the torrent stays interested while the window moves on (with equal priorities
+both chunks of a two-chunk window completed together, the torrent was briefly finished,
+told its peers "not interested" and left libtorrent's slow start)."""
 
 
 @dataclass(eq=False)

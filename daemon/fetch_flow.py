@@ -7,8 +7,9 @@ A fetch walks a release through these states, each recorded in the catalog:
                and are authenticated: trusted publisher key, good signature, and a chunk
                list equal to the torrent's files, v2 root by v2 root. A fetch of every
                chunk in no order also downloads chunks behind them, speculatively, into
-               its partial files; others want no chunk yet. No chunk is placed, recorded
-               or announced before the manifest is authenticated.
+               its partial files, an ordered one the largest chunk (its warm-up); an
+               ``include`` fetch wants no chunk yet. No chunk is placed, recorded or
+               announced before the manifest is authenticated.
 ``downloading`` the chunks are fetched into the fetch's own partial files; libtorrent
                checks every 16 KiB block against the v2 roots, which the signed manifest
                covers; each complete chunk is hashed against its name and placed in the
