@@ -50,6 +50,7 @@ __all__ = [
     "CHUNK_NAME",
     "PRIO_CHUNK",
     "authenticate",
+    "manifest_and_warmup",
     "manifest_first",
     "manifest_only",
     "meta_files",
@@ -106,6 +107,24 @@ def manifest_first(tf: TorrentFile) -> list[int]:
     prios = manifest_only(tf)
     for f in tf.files:
         prios[f.index] = prios[f.index] or PRIO_CHUNK
+    return prios
+
+
+def manifest_and_warmup(tf: TorrentFile) -> list[int]:
+    """File priorities that want the manifest files first, then the largest chunk.
+
+    For an ordered (streaming) fetch: its window is known only once the manifest is, and
+    a fetch that wanted nothing past the manifest would tell its peers "not interested",
+    which ends libtorrent's slow start (its request queue then starts from two blocks
+    and waits a second for a rate estimate). One chunk wanted behind the manifest keeps
+    the peers interested and the queue growing, so the window starts at speed. Its bytes
+    are speculative like :func:`manifest_first`'s, and the largest chunk is often the
+    embeddings, which a stream wants first.
+    """
+    prios = manifest_only(tf)
+    chunks = [f for f in tf.files if CHUNK_NAME.fullmatch(f.path)]
+    if chunks:
+        prios[max(chunks, key=lambda f: f.size).index] = PRIO_CHUNK
     return prios
 
 

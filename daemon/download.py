@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from p2pweights.chunking import chunk_order, layer_order
 from p2pweights.release import Release
 
-from .admission import PRIO_CHUNK, manifest_only
+from .admission import PRIO_CHUNK, PRIO_META, manifest_only
 from .engine import TorrentFile
 
-__all__ = ["WINDOW_BYTES", "WINDOW_CHUNKS", "Download"]
+__all__ = ["PRIO_HEAD", "WINDOW_BYTES", "WINDOW_CHUNKS", "Download"]
 
 WINDOW_CHUNKS = 2
 WINDOW_BYTES = 4 * 1024 * 1024
@@ -25,6 +25,13 @@ order it: with only seeds in the swarm every piece has the same availability, so
 libtorrent's picker ignores levels 1-6 (measured: chunks came in random order), while a
 window keeps every request on the next layers and enough of them in flight to fill the
 pipe."""
+PRIO_HEAD = PRIO_META
+"""The window's first chunk: libtorrent's top priority, the one level its picker serves
+before the others even when every peer is a seed. The head then completes first (it is
+what the reader waits for), and the chunks behind it fill what the head leaves of the
+pipe, so the torrent stays interested while the window moves on (with equal priorities
+both chunks of a two-chunk window completed together, the torrent was briefly finished,
+told its peers "not interested" and left libtorrent's slow start)."""
 
 
 @dataclass(eq=False)
@@ -76,6 +83,6 @@ class Download:
         for count, path in enumerate(self.pending()):
             if count >= WINDOW_CHUNKS and window + self.sizes[path] > WINDOW_BYTES:
                 break
-            prios[self.index[path]] = PRIO_CHUNK
+            prios[self.index[path]] = PRIO_CHUNK if count else PRIO_HEAD
             window += self.sizes[path]
         return prios

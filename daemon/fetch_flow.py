@@ -7,8 +7,9 @@ A fetch walks a release through these states, each recorded in the catalog:
                and are authenticated: trusted publisher key, good signature, and a chunk
                list equal to the torrent's files, v2 root by v2 root. A fetch of every
                chunk in no order also downloads chunks behind them, speculatively, into
-               its partial files; others want no chunk yet. No chunk is placed, recorded
-               or announced before the manifest is authenticated.
+               its partial files, an ordered one the largest chunk (its warm-up); an
+               ``include`` fetch wants no chunk yet. No chunk is placed, recorded or
+               announced before the manifest is authenticated.
 ``downloading`` the chunks are fetched into the fetch's own partial files; libtorrent
                checks every 16 KiB block against the v2 roots, which the signed manifest
                covers; each complete chunk is hashed against its name and placed in the
@@ -41,6 +42,7 @@ from .admission import (
     CHUNK_NAME,
     PRIO_CHUNK,
     authenticate,
+    manifest_and_warmup,
     manifest_first,
     manifest_only,
     meta_files,
@@ -238,7 +240,10 @@ class FetchFlow(Placement):
         # to a reader before the manifest is authenticated (below), and a refused fetch
         # drops them. The peers never see it lose interest, so it needs no reconnect.
         speculate = not row.include and rid not in self._ordered
-        first = manifest_first if speculate else manifest_only
+        # An ordered fetch of every chunk wants one chunk behind the manifest: its peers
+        # stay interested, so the window starts without a reconnect or a slow start.
+        warm = not row.include and not speculate
+        first = manifest_first if speculate else manifest_and_warmup if warm else manifest_only
         if isinstance(target, TorrentFile):
             check_index_torrent(self.catalog, rid, target)
             await self._restamp(target)
@@ -318,6 +323,8 @@ class FetchFlow(Placement):
             signer=index_signer(self.catalog, rid),  # a search index: its name's key only
         )
         self.names.check_fetched(rid, release)  # a name's fetch: its record's manifest
+        # A warm-up chunk that is in already left the peers told "not interested".
+        redial = not speculate and (not warm or self.engine.status(tid).is_finished)
         self._record_manifest(rid, release, tf)
         wanted = wanted_chunks(release, row.include)
         download = Download(tf, release, wanted)
@@ -330,7 +337,7 @@ class FetchFlow(Placement):
         keeper: asyncio.Task[None] | None = None
         saver = asyncio.create_task(self._save_resume_on_progress(tid, stop_saver))
         try:
-            await self._want(tid, download.priorities(), peers, after_pause=not speculate)
+            await self._want(tid, download.priorities(), peers, after_pause=redial)
             if speculate_shares and download.order is None:  # a stream's window comes first
                 share = ask_share_first(self.engine, tid, tf, peers)
                 keeper = asyncio.create_task(

@@ -20,11 +20,13 @@ CREATOR = "p2pweights"
 
 UNLIMITED_TICK_MS = 500
 """libtorrent's default tick; 100 ms measured slower for an unlimited loopback fetch."""
-RATE_LIMITED_TICK_MS = 20
+RATE_LIMITED_TICK_MS = 10
 """The tick while a rate limit is set: quota (and so every message) comes once a tick.
 20 ms, not 100: a magnet's metadata and the manifest stage took 0.77 s at 100 ms ticks
-and 0.21 s at 20 ms (``bench_stream``); an idle daemon seeding one release used 0.3 %
-of a core instead of 0.1 %."""
+and 0.21 s at 20 ms (``bench_stream``). 10 ms, not 20: a request round trip to a
+limited seeder takes about two ticks, and a new connection's slow start doubles once a
+round trip, so the stream's first layer came 0.2-0.6 s sooner; an idle daemon seeding
+one release used 0.3 % of a core (0.23 % at 20 ms, 0.53 % at 5 ms)."""
 UNLIMITED_UNCHOKE_SLOTS = 8
 """libtorrent's default number of peers uploaded to at once."""
 UPLOAD_LIMITED_UNCHOKE_SLOTS = 2
@@ -83,7 +85,7 @@ class EngineSettings:
     set, else libtorrent's 500 ms. The bandwidth manager hands out quota once a tick, so
     under a limit every protocol message of a fetch's staged start (handshake, metadata,
     manifest, reconnect) waits for the next tick: 500 ms ticks cost a swarm ~2 s before
-    its first payload byte, 100 ms ticks 1-1.7 s, 20 ms ticks less (``docs/performance.md``)."""
+    its first payload byte, 100 ms ticks 1-1.7 s, 10 ms ticks less (``docs/performance.md``)."""
     unchoke_slots: int = 0
     """Peers uploaded to at once (``unchoke_slots_limit``); 0 = :data:`UPLOAD_LIMITED_UNCHOKE_SLOTS`
     while an upload limit is set, else libtorrent's 8."""
@@ -189,9 +191,12 @@ class EngineSettings:
             # is then not fetched from the origin as well.
             "urlseed_max_request_bytes": 1024 * 1024,
             # libtorrent's high_performance_seed send buffers: measured +8-25 % on a
-            # loopback fetch, with less seeder CPU.
+            # loopback fetch, with less seeder CPU. The low mark is the high one: the
+            # mark follows the upload rate of the last second, so a new connection would
+            # start at the low mark, one buffer per two ticks under a rate limit (1 MiB:
+            # 26 MB/s for a stream's first second, whatever the limit; docs/performance.md).
             "send_buffer_watermark": 4 * 1024 * 1024,
-            "send_buffer_low_watermark": 1024 * 1024,
+            "send_buffer_low_watermark": 4 * 1024 * 1024,
             "send_buffer_watermark_factor": 150,
             "send_not_sent_low_watermark": 512 * 1024,
             "user_agent": f"{CREATOR}/libtorrent {lt.__version__}",

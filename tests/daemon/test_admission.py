@@ -25,8 +25,10 @@ from p2pweights.errors import (
 from p2pweights.manifest import LIMITS, Limits
 from p2pweights.release import MANIFEST_NAME, SIGNATURE_NAME, open_self_signed
 from p2pweightsd.admission import (
+    PRIO_CHUNK,
     PRIO_META,
     authenticate,
+    manifest_and_warmup,
     manifest_only,
     parse_peer,
     store_layout,
@@ -167,6 +169,19 @@ def test_manifest_only_wants_the_two_manifest_files(release: Path) -> None:
     wanted = {i for i, p in enumerate(prios) if p}
     assert wanted == {tf.file(MANIFEST_NAME).index, tf.file(SIGNATURE_NAME).index}
     assert {prios[i] for i in wanted} == {PRIO_META}
+
+
+def test_a_streaming_warm_up_wants_the_manifest_first_then_the_largest_chunk(
+    release: Path,
+) -> None:
+    tf = make_torrent(release)
+    prios = manifest_and_warmup(tf)
+    sizes = {c.path: c.size for c in open_self_signed(release).manifest.chunks}
+    wanted = {f.path: prios[f.index] for f in tf.files if prios[f.index]}
+    chunk = [path for path in wanted if path in sizes]
+    assert len(chunk) == 1 and sizes[chunk[0]] == max(sizes.values())
+    assert wanted == {MANIFEST_NAME: PRIO_META, SIGNATURE_NAME: PRIO_META, chunk[0]: PRIO_CHUNK}
+    assert PRIO_META > PRIO_CHUNK  # libtorrent picks the manifest's pieces first
 
 
 def test_wanted_chunks_by_include_pattern(release: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from p2pweights import PrivateKey, TrustStore
 from p2pweights.release import open_release
 from p2pweightsd.admission import PRIO_CHUNK, PRIO_META
-from p2pweightsd.download import WINDOW_BYTES, WINDOW_CHUNKS, Download
+from p2pweightsd.download import PRIO_HEAD, WINDOW_BYTES, WINDOW_CHUNKS, Download
 from p2pweightsd.engine import make_torrent
 
 from ..conftest import layer_state
@@ -51,6 +51,10 @@ def test_ordered_wants_a_window_in_layer_order_that_moves_on(
     blobs = set(d.wanted) - set(d.order)
     assert blobs and set(d.pending()[-len(blobs) :]) == blobs
     assert _wanted(d) == sorted(d.order[:WINDOW_CHUNKS], key=_position(d))
+    # The head at libtorrent's top priority: it completes first; the rest fill in behind.
+    prios = d.priorities()
+    assert prios[d.torrent.file(d.order[0]).index] == PRIO_HEAD > PRIO_CHUNK
+    assert {prios[d.torrent.file(p).index] for p in d.order[1:WINDOW_CHUNKS]} == {PRIO_CHUNK}
     # The head completes: it stays wanted (a complete file keeps a priority), and the
     # window moves one chunk on.
     d.complete[d.order[0]] = None
