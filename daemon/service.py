@@ -82,6 +82,7 @@ class Service(FetchFlow):
         self._background.append(asyncio.create_task(self.names.republish_forever()))
         self._background.append(asyncio.create_task(self.follower.run_forever()))
         self._background.append(asyncio.create_task(self.search.refresh()))
+        self._background.append(asyncio.create_task(self._ask_dht_for_lonely_fetches()))
         if self.config.seed_ratio_limit or self.config.seed_time_limit:
             self._background.append(asyncio.create_task(self._enforce_seed_limits()))
 
@@ -209,6 +210,7 @@ class Service(FetchFlow):
             file_paths=store_layout(rid, tf, self.store, self.catalog),
             seed_mode=True,
         )
+        self._fresh_seeds.add(rid)  # announced again soon: DHT nodes that join late miss it
         self._notify(rid, "published")
         return {**self.show(rid), "pointer": await self._announce(release, rid, record, tags)}
 

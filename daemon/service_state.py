@@ -85,13 +85,15 @@ class ServiceState:
         self._magnets: dict[str, str] = {}
         """Each release's magnet link, parsed once from its torrent."""
         self._placing = asyncio.Lock()
+        """Held while chunks move into the store: one writer per store name."""
         self._names: Names | None = None
+        """:class:`~.names.Names`, made on first use (``Service.names``)."""
         self._follower: Follower | None = None
+        """:class:`~.follow.Follower`, made on first use (``Service.follower``)."""
         self._search: Search | None = None
         """:class:`~.search.Search`, made on first use (``Service.search``)."""
-        """:class:`~.follow.Follower`, made on first use (``Service.follower``)."""
-        """:class:`~.names.Names`, made on first use (``Service.names``)."""
-        """Held while chunks move into the store: one writer per store name."""
+        self._fresh_seeds: set[str] = set()
+        """Releases published since start: announced again a few times (``upkeep.DhtRetry``)."""
         self.web = WebSeeds(
             engine,
             policy=config.web_seed_policy,

@@ -19,7 +19,7 @@ from .engine import EngineError, TorrentFile, parse_torrent
 from .service_state import DONE, TERMINAL, USER_PAUSE, ServiceState
 from .store import FileStamp
 
-__all__ = ["Upkeep"]
+__all__ = ["DhtRetry", "Upkeep"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,50 @@ _RESUME_EVERY = 0.25
 """Seconds at the least between two resume saves of one fetch."""
 _DISK_FREE_TO_RETRY = 16 * 1024 * 1024
 """A fetch a full disk paused is restarted once the store has this much free space."""
+_DHT_RETRY_TICK = 2.5
+FRESH_ASKS = 4
+"""Times a newly published release is announced again (5, 15, 35 and 75 s on)."""
+
+
+class DhtRetry:
+    """When to announce a torrent on the DHT again, and ask for its peers, meanwhile.
+
+    libtorrent announces a torrent, and asks for its peers, as it is added and then
+    once every ``dht_announce_interval`` (15 minutes). On a small private DHT that is
+    not enough (seen with three daemons, one the others' bootstrap node): a release
+    published at once reached only the one node that had joined by then, and a fetch
+    that asked before anyone else held the announce found no peer for as long. So a
+    fetch with no peer asks again 5 s after it is first seen so, then 10, 20 and 40 s
+    after each ask, then once a minute (it starts over if it has peers and loses them);
+    and a release published since the start is announced again on the same schedule,
+    :data:`FRESH_ASKS` times.
+    """
+
+    DELAYS = (5.0, 10.0, 20.0, 40.0, 60.0)
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[float, int]] = {}
+
+    def due(self, rid: str, now: float, *, lonely: bool) -> bool:
+        """Whether to ask the DHT for ``rid``'s peers now (``lonely``: it has none)."""
+        if not lonely:
+            self._due.pop(rid, None)
+            return False
+        at, tries = self._due.setdefault(rid, (now + self.DELAYS[0], 0))
+        if now < at:
+            return False
+        tries += 1
+        self._due[rid] = (now + self.DELAYS[min(tries, len(self.DELAYS) - 1)], tries)
+        return True
+
+    def tries(self, rid: str) -> int:
+        """How many times ``rid`` was asked again since it was first seen lonely."""
+        return self._due.get(rid, (0.0, 0))[1]
+
+    def keep_only(self, rids: set[str]) -> None:
+        """Forget the fetches not in ``rids`` (ended)."""
+        for rid in set(self._due) - rids:
+            del self._due[rid]
 
 
 class Upkeep(ServiceState):
@@ -280,6 +324,28 @@ class Upkeep(ServiceState):
                     with contextlib.suppress(P2PWeightsError, sqlite3.Error):
                         data = await self.engine.save_resume_data(rid, pause=False)
                         self.catalog.save_resume(rid, data)
+
+    async def _ask_dht_for_lonely_fetches(self) -> None:
+        """Announce lonely fetches and fresh releases on the DHT again (:class:`DhtRetry`)."""
+        retry = DhtRetry()
+        while self.engine.dht_enabled:
+            await asyncio.sleep(_DHT_RETRY_TICK)
+            self._fresh_seeds &= set(self.engine.torrents())
+            watched = {rid for rid in self._tasks if rid in self.engine} | self._fresh_seeds
+            retry.keep_only(watched)
+            now = time.monotonic()
+            for rid in watched:
+                # A torrent removed meanwhile must not end this loop for good.
+                with contextlib.suppress(EngineError):
+                    fresh = rid in self._fresh_seeds
+                    lonely = fresh or not any(
+                        "web_seed" not in p.sources for p in self.engine.peers(rid)
+                    )
+                    if retry.due(rid, now, lonely=lonely):
+                        log.debug("release %s: announced on the DHT again", rid[:16])
+                        self.engine.force_dht_announce(rid)
+                        if fresh and retry.tries(rid) >= FRESH_ASKS:
+                            self._fresh_seeds.discard(rid)
 
     async def _enforce_seed_limits(self) -> None:
         """Stop seeding a release once its ratio or seeding time reaches the limit."""

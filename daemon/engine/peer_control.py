@@ -1,4 +1,4 @@
-"""Steering a torrent's single connections: a per-connection download cap."""
+"""One torrent's connections and announces: a per-connection cap, a DHT re-ask."""
 
 from __future__ import annotations
 
@@ -13,7 +13,18 @@ __all__ = ["PeerControl"]
 
 
 class PeerControl(AlertDispatch):
-    """What the engine can do to one torrent's connections, one at a time."""
+    """What the engine can do to one torrent's connections and announces."""
+
+    def force_dht_announce(self, tid: str) -> None:
+        """Announce the torrent on the DHT and ask it for peers now.
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        try:
+            self._get(tid).handle.force_dht_announce()
+        except RuntimeError as exc:  # the handle went invalid under us (removal)
+            raise EngineError(f"torrent {tid} is gone: {exc}") from exc
 
     def cap_peer_download(self, tid: str, addresses: Collection[str], limit: int) -> int:
         """Cap what each connected peer at ``addresses`` (``host:port``) may send us.

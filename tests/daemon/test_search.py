@@ -259,3 +259,22 @@ def test_an_index_too_large_to_be_one_is_refused_at_its_metadata(
         )
     with pytest.raises(SearchIndexError, match="an index is at most"):
         check_index_torrent(catalog, tf.id, tf)
+
+
+def test_a_three_daemon_dht_finds_an_index_published_at_once(
+    daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    """A private cluster of three daemons, the publisher the others' bootstrap node.
+
+    The publisher publishes as soon as the others are up: its one announce reaches the
+    nodes that have joined by then. It announces again a few times (upkeep.DhtRetry);
+    without that the index is found 15 minutes later, when libtorrent next announces.
+    """
+    key = generate_key(_home(tmp_path, "a") / "keys" / "publisher.pem")
+    a = daemons("--dht", name="a")
+    others = [daemons("--dht", "--dht-bootstrap", a.peer, name=n) for n in ("node", "client")]
+    client = others[-1]
+    TrustStore.load(client.home / "trust.json").add(key.public, "acme")
+    a.call("publish", _pack(tmp_path, key, "org/llama-chat", 1, "v1"))
+    found = client.call("search", "llama", timeout=30)
+    assert _names(found) == [("p2pw://acme/org/llama-chat", 1, True)], found["publishers"]
