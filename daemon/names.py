@@ -86,8 +86,8 @@ class Resolved:
             "version": r.version,
             "info_hash": r.info_hash,
             "manifest_sha256": r.manifest_sha256,
-            "issued": _iso(r.issued_at),
-            "expires": _iso(r.expires_at),
+            "issued": iso_time(r.issued_at),
+            "expires": iso_time(r.expires_at),
             "seq": self.item.seq,
             "publisher": self.key.text,
             "publisher_name": self.trust_name,
@@ -105,7 +105,8 @@ def magnet_of(record: NameRecord) -> str:
     return f"magnet:?xt=urn:btmh:1220{record.info_hash}{seeds}"
 
 
-def _iso(t: int) -> str:
+def iso_time(t: int) -> str:
+    """A Unix time as the API writes it: ``YYYY-MM-DDTHH:MM:SSZ``, UTC."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
@@ -237,7 +238,7 @@ class Names:
         stale = record.expired()
         if stale and not allow_stale:
             raise StaleNameError(
-                f"{ref.text[:120]}: its record expired at {_iso(record.expires_at)} "
+                f"{ref.text[:120]}: its record expired at {iso_time(record.expires_at)} "
                 f"(v{record.version}); the publisher has not renewed it. A freeze attack "
                 "looks the same: pass --allow-stale only if you accept an old version"
             )
@@ -246,7 +247,7 @@ class Names:
                 "STALE NAME: %s points to v%d, expired at %s; used because allow_stale was given",
                 ref.text,
                 record.version,
-                _iso(record.expires_at),
+                iso_time(record.expires_at),
             )
         self._store(ref.key_name, item, record)
         entry = trust.entry_of(key)

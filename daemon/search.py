@@ -58,7 +58,7 @@ from p2pweights.trust import TrustStore, trust_for
 from .catalog import Catalog
 from .config import DaemonConfig
 from .engine import EngineError, TorrentFile
-from .names import Names, Resolved, magnet_of
+from .names import Names, Resolved, iso_time, magnet_of
 
 __all__ = ["MAX_INDEX_TORRENT", "MAX_PUBLISHERS", "Search", "check_index_torrent", "index_signer"]
 
@@ -112,10 +112,6 @@ def check_index_torrent(catalog: Catalog, rid: str, tf: TorrentFile) -> None:
             f"the search index {rid[:16]} holds {size} bytes; an index is at most "
             f"{MAX_INDEX_TORRENT}"
         )
-
-
-def _iso(t: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class Search:
@@ -342,7 +338,7 @@ class Search:
             report.update(status="error", error=f"{type(exc).__name__}: {exc}")
             return report, []
         report.update(status="ok", index_version=resolved.record.version,
-                      issued=_iso(index.issued_at), entries=len(index.entries))
+                      issued=iso_time(index.issued_at), entries=len(index.entries))
         rows = []
         for e in index.entries:
             trusted = entry is not None and entry.covers(e.name)
@@ -354,7 +350,7 @@ class Search:
                 "trusted": trusted, "name": f"{NAME_SCHEME}{who}/{e.name}",
                 "release": e.name, "version": e.version, "label": e.label,
                 "tags": list(e.tags), "info_hash": e.info_hash,
-                "manifest_sha256": e.manifest_sha256, "issued": _iso(e.issued_at),
+                "manifest_sha256": e.manifest_sha256, "issued": iso_time(e.issued_at),
             })  # fmt: skip
         report["matches"] = len(rows)
         return report, rows

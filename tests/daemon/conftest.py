@@ -17,6 +17,8 @@ import pytest
 
 from p2pweights.client import DaemonClient, start_daemon
 
+from ._dht_nodes import DhtNodes
+
 # One loopback address per daemon, never reused within a run.
 _ADDRESSES = (f"127.0.{b}.{c}" for b, c in itertools.product(range(10, 250), range(2, 250)))
 
@@ -121,3 +123,17 @@ def p2pw(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, timeout=300, env=env, check=False
     )
+
+
+@pytest.fixture
+def dht() -> Iterator[Callable[..., DhtNodes]]:
+    """Makes loopback DHTs of plain libtorrent nodes; stops them after the test."""
+    made: list[DhtNodes] = []
+
+    def make(count: int = 6) -> DhtNodes:
+        made.append(DhtNodes(count))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.stop()

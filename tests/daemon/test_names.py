@@ -6,12 +6,9 @@ Every wait is on an event: a daemon's answer, its event stream, or a process's l
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,92 +28,14 @@ from p2pweights.errors import (
 )
 from p2pweights.names import NameRecord, SignedItem, name_uri
 from p2pweightsd.engine import make_torrent
-from p2pweightsd.engine.krpc import KrpcClient
 
 from ..conftest import layer_state
+from ._dht_nodes import DhtNodes
 from .conftest import Daemon, p2pw
 
 pytestmark = pytest.mark.slow
 
 DaemonFactory = Callable[..., Daemon]
-_BASES = (f"127.0.{b}" for b in itertools.count(250, -1))
-"""Address blocks for the plain DHT nodes (the daemons' come from conftest, 10 up)."""
-
-
-class DhtNodes:
-    """Plain libtorrent DHT nodes in a child process (``scripts/_dht_nodes.py``)."""
-
-    def __init__(self, count: int = 6, *, base: str | None = None, ports: str = "") -> None:
-        self.base = base or next(_BASES)
-        helper = Path(__file__).parents[2] / "scripts" / "_dht_nodes.py"
-        args = [sys.executable, str(helper), self.base, str(count)]
-        self.proc = subprocess.Popen(
-            [*args, *(["--ports", ports] if ports else [])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.nodes = [tuple(n) for n in json.loads(self.proc.stdout.readline())["nodes"]]
-
-    @property
-    def boot(self) -> str:
-        return f"{self.nodes[0][0]}:{self.nodes[0][1]}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            self.proc.wait(30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def restart_empty(self) -> None:
-        """The same nodes (addresses and ports) again, having forgotten every item."""
-        self.stop()
-        ports = ",".join(str(p) for _, p in self.nodes)
-        fresh = DhtNodes(len(self.nodes), base=self.base, ports=ports)
-        self.proc, self.nodes = fresh.proc, fresh.nodes
-
-    def holders(self, item: SignedItem) -> list[SignedItem]:
-        """What each node holds under the item's key and salt (read over KRPC)."""
-
-        async def ask() -> list[SignedItem]:
-            client = KrpcClient(f"{self.base}.200")
-            try:
-                got = [await client.get(n, item.key, item.salt) for n in self.nodes]
-            finally:
-                client.close()
-            return [g for g in got if g is not None]
-
-        return asyncio.run(ask())
-
-    def put(self, item: SignedItem) -> int:
-        """Put ``item`` verbatim into these nodes, as a hostile or honest node would."""
-
-        async def go() -> int:
-            client = KrpcClient(f"{self.base}.201")
-            try:
-                return await client.put(item, list(self.nodes))
-            finally:
-                client.close()
-
-        return asyncio.run(go())
-
-
-@pytest.fixture
-def dht() -> Iterator[Callable[..., DhtNodes]]:
-    made: list[DhtNodes] = []
-
-    def make(count: int = 6) -> DhtNodes:
-        made.append(DhtNodes(count))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.stop()
-
-
 def _home(tmp_path: Path, name: str) -> Path:
     home = tmp_path / name
     home.mkdir(mode=0o700)

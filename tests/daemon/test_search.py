@@ -33,23 +33,11 @@ from p2pweightsd.engine import make_torrent
 from p2pweightsd.search import MAX_INDEX_TORRENT, check_index_torrent
 
 from ..conftest import layer_state
+from ._dht_nodes import DhtNodes
 from .conftest import Daemon, p2pw
-from .test_names import DhtNodes, _home, _on_dht
+from .test_names import _home, _on_dht
 
 DaemonFactory = Callable[..., Daemon]
-
-
-@pytest.fixture
-def dht() -> Any:
-    made: list[DhtNodes] = []
-
-    def make(count: int = 6) -> DhtNodes:
-        made.append(DhtNodes(count))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.stop()
 
 
 def _publisher(daemons: DaemonFactory, tmp_path: Path, nodes: DhtNodes, name: str) -> tuple[
