@@ -210,7 +210,8 @@ class Service(FetchFlow):
             file_paths=store_layout(rid, tf, self.store, self.catalog),
             seed_mode=True,
         )
-        self._fresh_seeds.add(rid)  # announced again soon: DHT nodes that join late miss it
+        if self.engine.dht_enabled:  # announced again soon: DHT nodes that join late miss it
+            self._fresh_seeds.add(rid)
         self._notify(rid, "published")
         return {**self.show(rid), "pointer": await self._announce(release, rid, record, tags)}
 
