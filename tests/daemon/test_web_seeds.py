@@ -264,7 +264,12 @@ def test_dead_mirror_is_retried_with_backoff_then_given_up(
     dropped = info["web_seeds"]["dropped"]
     assert "gave up after 4 tries" in dropped[missing.url] and "404" in dropped[missing.url]
     assert missing.url in info["problem"]
-    assert len(missing.requests) <= 4 * 3  # at most 3 connections per try
+    # Each try starts again at the first piece, the manifest; what else one try asks for
+    # before its first 404 depends on how many requests libtorrent has pipelined (two or
+    # three, with chunks wanted speculatively behind the manifest).
+    tries = sum(path.endswith("/manifest.json") for path in missing.requests)
+    assert 1 <= tries <= 4, missing.requests
+    assert len(missing.requests) <= 4 * tries, missing.requests
 
 
 def test_redirect_to_another_loopback_host_completes(
