@@ -214,7 +214,7 @@ async def keep_share(
                 continue
             if not view.missing:
                 return
-            taken = left & engine.pieces_held_elsewhere(tid)
+            taken = left & view.held_by_fetchers
             if taken:
                 engine.set_piece_priorities(tid, dict.fromkeys(taken, prio))
                 left -= taken

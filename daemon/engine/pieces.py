@@ -49,6 +49,8 @@ class SwarmView:
     """Payload bytes/s from web seeds."""
     have: int
     """Verified pieces: grows whenever a piece arrives from anyone."""
+    held_by_fetchers: frozenset[int] = frozenset()
+    """Those of :attr:`missing` that a connected BitTorrent peer other than a seed has."""
 
 
 def _file_prios_by_piece(handle: Any, ti: Any) -> list[int]:
@@ -95,20 +97,18 @@ def swarm_view(handle: Any) -> SwarmView | None:
                 union |= int.from_bytes(bytes(info.pieces), "little")
             if pid != _NO_ID and not int(info.flags) & _DONE:
                 peers.append(pid)
-    if any_seed:
-        held = missing
-    else:
-        bits = union.to_bytes(len(have), "little") if union else b""
-        held = frozenset(p for p in missing if bits and bits[p])
+    bits = union.to_bytes(len(have), "little") if union else b""
+    by_fetchers = frozenset(p for p in missing if bits and bits[p])
     return SwarmView(
         num_pieces=ti.num_pieces(),
         piece_size=ti.piece_length(),
         missing=missing,
-        held=held,
+        held=missing if any_seed else by_fetchers,
         peers=tuple(sorted(set(peers))),
         peer_rate=peer_rate,
         web_rate=web_rate,
         have=sum(1 for h in have if h),
+        held_by_fetchers=by_fetchers,
     )
 
 

@@ -86,18 +86,6 @@ class TorrentQueries(AlertDispatch):
         """The torrent's connected peers and web seeds, and how each was found."""
         return peers_of(self._get(tid).handle)
 
-    def pieces_held_elsewhere(self, tid: str) -> set[int]:
-        """Pieces we lack that a connected peer other than a seed holds (rarity > seeds)."""
-        handle = self._get(tid).handle
-        try:
-            have = handle.status().pieces
-            peers = handle.get_peer_info()
-            avail = handle.piece_availability()
-        except RuntimeError as exc:  # the handle went invalid under us (removal)
-            raise EngineError(f"torrent {tid} is gone: {exc}") from exc
-        seeds = sum(1 for p in peers if int(p.flags) & int(lt.peer_info.seed))
-        return {i for i, n in enumerate(avail) if n > seeds and not have[i]}
-
     def file_progress(self, tid: str, *, verified: bool = True) -> list[int]:
         """Bytes of each file by index, verified only or all in (empty before metadata)."""
         return file_progress(self._get(tid).handle, verified=verified)
