@@ -58,6 +58,7 @@ from .placement import Placement
 from .search import check_index_torrent, index_signer
 from .service_state import DONE, HEX64
 from .spread import ask_share_first, keep_share
+from .stall_watch import StallWatch
 
 __all__ = ["FetchFlow"]
 
@@ -384,8 +385,9 @@ class FetchFlow(Placement):
         records = ChunkRecords(release.root)
         by_path = {c.path: c for c in release.manifest.chunks}
         relinked: list[ChunkEntry] = []
+        watch = StallWatch(self.engine, rid, tid, lambda: self._redial(rid, tid))
         while pending := download.pending():
-            done = set(await self.engine.wait_any_file(tid, [index[p] for p in pending]))
+            done = set(await watch.next_files([index[p] for p in pending]))
             await self.engine.flush(tid)
             finished = [p for p in pending if index[p] in done]
             download.complete.update(dict.fromkeys(finished))

@@ -14,7 +14,7 @@ import sqlite3
 from p2pweights.errors import ReleaseMismatchError
 from p2pweights.manifest import ChunkEntry
 
-from .admission import parse_peer, store_layout
+from .admission import store_layout
 from .engine import TorrentFile
 from .store import FileStamp
 from .upkeep import Upkeep
@@ -94,9 +94,7 @@ class Placement(Upkeep):
             log.warning("%s was damaged by the full disk; fetched again: %s", chunk.path, exc)
         await self._wait_for_space(tid)
         await self.engine.force_recheck(tid)
-        row = self.catalog.get(rid)
-        for host, port in map(parse_peer, row.peers if row else ()):
-            self.engine.connect_peer(tid, host, port)  # a recheck may drop them
+        self._redial(rid, tid)  # a recheck drops them
         return None
 
     async def _place(

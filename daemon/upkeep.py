@@ -278,6 +278,12 @@ class Upkeep(ServiceState):
         if self._disk_watch is None or self._disk_watch.done():
             self._disk_watch = asyncio.create_task(self._retry_when_space_is_freed())
 
+    def _redial(self, rid: str, tid: str) -> None:
+        """Dial the peers named for fetch ``rid`` again, for its torrent ``tid``."""
+        row = self.catalog.get(rid)
+        for host, port in map(parse_peer, row.peers if row else ()):
+            self.engine.connect_peer(tid, host, port)
+
     async def _wait_for_space(self, tid: str | None = None) -> None:
         """Return once the store has room again (checked every ``_DISK_RETRY_EVERY`` s).
 
@@ -308,9 +314,7 @@ class Upkeep(ServiceState):
             self.engine.clear_disk_full(rid)
             with contextlib.suppress(sqlite3.Error):
                 self.catalog.set_state(rid, state)
-            row = self.catalog.get(rid)
-            for host, port in map(parse_peer, row.peers if row else ()):
-                self.engine.connect_peer(rid, host, port)  # dropped while it was stopped
+            self._redial(rid, rid)  # dropped while it was stopped
             self._notify(rid, "space_freed", message=f"{free} bytes free")
 
     async def _periodic_resume(self) -> None:

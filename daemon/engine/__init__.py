@@ -38,6 +38,7 @@ from .peers import PeerInfo
 from .pieces import SwarmView
 from .session import Engine, EventStream
 from .settings import DEFAULT_DHT_BOOTSTRAP, EngineSettings
+from .stall import StallReport
 from .torrents import DEFAULT_PIECE_SIZE, make_torrent, parse_magnet, parse_torrent, torrent_name
 from .values import (
     EngineError,
@@ -59,6 +60,7 @@ __all__ = [
     "EventStream",
     "MagnetLink",
     "PeerInfo",
+    "StallReport",
     "SwarmView",
     "TorrentFailedError",
     "TorrentFile",

@@ -7,6 +7,7 @@ import libtorrent as lt
 from .alerts import AlertDispatch, status_of
 from .peers import PeerInfo, file_progress, peers_of
 from .pieces import SwarmView, swarm_view
+from .stall import StallReport, stall_report
 from .torrents import torrent_from_info
 from .values import EngineError, TorrentFile, TorrentFileEntry, TorrentStatus
 
@@ -97,6 +98,14 @@ class TorrentQueries(AlertDispatch):
             EngineError: no such torrent.
         """
         return swarm_view(self._get(tid).handle)
+
+    def stall_report(self, tid: str) -> StallReport:
+        """What the torrent still wants, has in flight, and can get from its peers.
+
+        Raises:
+            EngineError: no such torrent.
+        """
+        return stall_report(self._get(tid).handle)
 
     def web_seeds(self, tid: str) -> list[str]:
         """The web seeds the torrent uses now.

@@ -95,6 +95,23 @@ class Daemon:
         path = self.home / "daemon.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def wait_done(self, rid: str, timeout: float = 120) -> dict[str, Any]:
+        """``wait`` for a fetch to end; a hang fails the test with its state and log.
+
+        The report is the test's whole message (pytest would cut an assertion's short).
+        """
+        info: dict[str, Any] = self.call("wait", rid, timeout)
+        if info["timed_out"]:
+            transfer = info.get("transfer", {})
+            log = "".join(line for line in self.log().splitlines(True) if "aiohttp" not in line)
+            pytest.fail(
+                f"state {info.get('state')}, history {transfer.get('state_history')}, "
+                f"peers {transfer.get('peers')}, wanted {transfer.get('wanted_done')}"
+                f"/{transfer.get('wanted')}, error {info.get('error')}\n{log[-6000:]}",
+                pytrace=False,
+            )
+        return info
+
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:

@@ -36,17 +36,7 @@ def fetch_and_wait(
     d: Daemon, uri: str, *, peers: list[str], timeout: float = 120, **kw: Any
 ) -> dict[str, Any]:
     started = d.call("fetch", uri, peers=peers, **kw)
-    info: dict[str, Any] = d.call("wait", started["id"], timeout)
-    if info["timed_out"]:  # what a hang looks like, before pytest cuts the message short
-        transfer = info.get("transfer", {})
-        log = "".join(line for line in d.log().splitlines(keepends=True) if "aiohttp" not in line)
-        pytest.fail(
-            f"state {info.get('state')}, history {transfer.get('state_history')}, "
-            f"peers {transfer.get('peers')}, wanted {transfer.get('wanted_done')}"
-            f"/{transfer.get('wanted')}, error {info.get('error')}\n{log[-4000:]}",
-            pytrace=False,
-        )
-    return info
+    return d.wait_done(started["id"], timeout)
 
 
 async def _progress(client: DaemonClient, rid: str, fraction: float) -> dict[str, Any]:

@@ -584,3 +584,33 @@ def test_a_peer_is_capped_and_uncapped_by_its_address(
 
         run(go())
     same_files(release, out, tf.release_layout(), tf)
+
+
+def test_stall_report_counts_the_peers_that_could_send_what_is_missing(
+    make_model: Callable[..., Path], make_release: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Mid-fetch the sending seeder counts (a stall would be libtorrent's); once done, none."""
+    release = make_release(make_model(big_state(layers=6, hidden=256)))
+    tf = eng.make_torrent(release)
+    with seeder(release, upload_limit=4 * 1024 * 1024) as (port, _):
+
+        async def go() -> None:
+            async with await eng.Engine.start(local()) as e:
+                with e.subscribe() as events:
+                    tid = e.add(
+                        tf, tmp_path / "out", file_paths=tf.release_layout(), peers=[(SEEDER, port)]
+                    )
+                    async for ev in events:  # a piece came: the seeder unchokes us
+                        if ev.kind == "piece" and ev.torrent == tid:
+                            break
+                mid = e.stall_report(tid)
+                assert mid.missing > 0 and mid.senders == 1, mid
+                assert f"{SEEDER}:{port}" in mid.text and "seed" in mid.text, mid
+                await asyncio.wait_for(e.wait_finished(tid), 30)
+                done = e.stall_report(tid)
+                assert (done.missing, done.senders) == (0, 0), done
+                assert "0 wanted pieces missing" in done.text, done
+                with pytest.raises(eng.EngineError):
+                    e.stall_report("0" * 64)
+
+        run(go())

@@ -158,8 +158,8 @@ def test_a_full_disk_pauses_the_fetch_and_it_goes_on_once_space_is_freed(
             filler.unlink()
 
         asyncio.run(asyncio.wait_for(_next_event(leech, rid, {"space_freed"}, free_space), 60))
-        done = leech.call("wait", rid, 120)
-        assert done["state"] == "seeding", (done, leech.log()[-3000:])
+        done = leech.wait_done(rid)
+        assert done["state"] == "seeding", done
         assert done.get("problem") is None
         assert _check_store_consistent(Path(done["path"]), trust) >= before
         # Verified pieces were kept: every chunk verified before the pause is the same

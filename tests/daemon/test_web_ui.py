@@ -225,9 +225,10 @@ def test_fetch_from_the_page_completes_and_remove_works(
     browser.find_element("id", "release-verify").click()
     wait_dom(browser, "document.getElementById('message').textContent.includes('intact')")
     assert f"all {len(cells)} chunks intact" in browser.find_element("id", "message").text
-    # Peers: the seeder, found because we named it.
+    # Peers: the seeder, which we named. When both ends dial at once the connection that
+    # survives may be the seeder's own, so it is listed as incoming, not explicit.
     peers = browser.find_element("id", "peer-rows").text
-    assert seeder.addr in peers and "explicit" in peers
+    assert seeder.addr in peers and ("explicit" in peers or "incoming" in peers), peers
 
     # Remove, with its data, from the overview.
     browser.get(f"{ui.origin}/ui/#/")
