@@ -1,11 +1,12 @@
 """A fetch that stops moving: told apart from a starved one, logged, and set going again.
 
-A fetch can stop for two reasons. It is *starved* when no connected peer both has a
-piece it lacks and lets it download (every holder chokes it, or none is connected):
-only the swarm can change that, so it waits. It is *stuck* when such a peer is
-connected and yet not one payload byte arrives for ``stall_s`` seconds: libtorrent's
-piece picker has then lost track of a piece (seen in CI: a piece that failed its hash
-check was never asked for again, and the fetch hung with every other byte in).
+A fetch can stop for two reasons. It is *stuck* when not one payload byte arrives
+for ``stall_s`` seconds while a connected peer has a piece it lacks, does not choke it,
+and is asked for nothing: libtorrent's piece picker has then lost track of a piece
+(seen in CI: a piece that failed its hash check was never asked for again, and the
+fetch hung with every other byte in). Otherwise it is *starved* (every holder chokes
+it, none is connected, or the holders do not answer what they are asked): only the
+swarm can change that, so it waits.
 A stuck fetch is checked again (libtorrent's ``force_recheck``, which rebuilds the
 picker's state from the files on disk) and its named peers are dialled again, at most
 ``MAX_RECOVERIES`` times per fetch. Both cases are logged with libtorrent's view of
@@ -66,7 +67,7 @@ class StallWatch:
     async def _stalled(self) -> None:
         stall = self.engine.stall_report(self.tid)
         name = self.rid[:16]
-        if not stall.senders:
+        if not stall.idle_senders:
             log.info("%s: starved for %.0f s: %s", name, self.stall_s, stall.text)
             return
         if self.recoveries >= MAX_RECOVERIES:
@@ -74,11 +75,11 @@ class StallWatch:
             return
         self.recoveries += 1
         log.warning(
-            "%s: stuck for %.0f s with %d peer(s) able to send; its files are checked "
-            "again (%d of %d): %s",
+            "%s: stuck for %.0f s, %d peer(s) able to send not asked for anything; its "
+            "files are checked again (%d of %d): %s",
             name,
             self.stall_s,
-            stall.senders,
+            stall.idle_senders,
             self.recoveries,
             MAX_RECOVERIES,
             stall.text,

@@ -39,9 +39,10 @@ class StallReport:
 
     missing: int
     """Pieces of wanted files not verified yet."""
-    senders: int
-    """Connected BitTorrent peers that hold one of :attr:`missing` and do not choke us:
-    while one is connected, a fetch that moves nothing is stuck, not starved."""
+    idle_senders: int
+    """Connected BitTorrent peers that hold one of :attr:`missing`, do not choke us, and
+    have no request of ours outstanding: libtorrent is not asking a peer that could send.
+    (A peer that withholds data has requests outstanding, and in time is snubbed.)"""
     text: str
     """One line for the log: the missing pieces, those in flight, and every peer."""
 
@@ -81,16 +82,18 @@ def stall_report(handle: Any) -> StallReport:
     prios = handle.get_piece_priorities()
     missing = [p for p, have in enumerate(st.pieces) if not have and int(prios[p])]
     peers = handle.get_peer_info()
-    senders = 0
+    idle = 0
     for info in peers:
         if int(info.connection_type) != _BITTORRENT or int(info.flags) & _REMOTE_CHOKED:
             continue
+        if int(info.download_queue_length):
+            continue
         held = info.pieces
-        senders += any(p < len(held) and held[p] for p in missing)
+        idle += any(p < len(held) and held[p] for p in missing)
     text = (
         f"state {st.state.name}, {len(missing)} wanted pieces missing"
         f" ({_pieces_text(missing)}), in flight: {_queue_text(handle)};"
         f" peers: {' | '.join(_peer_text(p) for p in peers) or 'none'}"
     )
-    return StallReport(len(missing), senders, text)
+    return StallReport(len(missing), idle, text)
 

@@ -586,10 +586,10 @@ def test_a_peer_is_capped_and_uncapped_by_its_address(
     same_files(release, out, tf.release_layout(), tf)
 
 
-def test_stall_report_counts_the_peers_that_could_send_what_is_missing(
+def test_stall_report_tells_a_seeder_that_is_asked_from_an_idle_one(
     make_model: Callable[..., Path], make_release: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Mid-fetch the sending seeder counts (a stall would be libtorrent's); once done, none."""
+    """Mid-fetch the seeder is asked for pieces, so it is no idle sender; the line names it."""
     release = make_release(make_model(big_state(layers=6, hidden=256)))
     tf = eng.make_torrent(release)
     with seeder(release, upload_limit=4 * 1024 * 1024) as (port, _):
@@ -603,12 +603,12 @@ def test_stall_report_counts_the_peers_that_could_send_what_is_missing(
                     async for ev in events:  # a piece came: the seeder unchokes us
                         if ev.kind == "piece" and ev.torrent == tid:
                             break
-                mid = e.stall_report(tid)
-                assert mid.missing > 0 and mid.senders == 1, mid
+                mid = e.stall_report(tid)  # a seeder that sends has requests queued
+                assert mid.missing > 0 and mid.idle_senders == 0, mid
                 assert f"{SEEDER}:{port}" in mid.text and "seed" in mid.text, mid
                 await asyncio.wait_for(e.wait_finished(tid), 30)
                 done = e.stall_report(tid)
-                assert (done.missing, done.senders) == (0, 0), done
+                assert (done.missing, done.idle_senders) == (0, 0), done
                 assert "0 wanted pieces missing" in done.text, done
                 with pytest.raises(eng.EngineError):
                     e.stall_report("0" * 64)

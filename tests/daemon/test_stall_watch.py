@@ -27,7 +27,7 @@ class FakeEngine:
     """payload: the downloaded total each status() returns, in turn (the last repeats)."""
 
     payload: list[int]
-    senders: int = 1
+    idle_senders: int = 1
     unstuck_by_recheck: bool = True
     recheck_fails: bool = False
     done_after_reports: int | None = None
@@ -57,7 +57,7 @@ class FakeEngine:
         self.reports += 1
         if self.done_after_reports is not None and self.reports >= self.done_after_reports:
             self._finish()
-        return StallReport(missing=4, senders=self.senders, text="state downloading")
+        return StallReport(missing=4, idle_senders=self.idle_senders, text="state downloading")
 
     async def force_recheck(self, tid: str) -> None:
         self.log.append("recheck")
@@ -91,12 +91,12 @@ def test_a_stuck_fetch_is_rechecked_and_its_peers_dialled_again(
     files, watch = _next(engine)
     assert files == [3]
     assert engine.log == ["recheck", "redial"] and watch.recoveries == 1
-    assert "stuck for" in caplog.text and "able to send" in caplog.text
+    assert "stuck for" in caplog.text and "not asked for anything" in caplog.text
 
 
 def test_a_starved_fetch_waits_without_a_recheck(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO")
-    engine = FakeEngine(payload=[500], senders=0, done_after_reports=3)
+    engine = FakeEngine(payload=[500], idle_senders=0, done_after_reports=3)
     files, watch = _next(engine)
     assert files == [3] and engine.reports == 3
     assert engine.log == [] and watch.recoveries == 0
