@@ -24,7 +24,8 @@ __all__ = ["Placement"]
 log = logging.getLogger(__name__)
 
 _SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-"""What reading or writing a chunk meets on a full disk (EIO: an mmap page it lost)."""
+"""What reading or writing a chunk meets on a full disk (EIO: an mmap page it lost, with
+the engine's mmap back end)."""
 
 
 _HASHERS = max(2, os.cpu_count() or 2)
@@ -67,12 +68,12 @@ class Placement(Upkeep):
     ) -> bool | None:
         """:meth:`_place`, or a refetch of the chunk if a full disk lost some of its bytes.
 
-        With mmap storage, pages a full disk could not hold read back as ``EIO`` or as
-        other bytes, though libtorrent had checked them as they arrived. For a fetch that
-        met a full disk that is lost data, not a lying publisher: once space is back,
-        libtorrent rechecks the torrent (finding what was lost) and the chunk comes
-        again. Its bytes are hashed before placement either way, so nothing unverified
-        gets in.
+        With mmap storage (``EngineSettings.disk_io``), pages a full disk could not hold
+        read back as ``EIO`` or as other bytes, though libtorrent had checked them as they
+        arrived. For a fetch that met a full disk that is lost data, not a lying
+        publisher: once space is back, libtorrent rechecks the torrent (finding what was
+        lost) and the chunk comes again. Its bytes are hashed before placement either
+        way, so nothing unverified gets in.
 
         ``checked`` is what :meth:`Store.check_partial` raised (None: it passed), where
         the caller hashed the chunk already.

@@ -277,8 +277,9 @@ class AlertDispatch:
                 log.error("%s", t.disk_full)
                 self._emit(EngineEvent("disk_full", tid, message=t.disk_full))
         elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert) and t.disk_full:
-            # With mmap storage, reading back a page the full disk could not hold fails
-            # too (EIO); a symptom of the same cause, cured by the same clear_disk_full().
+            # Errors that follow on a full disk (with mmap storage, reading back a page
+            # the disk could not hold fails with EIO) are symptoms of the same cause,
+            # cured by the same clear_disk_full().
             log.warning("while the disk is full: %s", a.message())
         elif isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
             msg = a.message()

@@ -73,8 +73,10 @@ class EngineSettings:
     close_redundant_connections: bool = True
     """Drop a connection when neither side wants anything; off keeps seeds connected to a
     torrent that wants nothing *yet* (a magnet fetched in stages)."""
-    disk_io: Literal["mmap", "pread", "posix"] = "mmap"
-    """libtorrent's disk back end; mmap measured lowest CPU per byte here."""
+    disk_io: Literal["mmap", "pread", "posix"] = "pread"
+    """libtorrent's disk back end. Not mmap: in libtorrent 2.1.1 it lost blocks of a
+    fetch that re-adds its torrent over store files (``docs/performance.md``, "mmap
+    disk I/O dropped"); pread is libtorrent 2.1's own default."""
     min_reconnect_time: int = 60
     """Seconds before libtorrent dials a peer again, ``connect_peer`` included. A recheck
     disconnects every peer, so a staged fetch on a quiet swarm wants this small."""

@@ -199,6 +199,9 @@ def test_new_version_downloads_only_changed_chunks(
     manifest_bytes = len((Path(second["path"]) / "manifest.json").read_bytes()) + 64
     downloaded = second["transfer"]["downloaded"]
     assert new_bytes <= downloaded <= new_bytes + manifest_bytes + 4 * 1024 * 1024
+    # Every piece from the honest seeder passed. With libtorrent's mmap back end this fetch
+    # lost blocks of its one new chunk (a failed piece, or a hang) in 20 of 29 runs.
+    assert first["transfer"]["failed_bytes"] == second["transfer"]["failed_bytes"] == 0
     assert downloaded < second["total_bytes"] / 4
     # One file on disk per chunk, shared by both releases.
     chunk_files = list((leech.home / "store" / "chunks").iterdir())
