@@ -96,4 +96,3 @@ def stall_report(handle: Any) -> StallReport:
         f" peers: {' | '.join(_peer_text(p) for p in peers) or 'none'}"
     )
     return StallReport(len(missing), idle, text)
-
