@@ -36,6 +36,8 @@ class FakeEngine:
     reports: int = 0
     statuses: int = 0
     files: asyncio.Future[list[int]] | None = None
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the watch waits on the files."""
     log: list[str] = field(default_factory=list)
 
     def _finish(self) -> None:
@@ -45,6 +47,7 @@ class FakeEngine:
 
     async def wait_any_file(self, tid: str, indices: list[int]) -> list[int]:
         self.files = asyncio.get_running_loop().create_future()
+        self.waiting.set()
         return await self.files
 
     def status(self, tid: str) -> Status:
@@ -135,8 +138,8 @@ def test_the_file_wait_is_cancelled_when_the_watch_is() -> None:
 
     async def go() -> None:
         task = asyncio.ensure_future(_watch(engine).next_files([1]))
-        while engine.files is None:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(engine.waiting.wait(), 10)
+        assert engine.files is not None
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
